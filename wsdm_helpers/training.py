@@ -1,0 +1,402 @@
+"""Training through the HF Trainer: data, arguments, pair metrics, resume, OOM back-off, run folder.
+
+``train(cfg)`` reads the training file, holds out one prompt-grouped fold, adds A/B-swapped copies of
+the training rows, encodes everything with the family's template, and fits the model with the HF
+Trainer (AdamW, cosine schedule with warmup, gradient accumulation, length-grouped batches). The
+loss is a cross-entropy over the class logits only (classifier logits, or the answer-token logits at
+the last position for the mcq head). Evaluation runs on the validation rows in both orientations, so
+accuracy, log loss and the flip rate (position bias) come from one pass. Multi-process runs go
+through ``accelerate launch --config_file configs/accelerate/NAME.yaml -m wsdm_helpers train ...``
+(ddp-2gpu, ddp-cpu-2proc, fsdp-full-finetune, deepspeed-zero3); the Trainer does the distributed work.
+
+Run folder::
+
+    config.yaml       resolved RunConfig (reproduces the run)
+    adapter/          peft adapter (safetensors; classifier head included) -- or model/ for full fine-tunes
+    tokenizer/        tokenizer with its pad token
+    metrics.json      final validation metrics, per-language accuracy, curve, OOM retries
+    log_history.json  the Trainer's log (loss, learning rate, evaluations)
+    oof.parquet       validation predictions: id, winner_model_a, winner_model_b(, winner_tie), label, language
+    checkpoints/      Trainer checkpoints (resume); removed at the end unless train.keep_checkpoints
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import RunConfig, save_yaml
+from .errors import ConfigError
+from .io import atomic_write_json, atomic_write_parquet
+
+log = logging.getLogger(__name__)
+
+PROB_COLUMNS = ["winner_model_a", "winner_model_b", "winner_tie"]
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+
+
+# ---- data -----------------------------------------------------------------------------------------
+class PairDataset:
+    """Map-style dataset of encoded pairs; ``row_index`` ties each prediction back to its row."""
+
+    def __init__(self, encoded, rows: np.ndarray | None = None):
+        self.encoded = encoded
+        self.rows = np.arange(len(encoded)) if rows is None else rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row = int(self.rows[i])
+        return {"input_ids": self.encoded.input_ids[row], "labels": int(self.encoded.labels[row]), "row_index": row}
+
+
+@dataclasses.dataclass
+class PairCollator:
+    """Dynamic padding with the family's padding side (batching.collate), plus labels and row indices."""
+
+    pad_id: int
+    padding_side: str
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        from .batching import collate
+
+        batch = collate([f["input_ids"] for f in features], self.pad_id, self.padding_side)
+        batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
+        batch["row_index"] = torch.tensor([f["row_index"] for f in features], dtype=torch.long)
+        return batch
+
+
+class EvalSet:
+    """Validation rows in both orientations: rows [0, n) as given, rows [n, 2n) with A and B swapped.
+
+    ``compute_metrics`` maps predictions back to rows through ``row_index`` (any sampler order, any
+    number of processes) and keeps the last probabilities for the out-of-fold file.
+    """
+
+    def __init__(self, frame, tokenizer, cfg: RunConfig, template: str, swap: bool):
+        import pandas as pd
+
+        from .formatting import swap_pairs
+        from .tokenization import encode_pairs
+
+        self.frame = frame.reset_index(drop=True)
+        self.n = len(self.frame)
+        both = pd.concat([self.frame, swap_pairs(self.frame)], ignore_index=True) if swap else self.frame
+        self.encoded = encode_pairs(both, tokenizer, cfg.format, template)
+        self.dataset = PairDataset(self.encoded)
+        self.probs_ab: np.ndarray | None = None
+
+    def compute_metrics(self, prediction) -> dict[str, float]:
+        from . import metrics
+
+        logits = np.asarray(prediction.predictions, dtype=np.float64)
+        rows = np.asarray(prediction.label_ids[1])
+        probs = np.empty_like(logits)
+        probs[rows] = _softmax(logits)
+        labels = self.frame["label"].to_numpy()
+        self.probs_ab = probs[: self.n]
+        result = {"accuracy": metrics.accuracy(labels, self.probs_ab), "log_loss": metrics.log_loss(labels, self.probs_ab)}
+        if len(probs) == 2 * self.n:
+            probs_ba = probs[self.n:].copy()
+            probs_ba[:, [0, 1]] = probs_ba[:, [1, 0]]  # back to the AB orientation
+            result["flip_rate"] = metrics.flip_rate(self.probs_ab, probs_ba)
+            result["accuracy_swap_tta"] = metrics.accuracy(labels, (self.probs_ab + probs_ba) / 2)
+        return {k: float(v) for k, v in result.items()}
+
+    def oof_frame(self):
+        import pandas as pd
+
+        out = pd.DataFrame({"id": self.frame["id"].astype(str)})
+        for j, column in enumerate(PROB_COLUMNS[: self.probs_ab.shape[1]]):
+            out[column] = self.probs_ab[:, j]
+        out["label"] = self.frame["label"].to_numpy()
+        out["language"] = self.frame["language"].to_numpy()
+        return out
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def split_data(cfg: RunConfig):
+    """(train_frame, valid_frame or None) with the label set checked against model.num_labels."""
+    from .data import load_training_frame, split_fold
+
+    frame = load_training_frame(cfg.data)
+    top = int(frame["label"].max()) if len(frame) else -1
+    if top >= cfg.model.num_labels or int(frame["label"].min()) < 0:
+        raise ConfigError(f"{cfg.data.train_path}: labels range over {sorted(frame['label'].unique())} but "
+                          f"model.num_labels={cfg.model.num_labels}; set data.ties=drop (or split) for 2 classes, "
+                          "or model.num_labels=3 with data.ties=keep; unlabeled rows cannot be trained on")
+    if cfg.data.fold < 0:
+        return frame, None
+    return split_fold(frame, cfg.data.fold, cfg.data.n_folds, cfg.data.seed)
+
+
+def _train_dataset(frame, tokenizer, cfg: RunConfig, template: str) -> PairDataset:
+    import pandas as pd
+
+    from .formatting import swap_pairs
+    from .tokenization import encode_pairs
+
+    if cfg.train.swap_augment:
+        frame = pd.concat([frame, swap_pairs(frame)], ignore_index=True)
+    return PairDataset(encode_pairs(frame, tokenizer, cfg.format, template))
+
+
+def _limit_rows(frame, n: int | None, seed: int):
+    return frame if n is None or len(frame) <= n else frame.sample(n=n, random_state=seed)
+
+
+# ---- Trainer --------------------------------------------------------------------------------------
+def _pair_trainer_class():
+    from transformers import Trainer
+
+    from .modeling import class_logits
+
+    class PairTrainer(Trainer):
+        """Trainer whose loss is a cross-entropy over the class logits only (both heads)."""
+
+        loss_is_scaled_for_ga = False  # per-batch mean; the Trainer divides by the accumulation steps
+
+        def __init__(self, *args, head: str, answer_ids: list[int], **kwargs):
+            super().__init__(*args, **kwargs)
+            self.head, self.answer_ids = head, answer_ids
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            import torch.nn.functional as F
+
+            logits = class_logits(model, self.head, self.answer_ids, inputs["input_ids"], inputs["attention_mask"])
+            loss = F.cross_entropy(logits, inputs["labels"])
+            return (loss, {"logits": logits}) if return_outputs else loss
+
+    return PairTrainer
+
+
+def resolve_optimizer(name: str, device_type: str) -> str:
+    """auto: paged 8-bit AdamW on CUDA when bitsandbytes is installed, else torch AdamW."""
+    if name != "auto":
+        return name
+    import importlib.util
+
+    if device_type == "cuda" and importlib.util.find_spec("bitsandbytes") is not None:
+        return "paged_adamw_8bit"
+    return "adamw_torch"
+
+
+def training_arguments(cfg: RunConfig, checkpoint_dir: Path, batch_size: int, accumulation: int,
+                       has_eval: bool, dtype_name: str = "float32"):
+    """TrainingArguments for this run (precision from the resolved model dtype)."""
+    import torch
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    cuda = torch.cuda.is_available()
+    eval_every = has_eval and t.eval_steps > 0
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        learning_rate=t.learning_rate, num_train_epochs=t.num_epochs, max_steps=t.max_steps,
+        per_device_train_batch_size=batch_size, per_device_eval_batch_size=2 * batch_size,
+        gradient_accumulation_steps=accumulation, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
+        lr_scheduler_type=t.scheduler, optim=resolve_optimizer(t.optimizer, "cuda" if cuda else "cpu"),
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        eval_strategy="steps" if eval_every else "no", eval_steps=t.eval_steps if eval_every else None,
+        save_strategy="steps", save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit, load_best_model_at_end=eval_every,
+        metric_for_best_model=t.best_metric if eval_every else None,
+        greater_is_better=t.best_metric in ("accuracy", "accuracy_swap_tta") if eval_every else None,
+        logging_steps=t.logging_steps, logging_first_step=True, seed=t.seed, data_seed=t.seed,
+        fp16=cuda and dtype_name == "float16", bf16=dtype_name == "bfloat16",
+        use_cpu=not cuda, report_to="none", remove_unused_columns=False,
+        label_names=["labels", "row_index"], ddp_find_unused_parameters=False,
+        dataloader_num_workers=0, save_only_model=False,
+    )
+
+
+def halve_batch(batch_size: int, accumulation: int) -> tuple[int, int]:
+    """Half the per-device batch, more accumulation steps: the effective batch stays (at least) the same."""
+    if batch_size <= 1:
+        raise ValueError("per-device batch size is already 1; nothing left to halve")
+    new_batch = batch_size // 2
+    return new_batch, math.ceil(batch_size * accumulation / new_batch)
+
+
+def last_checkpoint(checkpoint_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+
+
+def _free_accelerator_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---- train ----------------------------------------------------------------------------------------
+def train(cfg: RunConfig, callbacks: list | None = None) -> TrainResult:
+    """Train ``cfg`` and write the run folder (see the module docstring). Resumes when it can."""
+    from transformers import set_seed
+
+    from .modeling import answer_ids_for, family_of_folder, load_tokenizer, resolve_source
+
+    cfg.validate()
+    run_dir = Path(cfg.train.output_dir)
+    checkpoint_dir = run_dir / "checkpoints"
+    source = resolve_source(cfg.model.source)
+    family = family_of_folder(source, cfg.model.family)
+    template = family.template if cfg.format.template == "auto" else cfg.format.template
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, family=family.name),
+                              format=dataclasses.replace(cfg.format, template=template))
+    tokenizer = load_tokenizer(source, family)
+    answer_ids = answer_ids_for(tokenizer, cfg.format.head, cfg.model.num_labels)
+    set_seed(cfg.train.seed)
+    train_frame, valid_frame = split_data(cfg)
+    train_set = _train_dataset(train_frame, tokenizer, cfg, template)
+    evals = None
+    if valid_frame is not None:
+        periodic = _limit_rows(valid_frame, cfg.train.max_eval_rows, cfg.train.seed)
+        evals = (EvalSet(periodic, tokenizer, cfg, template, cfg.train.eval_swap),
+                 EvalSet(valid_frame, tokenizer, cfg, template, cfg.train.eval_swap))
+    trainer, retries = _fit(cfg, tokenizer, family, answer_ids, train_set, evals, checkpoint_dir, callbacks or [])
+    metrics = _final_metrics(trainer, evals, retries, len(train_set))
+    if trainer.is_world_process_zero():
+        _write_run(run_dir, cfg, trainer, tokenizer, evals, metrics)
+    trainer.accelerator.wait_for_everyone()
+    return TrainResult(run_dir, metrics)
+
+
+def _fit(cfg, tokenizer, family, answer_ids, train_set, evals, checkpoint_dir, callbacks):
+    """Trainer.train with CUDA-OOM back-off: halve the batch, keep the effective batch, resume."""
+    import torch
+
+    batch, accumulation = cfg.train.per_device_batch_size, cfg.train.gradient_accumulation
+    retries: list[dict[str, Any]] = []
+    resume = cfg.train.resume
+    while True:
+        trainer = _make_trainer(cfg, tokenizer, family, answer_ids, train_set, evals, checkpoint_dir,
+                                callbacks, batch, accumulation, clear=not resume)
+        try:
+            trainer.train(resume_from_checkpoint=last_checkpoint(checkpoint_dir) if resume else None)
+            return trainer, retries
+        except torch.cuda.OutOfMemoryError:
+            step = trainer.state.global_step
+            if batch <= 1:
+                raise
+            batch, accumulation = halve_batch(batch, accumulation)
+            retries.append({"step": step, "per_device_batch_size": batch, "gradient_accumulation": accumulation})
+            log.warning("CUDA out of memory at step %d: per-device batch -> %d, accumulation -> %d; resuming "
+                        "from the last checkpoint", step, batch, accumulation)
+            del trainer
+            _free_accelerator_memory()
+            resume = True  # this run's own checkpoints from here on
+
+
+def _make_trainer(cfg, tokenizer, family, answer_ids, train_set, evals, checkpoint_dir, callbacks,
+                  batch, accumulation, clear):
+    from .modeling import load_model
+
+    args = training_arguments(cfg, checkpoint_dir, batch, accumulation, evals is not None,
+                              _dtype_name(cfg, family))
+    if clear:
+        with args.main_process_first():
+            if args.process_index == 0 and checkpoint_dir.exists():
+                shutil.rmtree(checkpoint_dir)
+    model, _, _ = load_model(cfg, args.device, training=True)
+    trainer_class = _pair_trainer_class()
+    return trainer_class(
+        model=model, args=args, train_dataset=train_set,
+        eval_dataset=evals[0].dataset if evals else None,
+        compute_metrics=evals[0].compute_metrics if evals else None,
+        data_collator=PairCollator(tokenizer.pad_token_id, family.padding_side),
+        processing_class=tokenizer, callbacks=list(callbacks), head=cfg.format.head, answer_ids=answer_ids,
+    )
+
+
+def _dtype_name(cfg: RunConfig, family) -> str:
+    import torch
+
+    from .modeling import resolve_dtype
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return str(resolve_dtype(cfg.model.dtype, device)).replace("torch.", "")
+
+
+def _final_metrics(trainer, evals, retries, n_train_rows: int) -> dict[str, Any]:
+    """Evaluate the selected (best) model on the full validation set; add the curve and run facts."""
+    state = trainer.state
+    result: dict[str, Any] = {
+        "global_step": state.global_step, "train_rows": n_train_rows, "world_size": trainer.args.world_size,
+        "best_checkpoint": state.best_model_checkpoint, "best_metric": state.best_metric,
+        "oom_retries": retries,
+        "curve": [{k.replace("eval_", ""): v for k, v in entry.items()} for entry in state.log_history
+                  if "eval_accuracy" in entry],
+        "train_runtime_s": next((e["train_runtime"] for e in state.log_history if "train_runtime" in e), None),
+    }
+    if evals is None:
+        return result
+    final = evals[1]
+    trainer.compute_metrics = final.compute_metrics
+    scores = trainer.evaluate(eval_dataset=final.dataset, metric_key_prefix="final")
+    result["final"] = {k.replace("final_", ""): v for k, v in scores.items()}
+    result["valid_rows"] = final.n
+    if trainer.is_world_process_zero():
+        from .metrics import per_language_accuracy
+
+        table = per_language_accuracy(final.frame["language"].to_numpy(), final.frame["label"].to_numpy(),
+                                      final.probs_ab)
+        result["per_language"] = table.to_dict(orient="records")
+    return result
+
+
+def _write_run(run_dir: Path, cfg: RunConfig, trainer, tokenizer, evals, metrics: dict[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    weights = "adapter" if cfg.lora.enabled else "model"
+    with _atomic_dir(run_dir / weights) as tmp:
+        trainer.model.save_pretrained(str(tmp))
+        if not cfg.lora.enabled:
+            tokenizer.save_pretrained(str(tmp))
+    with _atomic_dir(run_dir / "tokenizer") as tmp:
+        tokenizer.save_pretrained(str(tmp))
+    save_yaml(cfg, run_dir / "config.yaml")
+    atomic_write_json(run_dir / "log_history.json", trainer.state.log_history)
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    if evals is not None:
+        atomic_write_parquet(evals[1].oof_frame(), run_dir / "oof.parquet")
+    if not cfg.train.keep_checkpoints:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _atomic_dir(path: Path) -> Iterator[Path]:
+    """Write a folder in a temporary sibling, then swap it in place of ``path``."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
