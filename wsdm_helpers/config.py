@@ -11,7 +11,7 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -326,7 +326,7 @@ class TrainConfig(Section):
     save_steps: int = option(50, help="checkpoint every N steps (a multiple of eval_steps)")
     logging_steps: int = option(10, help="log loss every N steps")
     save_total_limit: int = option(2, help="checkpoints kept (the best one is always kept)")
-    max_eval_rows: Optional[int] = option(None, help="evaluate on at most N validation rows")
+    max_eval_rows: int | None = option(None, help="evaluate on at most N validation rows")
     resume: bool = option(True, help="resume from the last checkpoint in output_dir when there is one")
     seed: int = option(42, help="seed for weights, data order and dropout")
     group_by_length: bool = option(True, help="batch rows of similar length together (less padding)")
