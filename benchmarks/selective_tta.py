@@ -51,7 +51,7 @@ def main() -> int:
     valid = valid.iloc[:limit] if limit else valid
     labels = valid["label"].to_numpy()
     cfg = dataclasses.replace(run.config.inference, devices=["cpu"], tta="none", time_budget_minutes=None,
-                              work_dir="")
+                              work_dir="").for_device("cpu")
     ab = run_prediction(run, valid, cfg)
     swapped = swap_pairs(valid)
     ba = run_prediction(run, swapped, cfg)

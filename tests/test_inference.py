@@ -14,7 +14,7 @@ import torch
 
 from wsdm_helpers.config import FormatConfig, InferenceConfig, ModelConfig, RunConfig, save_yaml
 from wsdm_helpers.demo_data import make_demo_frame
-from wsdm_helpers.errors import SubmissionError
+from wsdm_helpers.errors import ConfigError, SubmissionError
 from wsdm_helpers.inference import (
     ChunkEvent,
     computed_tokens,
@@ -27,7 +27,7 @@ from wsdm_helpers.inference import (
 )
 from wsdm_helpers.tiny import build_tiny_model, train_tokenizer
 
-CPU1 = InferenceConfig(devices=["cpu"], tta="none", max_tokens_per_batch=2048, max_batch_size=8)
+CPU1 = InferenceConfig(devices=["cpu"], tta="none", max_tokens_per_batch=2048, max_batch_size=8).for_device("cpu")
 
 
 def _texts(frame: pd.DataFrame) -> list[str]:
@@ -219,6 +219,17 @@ def test_model_parallel_on_cpu_is_one_worker_with_the_same_predictions(run_dir, 
     assert result.report.devices == ["cpu"]
     np.testing.assert_allclose(result.predictions.iloc[:, 1:], predict_proba(run_dir, frame, _cfg()).iloc[:, 1:],
                                atol=1e-5)
+
+
+def test_batching_defaults_follow_the_device():
+    """Null batching values take the device's defaults; values set by the user are kept."""
+    cpu, gpu = InferenceConfig().for_device("cpu"), InferenceConfig().for_device("cuda")
+    assert (cpu.max_tokens_per_batch, cpu.batch_overhead_tokens) == (2048, 16)
+    assert (gpu.max_tokens_per_batch, gpu.batch_overhead_tokens) == (16384, 512)
+    mine = InferenceConfig(max_tokens_per_batch=999, batch_overhead_tokens=0).for_device("cuda")
+    assert (mine.max_tokens_per_batch, mine.batch_overhead_tokens) == (999, 0)
+    with pytest.raises(ConfigError, match="for_device"):
+        computed_tokens([10, 20], InferenceConfig())
 
 
 def test_plan_batches_respects_the_budget_and_cuts_where_lengths_drop():

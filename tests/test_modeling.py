@@ -84,6 +84,21 @@ def test_dtype_rules_on_cpu():
     assert resolve_dtype("bfloat16", cpu) == torch.bfloat16
 
 
+def test_dtype_rules_on_gpus(monkeypatch):
+    """T4 (sm 7.5): fp16, but fp32 for Gemma 3 (fp16 overflows); A100/H100: bf16; bad picks are errors."""
+    gpu, gemma3, llama = torch.device("cuda", 0), FAMILIES["gemma3"], FAMILIES["llama"]
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert resolve_dtype("auto", gpu, llama) == torch.float16
+    assert resolve_dtype("auto", gpu, gemma3) == torch.float32
+    with pytest.raises(ConfigError, match="bfloat16 on Tesla T4"):
+        resolve_dtype("bfloat16", gpu, llama)
+    with pytest.raises(ConfigError, match="gemma3 activations overflow float16"):
+        resolve_dtype("float16", gpu, gemma3)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert resolve_dtype("auto", gpu, gemma3) == torch.bfloat16
+
+
 def test_quantization_on_cpu_is_a_clear_error(tiny_models):
     cfg = run_config(tiny_models["llama"])
     cfg.model.quantization = "4bit"

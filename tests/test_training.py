@@ -97,6 +97,10 @@ def test_lora_run_updates_every_trainable_tensor_and_reloads(family, head, demo,
     assert {"accuracy", "log_loss", "flip_rate", "accuracy_swap_tta"} <= set(metrics["final"])
     assert {r["language"] for r in metrics["per_language"]} <= set(pd.read_parquet(demo[0])["language"])
     assert len(metrics["curve"]) == 3 and metrics["global_step"] == 6
+    walls = [point["wall_s"] for point in metrics["curve"]]  # time to accuracy
+    assert walls == sorted(walls) and walls[0] > 0
+    assert metrics["train_tokens"] > 6 * 4 * 10 and metrics["train_tokens_per_s"] > 0
+    assert metrics["peak_cuda_memory_gib"] is None  # no GPU here
     oof = pd.read_parquet(run / "oof.parquet")
     assert list(oof.columns) == ["id", "winner_model_a", "winner_model_b", "label", "language"]
     assert np.allclose(oof[["winner_model_a", "winner_model_b"]].sum(axis=1), 1)

@@ -25,6 +25,7 @@ import heapq
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -74,6 +75,8 @@ def plan_batches(lengths: Sequence[int], cfg: InferenceConfig) -> list[np.ndarra
     """
     import numpy as np
 
+    if cfg.max_tokens_per_batch is None or cfg.batch_overhead_tokens is None:
+        raise ConfigError("plan_batches needs resolved batching values: pass cfg.for_device('cuda' or 'cpu')")
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.lexsort((np.arange(len(lengths)), -lengths))
     ordered = lengths[order]
@@ -253,19 +256,23 @@ class Worker:
     device: Any  # torch.device where inputs go
     pad_id: int
     padding_side: str
+    compute_dtype: Any = None  # torch dtype the model was loaded in: CUDA autocasts to it when 16-bit
     token_limit: float = math.inf  # lowered after an out-of-memory: larger batches are split first
     real_tokens: int = 0
     computed_tokens: int = 0
 
-    def score(self, input_ids: list[list[int]], cfg: InferenceConfig) -> np.ndarray:
-        """Probabilities [n, C] in the order of ``input_ids``."""
+    def score(self, input_ids: list[list[int]], cfg: InferenceConfig,
+              on_rows: Callable[[int], None] | None = None) -> np.ndarray:
+        """Probabilities [n, C] in the order of ``input_ids``; ``on_rows(k)`` after each batch of k rows."""
         import numpy as np
 
         out = None
-        for batch in plan_batches([len(x) for x in input_ids], cfg):
+        for batch in plan_batches([len(x) for x in input_ids], cfg.for_device(self.device.type)):
             probs = self.score_batch([input_ids[i] for i in batch])
             out = np.empty((len(input_ids), probs.shape[1])) if out is None else out
             out[batch] = probs
+            if on_rows:
+                on_rows(len(batch))
         return out
 
     def score_batch(self, rows: list[list[int]]) -> np.ndarray:
@@ -303,7 +310,8 @@ class Worker:
         batch = collate(rows, self.pad_id, self.padding_side)
         input_ids = batch["input_ids"].to(self.device)
         mask = batch["attention_mask"].to(self.device)
-        autocast = (torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda"
+        half = self.compute_dtype in (torch.float16, torch.bfloat16)
+        autocast = (torch.autocast("cuda", dtype=self.compute_dtype) if self.device.type == "cuda" and half
                     else contextlib.nullcontext())
         with torch.inference_mode(), autocast:
             probs = self.scorer(input_ids, mask)
@@ -373,15 +381,30 @@ def load_runs(model_source: str | Path | LoadedRun, cfg: InferenceConfig | None)
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml); give the output_dir of `wsdm train`")
     cfg = cfg or load_run_config(run_dir / "config.yaml").inference
     devices = resolve_devices(cfg.devices)
-    if cfg.model_parallel:
-        dtype = "float16" if any(d.startswith("cuda") for d in devices) else None
-        return [_dispatch(load_run(run_dir, "cpu", dtype=dtype), devices)]
+    if cfg.model_parallel:  # loaded on the CPU in the GPUs' dtype, then spread over them
+        return [_dispatch(load_run(run_dir, "cpu", dtype=_gpu_dtype(run_dir, devices)), devices)]
     return [load_run(run_dir, d) for d in devices]
 
 
+def _gpu_dtype(run_dir: Path, devices: list[str]) -> str | None:
+    """The dtype the run's model.dtype resolves to on the first GPU of ``devices`` (None: no GPU)."""
+    import torch
+
+    from .modeling import family_for, resolve_dtype
+
+    gpu = next((d for d in devices if d.startswith("cuda")), None)
+    if gpu is None:
+        return None
+    model_cfg = load_run_config(run_dir / "config.yaml").model
+    family = family_for(model_cfg.family) if model_cfg.family != "auto" else None
+    return str(resolve_dtype(model_cfg.dtype, torch.device(gpu), family)).replace("torch.", "")
+
+
 def _worker(run: LoadedRun) -> Worker:
-    """A worker for a model copy; inputs go where its first weights (the embeddings) live."""
-    return Worker(run.scorer, _model_device(run.model), run.tokenizer.pad_token_id, run.family.padding_side)
+    """A worker for a model copy; inputs go where its first weights (the embeddings) live, and the
+    compute dtype is the one the base model was loaded in (its embeddings' dtype; adapters are fp32)."""
+    return Worker(run.scorer, _model_device(run.model), run.tokenizer.pad_token_id, run.family.padding_side,
+                  run.model.get_input_embeddings().weight.dtype)
 
 
 @contextlib.contextmanager
@@ -408,14 +431,14 @@ def _frame(ids: Sequence[str], probs: np.ndarray) -> pd.DataFrame:
 
 
 def score_rows(input_ids: list[list[int]], ids: list[str], workers: list[Worker],
-               cfg: InferenceConfig) -> pd.DataFrame:
+               cfg: InferenceConfig, on_rows: Callable[[int], None] | None = None) -> pd.DataFrame:
     """Predictions for encoded rows: rows dealt to the workers by tokens, one thread per worker."""
     import numpy as np
 
     shares = deal_by_tokens([len(x) for x in input_ids], len(workers))
     jobs = [(w, s) for w, s in zip(workers, shares, strict=True) if len(s)]
     with _cpu_threads(workers), ThreadPoolExecutor(len(jobs)) as pool:
-        futures = [pool.submit(w.score, [input_ids[i] for i in s], cfg) for w, s in jobs]
+        futures = [pool.submit(w.score, [input_ids[i] for i in s], cfg, on_rows) for w, s in jobs]
         results = [f.result() for f in futures]
     probs = np.empty((len(input_ids), results[0].shape[1]))
     for (_, share), result in zip(jobs, results, strict=True):
@@ -473,6 +496,27 @@ class PredictionResult:
     report: InferenceReport
 
 
+class _RowBar:
+    """A tqdm.auto progress bar over the rows of one pass (a widget in Jupyter, text in logs), updated
+    from the worker threads after every batch."""
+
+    def __init__(self, total: int, desc: str, enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="row", disable=not enabled, dynamic_ncols=True)
+        self.lock = threading.Lock()
+
+    def update(self, rows: int) -> None:
+        with self.lock:
+            self.bar.update(rows)
+
+    def __enter__(self) -> _RowBar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
 # ---- one prediction run ---------------------------------------------------------------------------
 class _Job:
     """State of one run_prediction call: the model copies, the chunk store, the clock and the report."""
@@ -506,21 +550,27 @@ class _Job:
         order = np.lexsort((np.array(ids), -np.asarray(encoded.lengths)))
         chunks = [order[i:i + self.cfg.chunk_rows] for i in range(0, len(order), self.cfg.chunk_rows)]
         parts = []
-        for index, rows in enumerate(chunks):
-            chunk_ids, chunk_inputs = [ids[i] for i in rows], [encoded.input_ids[i] for i in rows]
-            preds = self.store.load(pass_name, chunk_ids, chunk_inputs)
-            loaded = preds is not None
-            if not loaded:
-                preds = score_rows(chunk_inputs, chunk_ids, self.workers, self.cfg)
-                self.store.save(pass_name, chunk_ids, chunk_inputs, preds)
-            self.report.chunks_loaded += loaded
-            self.report.chunks_computed += not loaded
-            log.info("%s pass: chunk %d/%d %s (%.0fs elapsed)", pass_name, index + 1, len(chunks),
-                     "resumed" if loaded else "done", self.elapsed())
-            if self.progress:
-                self.progress(ChunkEvent(pass_name, index, len(chunks), loaded))
-            parts.append(preds)
+        with _RowBar(len(ids), f"{pass_name} pass", self.cfg.progress_bar) as bar:
+            for index, rows in enumerate(chunks):
+                chunk_ids, chunk_inputs = [ids[i] for i in rows], [encoded.input_ids[i] for i in rows]
+                preds = self.store.load(pass_name, chunk_ids, chunk_inputs)
+                loaded = preds is not None
+                if loaded:
+                    bar.update(len(rows))
+                else:
+                    preds = score_rows(chunk_inputs, chunk_ids, self.workers, self.cfg, bar.update)
+                    self.store.save(pass_name, chunk_ids, chunk_inputs, preds)
+                parts.append(self._chunk_done(pass_name, index, len(chunks), loaded, preds))
         return pd.concat(parts, ignore_index=True)
+
+    def _chunk_done(self, pass_name: str, index: int, total: int, loaded: bool, preds: pd.DataFrame) -> pd.DataFrame:
+        self.report.chunks_loaded += loaded
+        self.report.chunks_computed += not loaded
+        log.info("%s pass: chunk %d/%d %s (%.0fs elapsed)", pass_name, index + 1, total,
+                 "resumed" if loaded else "done", self.elapsed())
+        if self.progress:
+            self.progress(ChunkEvent(pass_name, index, total, loaded))
+        return preds
 
     def pilot(self, encoded) -> float:
         """Computed tokens per second of all devices, timed on the first worker over a few spread batches."""
@@ -603,6 +653,7 @@ def run_prediction(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cf
     runs = load_runs(model_source, cfg)
     cfg = cfg or runs[0].config.inference
     cfg.validate("inference.")
+    cfg = cfg.for_device(_model_device(runs[0].model).type)
     job = _Job(runs, cfg, ChunkStore(cfg.work_dir or None, _job_key(runs[0])), progress)
     max_length = runs[0].config.format.max_length
     encoded = job.encode(frame, max_length)

@@ -46,6 +46,7 @@ class ModelFamily:
     is_encoder: bool = False  # encoders: classifier head only, right padding
     attn_implementation: str = "sdpa"  # the family's safe default
     softcap_attr: str = ""  # config attribute that needs eager attention (disabled for sdpa/flash)
+    float16_ok: bool = True  # False: activations overflow float16 (NaN logits); bf16 or fp32 only
 
     @property
     def padding_side(self) -> str:
@@ -60,7 +61,8 @@ FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (
     # Gemma-2 soft-caps attention logits; sdpa/flash ignore that, so eager is the default.
     ModelFamily("gemma2", ("gemma2",), "gemma", _DECODER_TARGETS, ("score",),
                 attn_implementation="eager", softcap_attr="attn_logit_softcapping"),
-    ModelFamily("gemma3", ("gemma3", "gemma3_text"), "gemma", _DECODER_TARGETS, ("score",)),
+    # Gemma 3's activations exceed float16's range: Gemma 3 270M gave NaN logits in fp16 on an H200.
+    ModelFamily("gemma3", ("gemma3", "gemma3_text"), "gemma", _DECODER_TARGETS, ("score",), float16_ok=False),
     ModelFamily("qwen2", ("qwen2", "qwen3"), "chatml", _DECODER_TARGETS, ("score",)),
     ModelFamily("llama", ("llama",), "llama3", _DECODER_TARGETS, ("score",)),
     ModelFamily("mistral", ("mistral",), "mistral", _DECODER_TARGETS, ("score",)),
@@ -174,18 +176,25 @@ def _dequantize_to_folder(gguf_dir: Path, gguf_name: str, out: Path) -> None:
 
 
 # ---- loading --------------------------------------------------------------------------------------
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto: bf16 on Ampere+ GPUs, fp16 on older GPUs (T4, P100: bf16 is emulated or wrong), fp32 on CPU."""
+def resolve_dtype(name: str, device: torch.device, family: ModelFamily | None = None) -> torch.dtype:
+    """auto: bf16 on Ampere+ GPUs, fp16 on older GPUs (T4, P100: bf16 is emulated or wrong), fp32 on CPU;
+    fp32 instead of fp16 for families whose activations overflow fp16 (Gemma 3)."""
     import torch
 
     pre_ampere = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8
+    float16_ok = family is None or family.float16_ok
     if name == "auto":
         if device.type != "cuda":
             return torch.float32
-        return torch.float16 if pre_ampere else torch.bfloat16
+        if pre_ampere:
+            return torch.float16 if float16_ok else torch.float32
+        return torch.bfloat16
     if name == "bfloat16" and pre_ampere:
         raise ConfigError(f"model.dtype=bfloat16 on {torch.cuda.get_device_name(device)} (pre-Ampere) is "
                           "slow or wrong even if torch.cuda.is_bf16_supported() says True; use float16 or auto")
+    if name == "float16" and not float16_ok:
+        raise ConfigError(f"model.dtype=float16: {family.name} activations overflow float16 (NaN logits); "
+                          "use model.dtype=bfloat16 on Ampere or newer GPUs, float32 on a T4, or auto")
     return getattr(torch, name)
 
 
@@ -250,7 +259,7 @@ def load_model(cfg: RunConfig, device: str | torch.device = "cpu", training: boo
     path = resolve_source(cfg.model.source)
     family = family_of_folder(path, cfg.model.family)
     tokenizer = load_tokenizer(path, family)
-    dtype = resolve_dtype(cfg.model.dtype, device)
+    dtype = resolve_dtype(cfg.model.dtype, device, family)
     model_class = _model_class(family, cfg.format.head)
     kwargs = _load_kwargs(cfg, family, dtype, device, tokenizer.pad_token_id)
     model = model_class.from_pretrained(str(path), **kwargs)

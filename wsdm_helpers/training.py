@@ -108,6 +108,11 @@ class EvalSet:
         from . import metrics
 
         logits = np.asarray(prediction.predictions, dtype=np.float64)
+        if not np.isfinite(logits).all():
+            raise ConfigError(f"{int((~np.isfinite(logits)).any(axis=1).sum())} of {len(logits)} validation rows "
+                              "have NaN/inf logits: the model overflowed its dtype or diverged. Use "
+                              "model.dtype=bfloat16 or float32 (float16 overflows on some families), or lower "
+                              "train.learning_rate")
         rows = np.asarray(prediction.label_ids[1])
         probs = np.empty_like(logits)
         probs[rows] = _softmax(logits)
@@ -181,10 +186,13 @@ def _pair_trainer_class():
         def __init__(self, *args, head: str, answer_ids: list[int], **kwargs):
             super().__init__(*args, **kwargs)
             self.head, self.answer_ids = head, answer_ids
+            self.train_tokens = 0  # real (non-pad) tokens of this process's training batches
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             import torch.nn.functional as F
 
+            if model.training:  # a device tensor: counting adds no host sync per step
+                self.train_tokens = self.train_tokens + inputs["attention_mask"].sum().detach()
             logits = class_logits(model, self.head, self.answer_ids, inputs["input_ids"], inputs["attention_mask"])
             loss = F.cross_entropy(logits, inputs["labels"])
             return (loss, {"logits": logits}) if return_outputs else loss
@@ -246,6 +254,62 @@ def last_checkpoint(checkpoint_dir: Path) -> str | None:
     return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
 
 
+def _reset_peak_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _step_timer():
+    """A callback summing the wall time of optimizer steps only (evaluations and saves excluded), and
+    noting the wall time since the start of training at every evaluation (time to accuracy)."""
+    import time
+
+    import torch
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        seconds = 0.0
+
+        def __init__(self):
+            self.begin, self.eval_wall = time.perf_counter(), {}
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.begin = time.perf_counter()
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self.eval_wall[state.global_step] = round(time.perf_counter() - self.begin, 1)
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()  # kernels run ahead of the host: count them in their step
+            self.seconds += time.perf_counter() - self._started
+
+    return StepTimer()
+
+
+def _timer(trainer):
+    return next(c for c in trainer.callback_handler.callbacks if type(c).__name__ == "StepTimer")
+
+
+def _throughput(trainer) -> dict[str, Any]:
+    """Training speed (real tokens per second of optimizer steps, all processes) and peak CUDA memory."""
+    import torch
+
+    timer = _timer(trainer)
+    tokens = int(trainer.train_tokens) * trainer.args.world_size  # processes see equal shares of the rows
+    return {
+        "train_runtime_s": next((e["train_runtime"] for e in trainer.state.log_history if "train_runtime" in e), None),
+        "train_step_seconds": round(timer.seconds, 2), "train_tokens": tokens,
+        "train_tokens_per_s": round(tokens / timer.seconds, 1) if timer.seconds else None,
+        "peak_cuda_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None,
+    }
+
+
 def _free_accelerator_memory() -> None:
     import torch
 
@@ -298,6 +362,7 @@ def _fit(cfg, tokenizer, family, answer_ids, train_set, evals, checkpoint_dir, c
         trainer = _make_trainer(cfg, tokenizer, family, answer_ids, train_set, evals, checkpoint_dir,
                                 callbacks, batch, accumulation, clear=not resume)
         try:
+            _reset_peak_memory()
             trainer.train(resume_from_checkpoint=last_checkpoint(checkpoint_dir) if resume else None)
             return trainer, retries
         except torch.cuda.OutOfMemoryError:
@@ -330,7 +395,7 @@ def _make_trainer(cfg, tokenizer, family, answer_ids, train_set, evals, checkpoi
         eval_dataset=evals[0].dataset if evals else None,
         compute_metrics=evals[0].compute_metrics if evals else None,
         data_collator=PairCollator(tokenizer.pad_token_id, family.padding_side),
-        processing_class=tokenizer, callbacks=list(callbacks), head=cfg.format.head, answer_ids=answer_ids,
+        processing_class=tokenizer, callbacks=[*callbacks, _step_timer()], head=cfg.format.head, answer_ids=answer_ids,
     )
 
 
@@ -340,7 +405,7 @@ def _dtype_name(cfg: RunConfig, family) -> str:
     from .modeling import resolve_dtype
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return str(resolve_dtype(cfg.model.dtype, device)).replace("torch.", "")
+    return str(resolve_dtype(cfg.model.dtype, device, family)).replace("torch.", "")
 
 
 def _final_metrics(trainer, evals, retries, n_train_rows: int) -> dict[str, Any]:
@@ -350,9 +415,10 @@ def _final_metrics(trainer, evals, retries, n_train_rows: int) -> dict[str, Any]
         "global_step": state.global_step, "train_rows": n_train_rows, "world_size": trainer.args.world_size,
         "best_checkpoint": state.best_model_checkpoint, "best_metric": state.best_metric,
         "oom_retries": retries,
-        "curve": [{k.replace("eval_", ""): v for k, v in entry.items()} for entry in state.log_history
-                  if "eval_accuracy" in entry],
-        "train_runtime_s": next((e["train_runtime"] for e in state.log_history if "train_runtime" in e), None),
+        "curve": [{**{k.replace("eval_", ""): v for k, v in entry.items()},
+                   "wall_s": _timer(trainer).eval_wall.get(entry["step"])}
+                  for entry in state.log_history if "eval_accuracy" in entry],
+        **_throughput(trainer),
     }
     if evals is None:
         return result
