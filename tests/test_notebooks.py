@@ -174,6 +174,7 @@ def test_demo_trains_with_lora_and_writes_a_valid_submission(demo):
     assert 0 <= summary.validation["accuracy"] <= 1
     text = summary.to_text()
     assert str(summary.submission) in text and "validation accuracy" in text and "test accuracy" in text
+    assert "validation curve:     step 2: " in text  # accuracy and the training time to it, per evaluation
     train_nb, infer_nb = summary.notebooks
     assert train_nb.name == "train_gemma.ipynb" and infer_nb.name == "inference.ipynb"
     assert sum("image/png" in o.get("data", {}) for o in _outputs(train_nb)) == 4  # the plots show inline

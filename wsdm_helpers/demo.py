@@ -37,6 +37,7 @@ class DemoSummary:
             f"  submission.csv:       {self.submission} ({self.n_test_rows} rows)",
             f"  validation accuracy:  {_fmt(self.validation.get('accuracy'))} "
             f"(log loss {_fmt(self.validation.get('log_loss'))}, {self.validation.get('rows')} held-out rows)",
+            "  validation curve:     " + _curve_text(self.validation.get("curve", [])),
             f"  test accuracy:        {_fmt(self.test.get('accuracy'))} "
             f"(log loss {_fmt(self.test.get('log_loss'))}, {self.test.get('rows')} rows of test_labels.parquet)",
             f"  trained run:          {self.run_dir} (adapter/, config.yaml, metrics.json)",
@@ -48,6 +49,18 @@ class DemoSummary:
 
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
+
+
+def _curve_text(curve: list[dict[str, Any]]) -> str:
+    """Accuracy at each evaluation with the training time it took: "step 40: 0.5310 (1:52), ..."."""
+    return ", ".join(f"step {p['step']}: {_fmt(p.get('accuracy'))}{_clock(p.get('wall_s'))}" for p in curve) or "n/a"
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    minutes, rest = divmod(round(seconds), 60)
+    return f" ({minutes}:{rest:02d})"
 
 
 def _banner(text: str) -> None:
@@ -90,6 +103,7 @@ def run_demo(out: str | Path, config: str = "cpu-demo-gemma3-270m", train_parame
 
 
 def validation_scores(run_dir: Path) -> dict[str, Any]:
-    """Scores of the selected checkpoint on the whole held-out fold (``final`` in metrics.json)."""
+    """Scores of the selected checkpoint on the whole held-out fold (``final`` in metrics.json), and the
+    periodic evaluations on the eval subset with the training time to each (``curve``)."""
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    return {**metrics.get("final", {}), "rows": metrics.get("valid_rows")}
+    return {**metrics.get("final", {}), "rows": metrics.get("valid_rows"), "curve": metrics.get("curve", [])}
