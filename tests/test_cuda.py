@@ -23,7 +23,7 @@ from wsdm_helpers.config import InferenceConfig, load_run_config  # noqa: E402
 from wsdm_helpers.data import write_canonical  # noqa: E402
 from wsdm_helpers.demo_data import make_demo_frame  # noqa: E402
 from wsdm_helpers.inference import predict_proba, run_prediction  # noqa: E402
-from wsdm_helpers.tiny import build_tiny_model, train_tokenizer  # noqa: E402
+from wsdm_helpers.tiny import build_tiny_model, pair_texts, train_tokenizer  # noqa: E402
 from wsdm_helpers.training import train  # noqa: E402
 
 TINY_PRESET = Path(__file__).resolve().parents[1] / "configs" / "tiny-test.yaml"
@@ -35,8 +35,7 @@ def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("cuda-demo")
     frame = make_demo_frame(80, seed=1)
     write_canonical(frame, root / "train.parquet")
-    texts = [t for col in ("prompt", "response_a", "response_b") for turns in frame[col] for t in turns if t]
-    tokenizer = train_tokenizer(texts, vocab_size=500)
+    tokenizer = train_tokenizer(pair_texts(frame), vocab_size=500)
     models = {family: build_tiny_model(family, tokenizer, root / family, head="mcq") for family in ("llama", "gemma3")}
     return frame, root / "train.parquet", models
 

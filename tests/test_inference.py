@@ -25,13 +25,9 @@ from wsdm_helpers.inference import (
     run_prediction,
     select_uncertain,
 )
-from wsdm_helpers.tiny import build_tiny_model, train_tokenizer
+from wsdm_helpers.tiny import build_tiny_model, pair_texts, train_tokenizer
 
 CPU1 = InferenceConfig(devices=["cpu"], tta="none", max_tokens_per_batch=2048, max_batch_size=8).for_device("cpu")
-
-
-def _texts(frame: pd.DataFrame) -> list[str]:
-    return [t for col in ("prompt", "response_a", "response_b") for turns in frame[col] for t in turns if t]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +38,7 @@ def frame() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, frame):
     root = tmp_path_factory.mktemp("run")
-    tokenizer = train_tokenizer(_texts(frame), vocab_size=800, out_dir=root / "tokenizer")
+    tokenizer = train_tokenizer(pair_texts(frame), vocab_size=800, out_dir=root / "tokenizer")
     build_tiny_model("llama", tokenizer, root / "model", num_labels=2)
     cfg = RunConfig(model=ModelConfig(source=str(root / "model")), format=FormatConfig(max_length=256))
     save_yaml(cfg, root / "config.yaml")

@@ -115,12 +115,11 @@ FAST = ["train.eval_steps=2", "train.save_steps=2", "train.logging_steps=1", "tr
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     from wsdm_helpers.demo_data import make_demo_frame
-    from wsdm_helpers.tiny import build_tiny_model, train_tokenizer
+    from wsdm_helpers.tiny import build_tiny_model, pair_texts, train_tokenizer
 
     root = tmp_path_factory.mktemp("tiny_models")
     frame = make_demo_frame(96, seed=0)
-    texts = [t for col in ("prompt", "response_a", "response_b") for turns in frame[col] for t in turns if t]
-    tokenizer = train_tokenizer(texts, vocab_size=600)
+    tokenizer = train_tokenizer(pair_texts(frame), vocab_size=600)
     return {family: build_tiny_model(family, tokenizer, root / family) for family in ("gemma3", "bert")}
 
 

@@ -21,7 +21,7 @@ from wsdm_helpers.config import load_run_config, save_yaml  # noqa: E402
 from wsdm_helpers.data import write_canonical  # noqa: E402
 from wsdm_helpers.demo_data import make_demo_frame  # noqa: E402
 from wsdm_helpers.modeling import load_run  # noqa: E402
-from wsdm_helpers.tiny import build_tiny_model, train_tokenizer  # noqa: E402
+from wsdm_helpers.tiny import build_tiny_model, pair_texts, train_tokenizer  # noqa: E402
 from wsdm_helpers.tokenization import encode_pairs  # noqa: E402
 from wsdm_helpers.training import halve_batch, train  # noqa: E402
 
@@ -35,7 +35,7 @@ def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     frame = make_demo_frame(80, seed=1)
     write_canonical(frame, root / "train.parquet")
-    texts = [t for col in ("prompt", "response_a", "response_b") for turns in frame[col] for t in turns if t]
+    texts = pair_texts(frame)
     tokenizer = train_tokenizer(texts + ["Answer: A", "Answer: B"] * 50, vocab_size=500)
     return root / "train.parquet", tokenizer
 

@@ -12,6 +12,11 @@ from pathlib import Path
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<eos>", "[CLS]", "[SEP]", "[MASK]"]
 
 
+def pair_texts(frame) -> list[str]:
+    """Every non-empty turn of a canonical frame's prompt, response_a and response_b (tokenizer training text)."""
+    return [t for col in ("prompt", "response_a", "response_b") for turns in frame[col] for t in turns if t]
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000, out_dir: str | Path | None = None):
     """Train a byte-level BPE tokenizer on ``texts`` and return it as a ``PreTrainedTokenizerFast``.
 
