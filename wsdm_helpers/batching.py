@@ -1,7 +1,7 @@
 """Length-sorted token-budget batches and dynamic padding.
 
 Rows are sorted by length so each batch holds rows of similar length (little padding), and each
-batch is filled up to a budget of padded tokens (rows x longest row) instead of a fixed row count,
+batch is bounded by a budget of padded tokens (rows x longest row) instead of a fixed row count,
 so short rows go in big batches and long rows in small ones. The longest batch comes first: an
 out-of-memory error shows up at once, not after an hour.
 """
@@ -17,30 +17,36 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
+    from .config import InferenceConfig
 
-def token_budget_batches(lengths: Sequence[int] | np.ndarray, max_tokens: int, max_batch_size: int,
-                         descending: bool = True) -> list[np.ndarray]:
-    """Row indices per batch: length-sorted, each batch's ``rows * longest <= max_tokens``.
 
-    A single row longer than ``max_tokens`` gets a batch of its own. ``descending=True`` puts the
-    longest rows (the largest padded batch) first. Ties keep the input order (stable sort).
+def plan_batches(lengths: Sequence[int], cfg: InferenceConfig) -> list[np.ndarray]:
+    """Length-sorted batches (longest first) that minimise padded tokens + a fixed cost per batch.
+
+    Within the token budget (rows x longest <= max_tokens_per_batch, at most max_batch_size rows),
+    the cut points are chosen by dynamic programming over the sorted rows, pricing each forward pass
+    at ``batch_overhead_tokens``: long rows go in small batches, short rows in big ones, and a batch
+    is cut wherever the lengths drop enough that padding would cost more than one more pass.
     """
-    if max_tokens < 1 or max_batch_size < 1:
-        raise ConfigError(f"max_tokens={max_tokens} and max_batch_size={max_batch_size} must be at least 1")
+    if cfg.max_tokens_per_batch is None or cfg.batch_overhead_tokens is None:
+        raise ConfigError("plan_batches needs resolved batching values: pass cfg.for_device('cuda' or 'cpu')")
     lengths = np.asarray(lengths, dtype=np.int64)
-    order = np.argsort(-lengths if descending else lengths, kind="stable")
-    batches: list[np.ndarray] = []
-    start, longest = 0, 0
-    for pos, row in enumerate(order):
-        new_longest = max(longest, int(lengths[row]))
-        rows = pos - start + 1
-        if rows > 1 and (rows > max_batch_size or rows * new_longest > max_tokens):
-            batches.append(order[start:pos])
-            start, new_longest = pos, int(lengths[row])
-        longest = new_longest
-    if start < len(order):
-        batches.append(order[start:])
-    return batches
+    order = np.lexsort((np.arange(len(lengths)), -lengths))
+    ordered = lengths[order]
+    best = np.full(len(order) + 1, np.inf)
+    best[0], start = 0.0, np.zeros(len(order) + 1, dtype=np.int64)
+    for end in range(1, len(order) + 1):
+        first = np.arange(max(0, end - cfg.max_batch_size), end)
+        rows = end - first
+        cost = best[first] + rows * ordered[first] + cfg.batch_overhead_tokens
+        cost[(rows * ordered[first] > cfg.max_tokens_per_batch) & (rows > 1)] = np.inf
+        pick = int(np.argmin(cost))
+        best[end], start[end] = cost[pick], first[pick]
+    cuts, end = [], len(order)
+    while end > 0:
+        cuts.append((int(start[end]), end))
+        end = int(start[end])
+    return [order[a:b] for a, b in reversed(cuts)]
 
 
 def padding_efficiency(lengths: Sequence[int] | np.ndarray, batches: Sequence[np.ndarray]) -> float:

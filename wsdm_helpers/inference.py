@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .batching import plan_batches
 from .config import InferenceConfig, load_run_config, to_dict
 from .errors import ConfigError, DataError, SubmissionError
 from .io import atomic_write_json, atomic_write_parquet
@@ -63,37 +64,6 @@ def deal_by_tokens(lengths: Sequence[int], n_parts: int) -> list[np.ndarray]:
         parts[d].append(int(i))
         heapq.heappush(heap, (load + int(lengths[i]), d))
     return [np.array(sorted(p), dtype=np.int64) for p in parts]
-
-
-def plan_batches(lengths: Sequence[int], cfg: InferenceConfig) -> list[np.ndarray]:
-    """Length-sorted batches (longest first) that minimise padded tokens + a fixed cost per batch.
-
-    Within the token budget (rows x longest <= max_tokens_per_batch, at most max_batch_size rows),
-    the cut points are chosen by dynamic programming over the sorted rows, pricing each forward pass
-    at ``batch_overhead_tokens``: long rows go in small batches, short rows in big ones, and a batch
-    is cut wherever the lengths drop enough that padding would cost more than one more pass.
-    """
-    import numpy as np
-
-    if cfg.max_tokens_per_batch is None or cfg.batch_overhead_tokens is None:
-        raise ConfigError("plan_batches needs resolved batching values: pass cfg.for_device('cuda' or 'cpu')")
-    lengths = np.asarray(lengths, dtype=np.int64)
-    order = np.lexsort((np.arange(len(lengths)), -lengths))
-    ordered = lengths[order]
-    best = np.full(len(order) + 1, np.inf)
-    best[0], start = 0.0, np.zeros(len(order) + 1, dtype=np.int64)
-    for end in range(1, len(order) + 1):
-        first = np.arange(max(0, end - cfg.max_batch_size), end)
-        rows = end - first
-        cost = best[first] + rows * ordered[first] + cfg.batch_overhead_tokens
-        cost[(rows * ordered[first] > cfg.max_tokens_per_batch) & (rows > 1)] = np.inf
-        pick = int(np.argmin(cost))
-        best[end], start[end] = cost[pick], first[pick]
-    cuts, end = [], len(order)
-    while end > 0:
-        cuts.append((int(start[end]), end))
-        end = int(start[end])
-    return [order[a:b] for a, b in reversed(cuts)]
 
 
 def computed_tokens(lengths: Sequence[int], cfg: InferenceConfig) -> int:
