@@ -187,6 +187,8 @@ def _pair_trainer_class():
             super().__init__(*args, **kwargs)
             self.head, self.answer_ids = head, answer_ids
             self.train_tokens = 0  # real (non-pad) tokens of this process's training batches
+            self.step_timer = _step_timer()
+            self.add_callback(self.step_timer)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             import torch.nn.functional as F
@@ -270,10 +272,8 @@ def _step_timer():
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
-        seconds = 0.0
-
         def __init__(self):
-            self.begin, self.eval_wall = time.perf_counter(), {}
+            self.seconds, self.begin, self.eval_wall = 0.0, time.perf_counter(), {}
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.begin = time.perf_counter()
@@ -292,15 +292,11 @@ def _step_timer():
     return StepTimer()
 
 
-def _timer(trainer):
-    return next(c for c in trainer.callback_handler.callbacks if type(c).__name__ == "StepTimer")
-
-
 def _throughput(trainer) -> dict[str, Any]:
     """Training speed (real tokens per second of optimizer steps, all processes) and peak CUDA memory."""
     import torch
 
-    timer = _timer(trainer)
+    timer = trainer.step_timer
     tokens = int(trainer.train_tokens) * trainer.args.world_size  # processes see equal shares of the rows
     return {
         "train_runtime_s": next((e["train_runtime"] for e in trainer.state.log_history if "train_runtime" in e), None),
@@ -395,7 +391,7 @@ def _make_trainer(cfg, tokenizer, family, answer_ids, train_set, evals, checkpoi
         eval_dataset=evals[0].dataset if evals else None,
         compute_metrics=evals[0].compute_metrics if evals else None,
         data_collator=PairCollator(tokenizer.pad_token_id, family.padding_side),
-        processing_class=tokenizer, callbacks=[*callbacks, _step_timer()], head=cfg.format.head, answer_ids=answer_ids,
+        processing_class=tokenizer, callbacks=list(callbacks), head=cfg.format.head, answer_ids=answer_ids,
     )
 
 
@@ -416,7 +412,7 @@ def _final_metrics(trainer, evals, retries, n_train_rows: int) -> dict[str, Any]
         "best_checkpoint": state.best_model_checkpoint, "best_metric": state.best_metric,
         "oom_retries": retries,
         "curve": [{**{k.replace("eval_", ""): v for k, v in entry.items()},
-                   "wall_s": _timer(trainer).eval_wall.get(entry["step"])}
+                   "wall_s": trainer.step_timer.eval_wall.get(entry["step"])}
                   for entry in state.log_history if "eval_accuracy" in entry],
         **_throughput(trainer),
     }
