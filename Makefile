@@ -10,7 +10,7 @@ PIP := $(BIN)/python -m pip
 DEMO_OUT ?= demo_output
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev demo test test-quick bench lint clean
+.PHONY: install install-dev demo test test-quick test-floors bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,18 @@ test: install-dev $(VENV)/.wheel-cache
 
 test-quick: install-dev
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The training, modeling and inference tests on the version floors of setup.py (.ci/floors.py).
+FLOORS_VENV := .venv-floors
+test-floors:
+	$(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PYTHON) .ci/floors.py > $(FLOORS_VENV)/constraints.txt
+	$(if $(TORCH),$(FLOORS_VENV)/bin/python -m pip install -q "$(TORCH)")
+	$(FLOORS_VENV)/bin/python -m pip install -q -c $(FLOORS_VENV)/constraints.txt -e ".[training,features,dev]"
+	$(FLOORS_VENV)/bin/python -m pip list 2>/dev/null | grep -iE '^(transformers|peft|accelerate|tokenizers) '
+	HF_HUB_OFFLINE=1 $(FLOORS_VENV)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider \
+		tests/test_versions.py tests/test_modeling.py tests/test_training.py tests/test_inference.py
 
 bench: install-dev
 	for b in benchmarks/*.py; do $(BIN)/python $$b --quick || exit 1; done

@@ -10,7 +10,8 @@ from setuptools import find_packages, setup
 ROOT = Path(__file__).parent
 
 EXTRAS = {
-    "training": ["peft>=0.13", "accelerate>=1.0", "datasets>=3.0"],
+    # transformers 5 needs peft 0.18.1 (its v5 import guards) and accelerate 1.13 (4-bit loading on v5).
+    "training": ["peft>=0.18.1", "accelerate>=1.13"],
     "quantization": ["bitsandbytes>=0.43; platform_system == 'Linux'"],
     "notebooks": ["papermill>=2.6", "ipykernel>=6.29", "ipywidgets>=8.1", "matplotlib>=3.8", "nbformat>=5.9"],
     "features": ["scikit-learn>=1.3"],
@@ -31,13 +32,14 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.3",
-        "transformers>=4.46",
+        # 5.2: TrainingArguments(train_sampling_strategy=..., warmup_steps=<ratio>) used by training.py
+        "transformers>=5.2",
         "numpy>=1.24",
         "pandas>=2.0",
         "pyarrow>=14",
         "pyyaml>=6.0",
         "tqdm>=4.66",
-        "tokenizers>=0.20",
+        "tokenizers>=0.22",
         "safetensors>=0.4",
     ],
     extras_require=EXTRAS,
