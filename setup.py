@@ -39,7 +39,7 @@ setup(
         "pyarrow>=14",
         "pyyaml>=6.0",
         "tqdm>=4.66",
-        "tokenizers>=0.22",
+        "tokenizers>=0.22.2",
         "safetensors>=0.4",
     ],
     extras_require=EXTRAS,

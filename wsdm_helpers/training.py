@@ -157,15 +157,19 @@ def split_data(cfg: RunConfig):
     return split_fold(frame, cfg.data.fold, cfg.data.n_folds, cfg.data.seed)
 
 
-def _train_dataset(frame, tokenizer, cfg: RunConfig, template: str) -> PairDataset:
+def augmented_frame(frame, cfg: RunConfig):
+    """The training rows, followed by their A/B-swapped copies when ``train.swap_augment`` is on."""
     import pandas as pd
 
-    from .formatting import swap_pairs
+    from .tta import swap_pairs
+
+    return pd.concat([frame, swap_pairs(frame)], ignore_index=True) if cfg.train.swap_augment else frame
+
+
+def _train_dataset(frame, tokenizer, cfg: RunConfig, template: str) -> PairDataset:
     from .tokenization import encode_pairs
 
-    if cfg.train.swap_augment:
-        frame = pd.concat([frame, swap_pairs(frame)], ignore_index=True)
-    return PairDataset(encode_pairs(frame, tokenizer, cfg.format, template))
+    return PairDataset(encode_pairs(augmented_frame(frame, cfg), tokenizer, cfg.format, template))
 
 
 def _limit_rows(frame, n: int | None, seed: int):

@@ -1,0 +1,93 @@
+"""The A/B symmetry rules (wsdm_helpers.tta): flips, merges on id, selection, and swap augmentation."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from wsdm_helpers import tta
+from wsdm_helpers.data import frame_from_records
+from wsdm_helpers.errors import SubmissionError
+
+
+def _preds(ids, probs):
+    out = pd.DataFrame({"id": [str(i) for i in ids]})
+    out[tta.columns_for(probs.shape[1])] = probs
+    return out
+
+
+@given(arrays(np.float64, st.tuples(st.integers(1, 20), st.sampled_from([2, 3])), elements=st.floats(0, 1)))
+def test_flip_is_an_involution_that_keeps_ties(probs):
+    flipped = tta.flip_probs(probs)
+    assert np.array_equal(flipped[:, 0], probs[:, 1]) and np.array_equal(flipped[:, 1], probs[:, 0])
+    if probs.shape[1] == 3:
+        assert np.array_equal(flipped[:, 2], probs[:, 2])
+    assert np.array_equal(tta.flip_probs(flipped), probs)
+    assert np.array_equal(tta.flip_predictions(_preds(range(len(probs)), probs))[tta.columns_for(probs.shape[1])]
+                          .to_numpy(), flipped)
+
+
+def test_flip_labels_keeps_ties_and_unknown():
+    assert tta.flip_labels(np.array([0, 1, 2, -1])).tolist() == [1, 0, 2, -1]
+
+
+def test_merge_swapped_joins_on_id_not_position():
+    ab = _preds(["x", "y", "z"], np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]]))
+    ba = _preds(["y", "x"], np.array([[0.6, 0.4], [0.3, 0.7]]))  # other order, subset, BA orientation
+    merged = tta.merge_swapped(ab, ba).set_index("id")
+    assert merged.loc["x", "winner_model_a"] == pytest.approx((0.9 + 0.7) / 2)
+    assert merged.loc["y", "winner_model_a"] == pytest.approx((0.2 + 0.4) / 2)
+    assert merged.loc["z", "winner_model_a"] == 0.5  # not swapped: AB kept
+    assert list(merged.index) == ["x", "y", "z"]
+
+
+def test_merge_swapped_refuses_unknown_ids_and_other_class_counts():
+    ab = _preds(["x"], np.array([[0.9, 0.1]]))
+    with pytest.raises(SubmissionError, match="without an AB prediction"):
+        tta.merge_swapped(ab, _preds(["q"], np.array([[0.5, 0.5]])))
+    with pytest.raises(SubmissionError, match="BA predictions"):
+        tta.merge_swapped(ab, _preds(["x"], np.array([[0.4, 0.4, 0.2]])))
+
+
+def test_average_orientations_equals_merge_of_full_swap():
+    probs_ab, probs_ba = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3]]), np.array([[0.3, 0.5, 0.2], [0.5, 0.4, 0.1]])
+    merged = tta.merge_swapped(_preds("ab", probs_ab), _preds("ab", probs_ba))
+    assert np.allclose(merged[tta.PROB3].to_numpy(), tta.average_orientations(probs_ab, probs_ba))
+
+
+def test_select_uncertain_most_uncertain_first_within_band_and_cap():
+    preds = _preds("abcd", np.array([[0.52, 0.48], [0.9, 0.1], [0.5, 0.5], [0.4, 0.6]]))
+    assert tta.select_uncertain(preds) == ["c", "a", "d", "b"]
+    assert tta.select_uncertain(preds, band=0.1) == ["c", "a", "d"]
+    assert tta.select_uncertain(preds, band=0.1, max_rows=2) == ["c", "a"]
+
+
+@pytest.mark.parametrize(("policy", "share", "wanted", "sel"), [
+    ("none", 0.5, 0, (None, None)), ("swap", 0.5, 10, (None, None)),
+    ("selective", 0.5, 5, (0.15, 5)), ("selective", None, 10, (0.15, None))])
+def test_policies(policy, share, wanted, sel):
+    assert tta.swap_rows_wanted(policy, 10, share) == wanted
+    assert tta.selection(policy, 10, 0.15, share) == sel
+
+
+def test_swap_augmentation_doubles_rows_flips_labels_keeps_ties():
+    from wsdm_helpers.config import RunConfig
+    from wsdm_helpers.training import augmented_frame
+
+    frame = frame_from_records([
+        {"id": "1", "prompt": "p", "response_a": "first", "response_b": "second", "label": 0, "model_a": "m1",
+         "model_b": "m2"},
+        {"id": "2", "prompt": "q", "response_a": "left", "response_b": "right", "label": 2, "model_a": "m3",
+         "model_b": "m4"},
+    ])
+    cfg = RunConfig()
+    cfg.train.swap_augment = True
+    both = augmented_frame(frame, cfg)
+    assert len(both) == 4 and both["id"].tolist() == ["1", "2", "1", "2"]
+    assert both["label"].tolist() == [0, 2, 1, 2]
+    assert both.loc[2, "response_a"] == ["second"] and both.loc[2, "model_a"] == "m2"
+    cfg.train.swap_augment = False
+    assert len(augmented_frame(frame, cfg)) == 2

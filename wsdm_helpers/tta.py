@@ -1,0 +1,114 @@
+"""The pair's A/B symmetry: one home for every rule that exchanges response A and response B.
+
+A pair (prompt, A, B) and its swap (prompt, B, A) describe the same comparison, so a prediction or a
+label of one maps onto the other by exchanging the ``a`` and ``b`` classes; a tie stays a tie.
+Training (swap augmentation, swapped evaluation), the feature baseline (both orientations) and
+inference (swap and selective TTA) all use these functions, and everything joins on ``id``.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from .errors import SubmissionError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+PROB2 = ["winner_model_a", "winner_model_b"]
+PROB3 = ["winner_model_a", "winner_model_b", "winner_tie"]
+TTA = Literal["none", "swap", "selective"]
+
+
+def prob_columns(preds: pd.DataFrame) -> list[str]:
+    """The probability columns of a predictions frame (two or three classes)."""
+    return PROB3 if "winner_tie" in preds.columns else PROB2
+
+
+def columns_for(num_classes: int) -> list[str]:
+    return PROB3 if num_classes == 3 else PROB2
+
+
+def flip_probs(probs: np.ndarray) -> np.ndarray:
+    """Class probabilities (or soft labels, or logits) [n, 2 or 3] of the swapped pair: a <-> b, tie kept."""
+    out = np.array(probs, copy=True)
+    out[:, [0, 1]] = out[:, [1, 0]]
+    return out
+
+
+def flip_labels(labels: np.ndarray) -> np.ndarray:
+    """Hard labels of the swapped pair: 0 <-> 1; ties (2) and unknown (-1) kept."""
+    labels = np.asarray(labels)
+    return np.where(labels == 0, 1, np.where(labels == 1, 0, labels)).astype(labels.dtype)
+
+
+def swap_pairs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The same rows with A and B exchanged: responses, models, labels, same ids."""
+    out = frame.copy()
+    for left, right in (("response_a", "response_b"), ("model_a", "model_b")):
+        if left in out.columns and right in out.columns:
+            out[left], out[right] = frame[right].to_numpy(), frame[left].to_numpy()
+    if "label" in out.columns:
+        out["label"] = flip_labels(frame["label"].to_numpy())
+    return out
+
+
+def flip_predictions(pred_ba: pd.DataFrame) -> pd.DataFrame:
+    """Predictions made on swapped pairs, mapped back to the original orientation."""
+    out = pred_ba.copy()
+    out["winner_model_a"], out["winner_model_b"] = pred_ba["winner_model_b"], pred_ba["winner_model_a"]
+    return out
+
+
+def merge_swapped(pred_ab: pd.DataFrame, pred_ba: pd.DataFrame) -> pd.DataFrame:
+    """Average AB predictions with flipped-back BA predictions, joined on id.
+
+    ``pred_ba`` may cover a subset of the ids (selective TTA); the other rows keep their AB values.
+    The result has ``pred_ab``'s row order.
+    """
+    ab = pred_ab.astype({"id": str}).set_index("id")
+    ba = flip_predictions(pred_ba.astype({"id": str})).set_index("id")
+    cols = prob_columns(pred_ab)
+    if prob_columns(pred_ba) != cols:
+        raise SubmissionError(f"AB predictions have {cols} but BA predictions {prob_columns(pred_ba)}")
+    extra = ba.index.difference(ab.index)
+    if len(extra):
+        raise SubmissionError(f"BA predictions have {len(extra)} id(s) without an AB prediction: "
+                              f"{', '.join(extra[:5])}")
+    ab.loc[ba.index, cols] = (ab.loc[ba.index, cols].to_numpy() + ba[cols].to_numpy()) / 2
+    return ab.reset_index()
+
+
+def average_orientations(probs_ab: np.ndarray, probs_ba: np.ndarray) -> np.ndarray:
+    """Row-aligned arrays of the same rows in both orientations -> the swap-TTA average."""
+    return (np.asarray(probs_ab) + flip_probs(probs_ba)) / 2
+
+
+def select_uncertain(preds: pd.DataFrame, band: float | None = None, max_rows: int | None = None) -> list[str]:
+    """Ids of the rows worth a swap pass: |P(a) - P(b)| <= 2 * band (for two classes: P(a) within
+    0.5 +- band), at most ``max_rows`` of them, most uncertain first (ties broken by id)."""
+    margin = np.round((preds["winner_model_a"] - preds["winner_model_b"]).abs().to_numpy(), 9)  # float noise
+    ids = preds["id"].astype(str).to_numpy()
+    order = np.lexsort((ids, margin))
+    if band is not None:
+        order = order[margin[order] <= 2 * band + 1e-12]
+    if max_rows is not None:
+        order = order[:max(0, max_rows)]
+    return ids[order].tolist()
+
+
+def swap_rows_wanted(tta: TTA, n_rows: int, share: float | None) -> int:
+    """How many rows a TTA policy would swap if time allowed."""
+    if tta == "none":
+        return 0
+    if tta == "swap" or share is None:
+        return n_rows
+    return round(n_rows * share)
+
+
+def selection(tta: TTA, n_rows: int, band: float, share: float | None) -> tuple[float | None, int | None]:
+    """(band, cap) for :func:`select_uncertain` under a policy: ``swap`` takes every row."""
+    if tta != "selective":
+        return None, None
+    return band, (round(n_rows * share) if share is not None else None)
