@@ -29,7 +29,7 @@ def plan_batches(lengths: Sequence[int], cfg: InferenceConfig) -> list[np.ndarra
     is cut wherever the lengths drop enough that padding would cost more than one more pass.
     """
     if cfg.max_tokens_per_batch is None or cfg.batch_overhead_tokens is None:
-        raise ConfigError("plan_batches needs resolved batching values: pass cfg.for_device('cuda' or 'cpu')")
+        raise ValueError("plan_batches needs resolved batching values: pass cfg.for_device('cuda' or 'cpu')")
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.lexsort((np.arange(len(lengths)), -lengths))
     ordered = lengths[order]
@@ -69,7 +69,7 @@ def collate(input_ids_list: Sequence[Sequence[int]], pad_id: int, padding_side: 
     if pad_id is None:
         raise ConfigError("pad_id is None; call tokenization.ensure_pad_token(tokenizer) first")
     if not len(input_ids_list):
-        raise ConfigError("collate got an empty batch")
+        raise ValueError("collate got an empty batch")  # a caller bug, not a user error
     width = max(len(ids) for ids in input_ids_list)
     ids = np.full((len(input_ids_list), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(input_ids_list), width), dtype=np.int64)

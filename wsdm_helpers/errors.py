@@ -19,3 +19,11 @@ class SubmissionError(WsdmError, ValueError):
 
 class BundleError(WsdmError, ValueError):
     """A Kaggle bundle fails a pre-upload check."""
+
+
+class NumericalError(WsdmError, ArithmeticError):
+    """A computation produced NaN or inf (overflow in the model's dtype, divergence)."""
+
+
+class MissingResourceError(WsdmError, FileNotFoundError):
+    """Something the run needs is not on this machine: a package, a folder, a file."""

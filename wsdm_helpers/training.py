@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .config import RunConfig, save_yaml
-from .errors import ConfigError
+from .errors import ConfigError, NumericalError
 from .io import atomic_write_json, atomic_write_parquet
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class EvalSet:
 
         logits = np.asarray(prediction.predictions, dtype=np.float64)
         if not np.isfinite(logits).all():
-            raise ConfigError(f"{int((~np.isfinite(logits)).any(axis=1).sum())} of {len(logits)} validation rows "
+            raise NumericalError(f"{int((~np.isfinite(logits)).any(axis=1).sum())} of {len(logits)} validation rows "
                               "have NaN/inf logits: the model overflowed its dtype or diverged. Use "
                               "model.dtype=bfloat16 or float32 (float16 overflows on some families), or lower "
                               "train.learning_rate")
