@@ -50,8 +50,9 @@ def _data_validate(args: argparse.Namespace) -> int:
 
 
 def _data_convert(args: argparse.Namespace) -> int:
-    from .data import write_canonical
+    from .data import check_canonical_out, write_canonical
 
+    check_canonical_out(args.out, args.path)
     frame, report = _read_for_cli(args)
     write_canonical(frame, args.out)
     print(report.to_text())

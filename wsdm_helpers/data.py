@@ -69,6 +69,7 @@ import json
 import logging
 import os
 import re
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -161,7 +162,17 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise _fail(path, "file is empty (0 bytes)", "re-download or re-export the file")
     try:
         table = _read_kind(path, kind)
-    except (ValueError, OSError, UnicodeDecodeError, EOFError) as exc:
+    except DataError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise _fail(path, f"is not UTF-8 text (found byte {exc.object[exc.start:exc.start + 1]!r}; "
+                          "Latin-1 or Windows-1252 files look like this)",
+                    "re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`, or "
+                    "'Save as CSV UTF-8' in a spreadsheet)") from exc
+    except RecursionError as exc:
+        raise _fail(path, "holds values nested too deeply to read",
+                    "turns must be flat lists of strings; fix or drop the nested values") from exc
+    except (ValueError, TypeError, OSError, EOFError, zlib.error) as exc:
         raise _fail(path, f"cannot be read as {kind}: {exc}".rstrip("."),
                     f"check that the file really is {kind} and not truncated") from exc
     if table.shape[1] == 0 or len(table) == 0:
@@ -179,14 +190,49 @@ def _read_kind(path: Path, kind: str) -> pd.DataFrame:
         text = fh.read()
     if kind == "json":
         try:
-            data = json.loads(text)
+            data = loads_json(text)
         except json.JSONDecodeError as exc:
             if "Extra data" not in str(exc):
                 raise
             kind = "jsonl"  # a .json file holding JSON lines
         else:
-            return pd.DataFrame(data) if isinstance(data, dict) else pd.DataFrame.from_records(data)
-    return pd.DataFrame.from_records([json.loads(line) for line in text.splitlines() if line.strip()])
+            if isinstance(data, dict):
+                return pd.DataFrame(data)
+            return _records_frame(data if isinstance(data, list) else [data], path, "item")
+    return _records_frame(_json_lines(text, path), path, "line")
+
+
+def loads_json(text: str) -> Any:
+    """``json.loads`` that reports over-deep nesting as a ``json.JSONDecodeError``, not a RecursionError."""
+    try:
+        return json.loads(text)
+    except RecursionError as exc:
+        raise json.JSONDecodeError("nested too deeply (Python's JSON parser recurses per level)", text, 0) from exc
+
+
+def _json_lines(text: str, path: Path) -> list[Any]:
+    records, bad = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(loads_json(line))
+        except json.JSONDecodeError as exc:
+            bad.append((number, exc.msg))
+    if bad:
+        raise _fail(path, f"lines are not valid JSON (line {bad[0][0]}: {bad[0][1]})",
+                    "fix or drop these lines (one JSON object per line)", ids=[f"line {n}" for n, _ in bad])
+    return records
+
+
+def _records_frame(records: list[Any], path: Path, unit: str) -> pd.DataFrame:
+    bad = [i for i, r in enumerate(records, start=1) if not isinstance(r, dict)]
+    if bad:
+        kinds = sorted({type(records[i - 1]).__name__ for i in bad})
+        raise _fail(path, f"records must be JSON objects, found {', '.join(kinds)}",
+                    "write one object per record, e.g. {\"id\": 1, \"prompt\": \"...\"}",
+                    ids=[f"{unit} {i}" for i in bad])
+    return pd.DataFrame.from_records(records)
 
 
 # ---- layout detection ----------------------------------------------------------------------------
@@ -214,7 +260,7 @@ def _looks_canonical(table: pd.DataFrame) -> bool:
 def _cells_are_json_lists(column: pd.Series, probe: int = 20) -> bool:
     cells = [c for c in column.head(probe).tolist() if isinstance(c, str)]
     try:
-        return bool(cells) and all(c.lstrip().startswith("[") and isinstance(json.loads(c), list) for c in cells)
+        return bool(cells) and all(c.lstrip().startswith("[") and isinstance(loads_json(c), list) for c in cells)
     except json.JSONDecodeError:
         return False
 
@@ -259,7 +305,20 @@ def _row_ids(table: pd.DataFrame, path: Any, column: str = "id") -> list[str]:
     if bad:
         raise _fail(path, "ids are missing", "give every row an id (or drop the id column to use row numbers)",
                     column=column, ids=[f"row {i}" for i in bad])
-    return [str(v) for v in values]
+    ids = [_id_text(v) for v in values]
+    bad = [i for i, v in enumerate(ids) if v is None]
+    if bad:
+        raise _fail(path, "ids must be text or whole numbers, found fractional or infinite numbers "
+                          f"such as {values[bad[0]]!r}", "store the ids as text or integers",
+                    column=column, ids=[f"row {i}" for i in bad])
+    return ids
+
+
+def _id_text(value: Any) -> str | None:
+    """An id as text: whole floats lose their ``.0`` (a parquet float column of ids), other floats are None."""
+    if isinstance(value, (float, np.floating)):
+        return str(int(value)) if np.isfinite(value) and float(value).is_integer() else None
+    return str(value)
 
 
 def _text_cells(table: pd.DataFrame, column: str, path: Any, ids: list[str]) -> list[str | None]:
@@ -283,11 +342,13 @@ def _optional_strings(table: pd.DataFrame, column: str | None, default: str, pat
 def _json_turns(table: pd.DataFrame, column: str, path: Any, ids: list[str]) -> list[list[str | None]]:
     """Parse JSON-encoded lists of turns; unparseable cells and non-lists of strings are DataErrors."""
     out, unparseable, wrong = [], [], []
+    reasons = set()
     for rid, cell in zip(ids, table[column].tolist(), strict=True):
         try:
-            turns = json.loads(cell) if isinstance(cell, str) else cell
-        except json.JSONDecodeError:
+            turns = loads_json(cell) if isinstance(cell, str) else cell
+        except json.JSONDecodeError as exc:
             unparseable.append(rid)
+            reasons.add(exc.msg)
             continue
         if isinstance(turns, np.ndarray):
             turns = turns.tolist()
@@ -296,7 +357,8 @@ def _json_turns(table: pd.DataFrame, column: str, path: Any, ids: list[str]) -> 
             continue
         out.append(turns)
     if unparseable:
-        raise _fail(path, "cells are not valid JSON (expected a JSON list of turns such as [\"hi\", null])",
+        raise _fail(path, "cells are not valid JSON (expected a JSON list of turns such as [\"hi\", null]; "
+                          f"{'; '.join(sorted(reasons)[:2])})",
                     "re-export the file without altering these cells, or drop these rows", column=column,
                     ids=unparseable)
     if wrong:
@@ -527,8 +589,11 @@ def _assemble(parts: dict, path: Any, source: str) -> pd.DataFrame:
     return frame[CANONICAL_COLUMNS]
 
 
-def apply_ties(frame: pd.DataFrame, ties: str) -> pd.DataFrame:
-    """Apply the tie policy (keep, drop or split; see the module docstring)."""
+def apply_ties(frame: pd.DataFrame, ties: str, path: Any = "<frame>") -> pd.DataFrame:
+    """Apply the tie policy (keep, drop or split; see the module docstring).
+
+    ``split`` refuses a frame where an ``<id>#a`` / ``<id>#b`` it would write is already an id.
+    """
     if ties not in TIE_POLICIES:
         raise ConfigError(f"ties={ties!r} is not one of {', '.join(TIE_POLICIES)}")
     is_tie = (frame["label"] == TIE).to_numpy()
@@ -544,6 +609,10 @@ def apply_ties(frame: pd.DataFrame, ties: str) -> pd.DataFrame:
     out.loc[second, "id"] = out.loc[second, "id"] + "#b"
     out.loc[first, "label"] = 0
     out.loc[second, "label"] = 1
+    clash = sorted(set(out.loc[first | second, "id"]) & set(frame["id"]))
+    if clash:
+        raise _fail(path, "ties='split' would write ids that the file already uses", "rename these ids, or use "
+                    "ties='keep' or 'drop'", column="id", ids=clash)
     return out
 
 
@@ -625,7 +694,7 @@ def read_pairs(path: str | Path, layout: str = "auto", ties: str = "keep", colum
     parts = _read_layout(table, path, layout, column_map or {}, seed)
     frame = _assemble(parts, path, f"{layout}:{path.name}")
     ties_in = int((frame["label"] == TIE).sum())
-    frame = apply_ties(frame, ties)
+    frame = apply_ties(frame, ties, path)
     return frame, ValidationReport.of(frame, str(path), layout, ties, ties_in)
 
 
@@ -674,6 +743,18 @@ def frame_from_records(records: list[dict], source: str = "records") -> pd.DataF
     return _assemble({"id": ids, **parts, "label": labels, **side}, source, source)
 
 
+def check_canonical_out(path: str | Path, source: str | Path | None = None) -> Path:
+    """The output path of a canonical file: a ``.parquet``/``.pq`` name that is not the input ``source``."""
+    path = Path(path)
+    if path.suffix.lower() not in (".parquet", ".pq"):
+        raise _fail(path, f"canonical files are parquet, but the name ends in '{path.suffix}'",
+                    f"name the output {path.with_suffix('.parquet').name}")
+    if source is not None and path.exists() and path.resolve() == Path(source).resolve():
+        raise _fail(path, "is the input file: converting it onto itself would replace it (and drop any column "
+                          "the canonical layout lacks)", "write to a new file")
+    return path
+
+
 def write_canonical(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write a canonical frame as parquet (atomically); turn lists keep their nulls."""
     import pyarrow as pa
@@ -681,6 +762,7 @@ def write_canonical(frame: pd.DataFrame, path: str | Path) -> Path:
 
     from .io import atomic_path
 
+    check_canonical_out(path)
     missing = [c for c in CANONICAL_COLUMNS if c not in frame.columns]
     if missing:
         raise _fail(path, f"frame lacks canonical columns {missing}", "build it with read_pairs or frame_from_records")

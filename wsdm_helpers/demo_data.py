@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import ConfigError
+
 KINDS = ("wrong_entity", "wrong_language", "refusal", "off_topic")
 KIND_WEIGHTS = (0.2, 0.3, 0.25, 0.25)
 SUM_SHARE = 0.4  # share of arithmetic questions; the rest ask about a city
@@ -212,6 +214,9 @@ def write_demo_dataset(out_dir: str | Path, n_train: int = 2000, n_test: int = 4
     """
     from .io import atomic_write_csv, atomic_write_parquet
 
+    bad = [f"{name}={n}" for name, n in (("n_train", n_train), ("n_test", n_test)) if n < 1]
+    if bad:
+        raise ConfigError(f"{' and '.join(bad)}: the demo set needs at least 1 train and 1 test row")
     out = Path(out_dir)
     full = to_wsdm_train(make_demo_frame(n_train + n_test, seed))
     train, test = full.iloc[:n_train].reset_index(drop=True), full.iloc[n_train:].reset_index(drop=True)

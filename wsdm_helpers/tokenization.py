@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .config import FormatConfig
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .formatting import FIELDS, TEMPLATES, Budget, Template, TemplateIds, fit_pair
 
 CHUNK = 4096  # texts per batched tokenizer call (bounds the memory of the Rust encodings)
@@ -193,10 +193,25 @@ def get_template(name: str) -> Template:
 
 # ---- the pair encoder -----------------------------------------------------------------------------
 def _turn_lists(frame: pd.DataFrame) -> list[list[list[str]]]:
-    """Per field, per row, the turns as strings (None -> ``null_text`` later); rows padded to equal turns."""
-    fields = []
+    """Per field, per row, the turns as strings (None -> ``null_text`` later); rows padded to equal turns.
+
+    A NaN turn counts as null; any other non-text turn is a DataError naming the row ids.
+    """
+    missing = [c for c in ("id", *FIELDS) if c not in frame.columns]
+    if missing:
+        raise DataError(f"the frame to encode lacks columns {missing}. Fix: build it with data.read_pairs")
+    fields, bad = [], {}
     for field in FIELDS:
-        fields.append([list(v) if isinstance(v, (list, tuple, np.ndarray)) else [v] for v in frame[field]])
+        rows = [list(v) if isinstance(v, (list, tuple, np.ndarray)) else [v] for v in frame[field]]
+        for rid, row in zip(frame["id"], rows, strict=True):
+            row[:] = [None if isinstance(t, float) and t != t else t for t in row]
+            if not all(t is None or isinstance(t, str) for t in row):
+                bad.setdefault(field, []).append(str(rid))
+        fields.append(rows)
+    if bad:
+        raise DataError("turns must be text or None, found other values in "
+                        + "; ".join(f"column '{f}' (ids: {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''})"
+                                    for f, ids in bad.items()) + ". Fix: build the frame with data.read_pairs")
     for rows in zip(*fields, strict=True):
         n = max(len(r) for r in rows)
         for r in rows:
@@ -206,7 +221,7 @@ def _turn_lists(frame: pd.DataFrame) -> list[list[list[str]]]:
 
 def _tokenize_field(tokenizer: Any, rows: list[list[Any]], null_text: str) -> list[list[list[int]]]:
     """Tokenize all turns of one field of all rows in one batched pass, regrouped per row."""
-    flat = [null_text if t is None else str(t) for t in itertools.chain.from_iterable(rows)]
+    flat = [null_text if t is None else t for t in itertools.chain.from_iterable(rows)]
     ids = encode_texts(tokenizer, flat)
     out, pos = [], 0
     for r in rows:
