@@ -367,9 +367,9 @@ def test_staged_folder_replaces_only_bundles(tmp_path):
     assert (keep / "mine.txt").exists()
     out = tmp_path / "bundle"
     for content in ("first", "second"):
-        with staged_folder(out) as stage:
-            (stage / MANIFEST).write_text("{}")
+        with staged_folder(out, replace=content == "second") as stage:
             (stage / f"{content}.txt").write_text(content)
+            write_manifest(stage, "test")
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "second.txt"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
 

@@ -2,10 +2,13 @@
 
 Modules are imported inside the handlers so ``wsdm --help`` stays fast (no torch import).
 Errors the package raises on purpose (``WsdmError``) are printed without a traceback and exit 2.
+Logging goes to stderr at INFO (``-q``: warnings only, ``-v``: debug); a closed stdout pipe
+(``wsdm ... | head``) ends the command quietly with the shell's SIGPIPE status, 141.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import ConfigError, WsdmError
@@ -107,6 +110,10 @@ def _add_bundle_commands(sub: argparse._SubParsersAction) -> None:
     kernel.add_argument("--public", action="store_true", help="make the kernel public")
     kernel.add_argument("--username")
     kernel.set_defaults(handler=_bundle_kernel)
+    for parser in (wheels, adapter, kernel):
+        parser.add_argument("--replace", action="store_true",
+                            help="rebuild over an earlier bundle in --out (refused if it holds files the bundle "
+                                 "did not write)")
     check = bundle.add_parser("check", help="run the pre-upload checks on a bundle folder")
     check.add_argument("path")
     check.set_defaults(handler=_bundle_check)
@@ -117,7 +124,7 @@ def _bundle_wheels(args: argparse.Namespace) -> int:
 
     report = build_wheelhouse(args.out, args.packages, python_version=args.python_version,
                               platforms=args.platform or linux_platforms(args.glibc), find_links=args.find_links,
-                              no_index=args.no_index, username=args.username)
+                              no_index=args.no_index, username=args.username, replace=args.replace)
     print(report.to_text())
     print(f"upload: kaggle datasets create -p {args.out}")
     print(f"install in the notebook: {offline_install_command(f'/kaggle/input/{DATASET}')}")
@@ -128,7 +135,7 @@ def _bundle_adapter(args: argparse.Namespace) -> int:
     from .kaggle.adapter import bundle_adapter
 
     report = bundle_adapter(args.run_dir, args.out, base_model=args.base_model, username=args.username,
-                            slug=args.slug, title=args.title)
+                            slug=args.slug, title=args.title, replace=args.replace)
     print(report.to_text())
     print(f"upload: kaggle datasets create -p {args.out}")
     return 0
@@ -139,7 +146,8 @@ def _bundle_kernel(args: argparse.Namespace) -> int:
 
     report = bundle_kernel(args.notebook, args.out, competitions=args.competition or [COMPETITION],
                            datasets=args.dataset, models=args.model, kernels=args.kernel_source, title=args.title,
-                           username=args.username, enable_gpu=not args.cpu, is_private=not args.public)
+                           username=args.username, enable_gpu=not args.cpu, is_private=not args.public,
+                           replace=args.replace)
     print(report.to_text())
     print(f"push: kaggle kernels push -p {args.out}" + ("" if args.cpu else f" --accelerator {PUSH_ACCELERATOR}"))
     return 0
@@ -223,7 +231,15 @@ def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .ensemble import check_weights
     from .inference import predict_submission
+    from .io import check_output_dir
+
+    check_weights(args.weights, len(args.run))
+    for out in filter(None, (args.out, args.probs_out)):
+        check_output_dir(Path(out).parent, what=f"the folder of {out}")
 
     preds = predict_submission(args.run, args.test, args.out, weights=args.weights, overrides=args.set,
                                probs_out=args.probs_out, task=args.task)
@@ -271,8 +287,31 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verbosity_parser(top: bool) -> argparse.ArgumentParser:
+    """-q / -v, accepted before and after the sub-command (``wsdm -q predict`` and ``wsdm predict -q``)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    default = 0 if top else argparse.SUPPRESS
+    parser.add_argument("-v", "--verbose", dest="verbose", action="count", default=default,
+                        help="more log output (debug)")
+    parser.add_argument("-q", "--quiet", dest="quiet", action="count", default=default,
+                        help="warnings and errors only")
+    return parser
+
+
+class _SubParsers(argparse._SubParsersAction):
+    """Every sub-command parser gets -q / -v."""
+
+    def add_parser(self, name, **kwargs):
+        kwargs.setdefault("parents", []).append(_verbosity_parser(top=False))
+        parser = super().add_parser(name, **kwargs)
+        parser.register("action", "parsers", _SubParsers)
+        return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wsdm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="wsdm", description=__doc__.splitlines()[0],
+                                     parents=[_verbosity_parser(top=True)])
+    parser.register("action", "parsers", _SubParsers)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_data_commands(sub)
     _add_predict_commands(sub)
@@ -283,12 +322,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .logs import setup_logging
+
     args = build_parser().parse_args(argv)
+    setup_logging(args.verbose - args.quiet)
     try:
         return args.handler(args)
     except WsdmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader of stdout went away (| head): point stdout at /dev/null so the exit flush cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -40,14 +40,18 @@ def align(frames: Sequence[pd.DataFrame], names: Sequence[str] | None = None) ->
     return out
 
 
-def _check_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
+def check_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
+    """The weights normalised to sum to 1 (equal when None); exactly ``n`` finite, non-negative numbers."""
     import numpy as np
 
     if weights is None:
         return np.full(n, 1.0 / n)
     w = np.asarray(weights, dtype="float64")
-    if w.shape != (n,) or (w < 0).any() or w.sum() <= 0:
-        raise SubmissionError(f"weights {list(weights)} must be {n} non-negative numbers with a positive sum")
+    if w.shape != (n,):
+        raise SubmissionError(f"--weights got {len(w)} value(s) {list(weights)} for {n} model(s); give one weight "
+                              "per --run / prediction file, or none for equal weights")
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise SubmissionError(f"weights {list(weights)} must be {n} finite non-negative numbers with a positive sum")
     return w / w.sum()
 
 
@@ -60,7 +64,7 @@ def blend(frames: Sequence[pd.DataFrame], weights: Sequence[float] | None = None
     import numpy as np
 
     aligned = align(frames, names)
-    w = _check_weights(weights, len(aligned))
+    w = check_weights(weights, len(aligned))
     cols = prob_columns(aligned[0])
     stack = np.stack([f[cols].to_numpy() for f in aligned])
     mixed = np.tensordot(w, stack, axes=1)
@@ -149,6 +153,16 @@ def fit_weights(oof_frames: Sequence[pd.DataFrame], labels: pd.DataFrame | pd.Se
     return w
 
 
+def _read_oof(path: str) -> pd.DataFrame:
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(path)
+    except (ValueError, OSError) as exc:
+        raise SubmissionError(f"out-of-fold file {path} cannot be read as parquet ({exc}); pass the runs' "
+                              "oof.parquet files") from exc
+
+
 def blend_files(pred_paths: Sequence[str], out: str, weights: Sequence[float] | None = None,
                 oof_paths: Sequence[str] | None = None, metric: str = "log_loss") -> pd.DataFrame:
     """``wsdm ensemble``: blend prediction files; weights given, fitted on out-of-fold files, or equal.
@@ -156,14 +170,13 @@ def blend_files(pred_paths: Sequence[str], out: str, weights: Sequence[float] | 
     ``oof_paths`` (one per prediction file, same order) are ``oof.parquet`` files of the runs, with a
     ``label`` column; the fitted weights are logged.
     """
-    import pandas as pd
 
     from .submission import read_predictions, write_predictions
 
     if oof_paths:
         if weights is not None or len(oof_paths) != len(pred_paths):
             raise SubmissionError("give either --weights or one --oof file per prediction file, not both")
-        oof = [pd.read_parquet(p) for p in oof_paths]
+        oof = [_read_oof(p) for p in oof_paths]
         if "label" not in oof[0].columns:
             raise SubmissionError(f"{oof_paths[0]} has no 'label' column; pass the runs' oof.parquet files")
         weights = fit_weights(oof, oof[0][["id", "label"]], metric, names=list(oof_paths)).tolist()

@@ -27,3 +27,7 @@ class NumericalError(WsdmError, ArithmeticError):
 
 class MissingResourceError(WsdmError, FileNotFoundError):
     """Something the run needs is not on this machine: a package, a folder, a file."""
+
+
+class OutputError(WsdmError, OSError):
+    """An output path cannot be written, has too little free space, or holds files this package did not write."""

@@ -1,13 +1,60 @@
-"""Atomic file writes: outputs are written to a temporary sibling and renamed, never left half-written."""
+"""Output files: atomic writes (a temporary sibling renamed into place), umask permissions, early checks.
+
+``tempfile.mkstemp`` / ``mkdtemp`` create private (0600 / 0700) entries, and a rename keeps the mode, so
+every temporary file or folder made here is given the mode a plain ``open`` / ``mkdir`` would have
+under the current umask. :func:`check_output_dir` runs before long work, so that a read-only or full
+output folder fails in a second rather than after the whole job.
+"""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from .errors import OutputError
+
+MIN_FREE_BYTES = 64 * 2**20  # what a submission, predictions and logs need at least
+
+
+def umask_mode(folder: bool = False) -> int:
+    """The mode ``open`` (0o666) or ``mkdir`` (0o777) gives a new entry under the current umask."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return (0o777 if folder else 0o666) & ~mask
+
+
+def fresh_dir(parent: str | Path, name: str, suffix: str = "") -> Path:
+    """A new, uniquely named hidden folder in ``parent`` with umask permissions (not mkdtemp's 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=suffix, dir=parent))
+    folder.chmod(umask_mode(folder=True))
+    return folder
+
+
+def disk_free(folder: Path) -> int:
+    return shutil.disk_usage(folder).free
+
+
+def check_output_dir(folder: str | Path, need_bytes: int = MIN_FREE_BYTES, what: str = "output") -> Path:
+    """Create ``folder`` if needed and prove it writable with ``need_bytes`` free; OutputError otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{what} folder {folder} is not writable ({exc.strerror or exc}). Fix: choose a folder "
+                          "you can write to, or fix its permissions") from exc
+    free = disk_free(folder)
+    if free < need_bytes:
+        raise OutputError(f"{what} folder {folder} has {free / 2**20:.0f} MB free, {need_bytes / 2**20:.0f} MB "
+                          "needed. Fix: free disk space or choose a folder on another disk")
+    return folder
 
 
 @contextmanager
@@ -20,6 +67,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        tmp_path.chmod(umask_mode())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

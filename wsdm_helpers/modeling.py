@@ -19,12 +19,12 @@ import importlib.util
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import RunConfig, load_run_config
 from .errors import ConfigError, MissingResourceError
+from .io import fresh_dir
 
 if TYPE_CHECKING:
     import torch
@@ -136,8 +136,7 @@ def _packaged_model(alias: str) -> Path:
 def _convert_gguf(package: str, gguf_name: str, target: Path) -> None:
     """Dequantize a packaged GGUF checkpoint into an fp32 HF folder, written atomically (temp + rename)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared
+    tmp = fresh_dir(target.parent, target.name)
     try:
         gguf_dir = _package_dir(package)
         if not (gguf_dir / gguf_name).is_file():  # shipped in chunks: assemble into the temp folder

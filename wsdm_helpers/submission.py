@@ -46,6 +46,7 @@ def check_predictions(preds: pd.DataFrame, where: str = "predictions") -> pd.Dat
     Errors: missing columns, duplicated ids, NaN, probabilities outside [0, 1], rows not summing to 1.
     """
     import numpy as np
+    import pandas as pd
 
     missing = [c for c in ["id", *PROB2] if c not in preds.columns]
     if missing:
@@ -58,7 +59,12 @@ def check_predictions(preds: pd.DataFrame, where: str = "predictions") -> pd.Dat
     if len(dup):
         raise SubmissionError(f"{where}: {len(dup)} duplicated id(s): {_first(dup)}; keep one row per id")
     for col in cols:
-        out[col] = out[col].astype("float64")
+        numeric = pd.to_numeric(out[col], errors="coerce")
+        bad = out["id"][numeric.isna() & out[col].notna()]
+        if len(bad):
+            raise SubmissionError(f"{where}: column {col} holds text, not numbers, for {len(bad)} id(s): "
+                                  f"{_first(bad)} (e.g. {out[col][bad.index[0]]!r}); write probabilities as numbers")
+        out[col] = numeric.astype("float64")
     values = out[cols].to_numpy()
     bad_nan = out["id"][np.isnan(values).any(axis=1)]
     if len(bad_nan):
@@ -136,7 +142,12 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise SubmissionError(f"predictions file {path} does not exist")
-    frame = pd.read_csv(path, dtype={"id": str}) if path.suffix == ".csv" else pd.read_parquet(path)
+    try:
+        frame = pd.read_csv(path, dtype={"id": str}) if path.suffix == ".csv" else pd.read_parquet(path)
+    except (ValueError, OSError, UnicodeDecodeError) as exc:  # empty csv, not parquet, truncated, not UTF-8
+        kind = "csv" if path.suffix == ".csv" else "parquet"
+        raise SubmissionError(f"predictions file {path} cannot be read as {kind} ({exc}); write it with "
+                              "`wsdm predict --probs-out` or `wsdm ensemble`") from exc
     return check_predictions(frame, str(path))
 
 

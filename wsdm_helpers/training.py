@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ import numpy as np
 
 from .config import RunConfig, save_yaml
 from .errors import ConfigError, NumericalError
-from .io import atomic_write_json, atomic_write_parquet
+from .io import atomic_write_json, atomic_write_parquet, check_output_dir, fresh_dir
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +325,7 @@ def train(cfg: RunConfig, callbacks: list | None = None) -> TrainResult:
     from .modeling import answer_ids_for, family_of_folder, load_tokenizer, resolve_source
 
     cfg.validate()
-    run_dir = Path(cfg.train.output_dir)
+    run_dir = check_output_dir(cfg.train.output_dir, what="train.output_dir")
     checkpoint_dir = run_dir / "checkpoints"
     source = resolve_source(cfg.model.source)
     family = family_of_folder(source, cfg.model.family)
@@ -457,8 +456,7 @@ def _write_run(run_dir: Path, cfg: RunConfig, trainer, tokenizer, evals, metrics
 @contextlib.contextmanager
 def _atomic_dir(path: Path) -> Iterator[Path]:
     """Write a folder in a temporary sibling, then swap it in place of ``path``."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private
+    tmp = fresh_dir(path.parent, path.name)
     try:
         yield tmp
         if path.exists():

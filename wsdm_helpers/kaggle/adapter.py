@@ -16,6 +16,7 @@ reported by the checks.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import yaml
 
 from ..errors import BundleError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import MIN_FREE_BYTES, atomic_write_json, atomic_write_text, check_output_dir
 from .checks import BUILD_PATH_RE, BundleReport, check_bundle, write_manifest
 from .common import dataset_from_template, staged_folder, write_dataset_metadata
 
@@ -72,6 +73,19 @@ def _portable_json(path: Path, base_model: str | None) -> None:
         atomic_write_json(path, portable)
 
 
+def _link_problems(run_dir: Path) -> list[str]:
+    """Symlinks among the files to copy: a linked folder would be copied (and rewritten) outside the bundle."""
+    found = []
+    for name in COPIED:
+        top = run_dir / name
+        found += [top] if top.is_symlink() else []
+        if top.is_dir() and not top.is_symlink():
+            for folder, dirs, files in os.walk(top):
+                found += [Path(folder) / n for n in dirs + files if (Path(folder) / n).is_symlink()]
+    return [f"{p.relative_to(run_dir).as_posix()} is a symlink to {os.readlink(p)}: copy the real file or folder "
+            "into the run folder (cp -rL) instead" for p in found]
+
+
 def _check_run_dir(run_dir: Path) -> str:
     """The weights folder of a run (adapter or model); raise naming what is missing."""
     problems = []
@@ -82,6 +96,7 @@ def _check_run_dir(run_dir: Path) -> str:
         problems.append(f"expected exactly one of adapter/ (LoRA) or model/ (full weights), found {weights or 'none'}")
     if not (run_dir / "tokenizer").is_dir():
         problems.append("tokenizer/ is missing")
+    problems += _link_problems(run_dir)
     if problems:
         raise BundleError(f"{run_dir} is not a finished training run folder:\n"
                           + "\n".join(f"  - {p}" for p in problems) + "\n  (train one with `wsdm train`)")
@@ -89,16 +104,20 @@ def _check_run_dir(run_dir: Path) -> str:
 
 
 def bundle_adapter(run_dir: str | Path, out: str | Path, *, base_model: str | None = None,
-                   username: str | None = None, slug: str | None = None, title: str | None = None) -> BundleReport:
+                   username: str | None = None, slug: str | None = None, title: str | None = None,
+                   replace: bool = False) -> BundleReport:
     """Pack the run folder ``run_dir`` as the ``wsdm-adapter`` dataset at ``out`` and check it.
 
-    ``slug`` and ``title`` name the dataset (one per model of an ensemble); symlinks are copied as
-    links so that the checks refuse them rather than silently publishing their targets.
+    ``slug`` and ``title`` name the dataset (one per model of an ensemble). A run folder holding
+    symlinks is refused before anything is copied; ``replace`` allows rebuilding over an earlier bundle.
     """
     run_dir = Path(run_dir)
     weights = _check_run_dir(run_dir)
     meta = dataset_from_template(DATASET, username, slug=slug, title=title)
-    with staged_folder(out) as stage:
+    size = sum(p.stat().st_size for name in COPIED for p in [run_dir / name, *(run_dir / name).rglob("*")]
+               if p.is_file())
+    check_output_dir(Path(out).parent, need_bytes=2 * size + MIN_FREE_BYTES, what="the bundle's parent")
+    with staged_folder(out, replace) as stage:
         for name in COPIED:
             source = run_dir / name
             if source.is_dir() and not source.is_symlink():

@@ -1,16 +1,17 @@
 """What every bundle builder shares: the source checkout, staged output folders, dataset templates."""
 from __future__ import annotations
 
+import json
+import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..errors import BundleError
-from ..io import atomic_write_json
-from .checks import MANIFEST
+from ..io import atomic_write_json, fresh_dir
+from .checks import MANIFEST, UNLISTED
 from .metadata import DATASET_METADATA, USERNAME_PLACEHOLDER, check_dataset_metadata, read_metadata, resolve_username
 
 # Fallbacks for an installed (non-source) wsdm_helpers, which has no kaggle_datasets/ folder beside it.
@@ -65,21 +66,49 @@ def write_dataset_metadata(folder: Path, meta: dict[str, Any]) -> Path:
     return atomic_write_json(folder / DATASET_METADATA, meta)
 
 
+def _foreign_files(out: Path) -> list[str] | None:
+    """Files in ``out`` that its wsdm_helpers manifest does not list; None when ``out`` has no such manifest."""
+    try:
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        listed = {str(entry["path"]) for entry in manifest["files"]}
+        ours = str(manifest["created_by"]).startswith("wsdm_helpers")
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if not ours or (out / MANIFEST).is_symlink():
+        return None
+    on_disk = []
+    for folder, dirs, files in os.walk(out):
+        base = Path(folder)
+        on_disk += [(base / n).relative_to(out).as_posix() for n in files + [d for d in dirs if (base / d).is_symlink()]]
+    return sorted(set(on_disk) - listed - set(UNLISTED))
+
+
 @contextmanager
-def staged_folder(out: str | Path) -> Iterator[Path]:
+def staged_folder(out: str | Path, replace: bool = False) -> Iterator[Path]:
     """Build a bundle in a fresh sibling folder and swap it onto ``out`` only when complete.
 
-    Stale files of an earlier build never mix with new ones. An existing ``out`` is replaced only if
-    it is an earlier bundle (it has a manifest) or empty, so a mistyped path cannot wipe a folder.
+    Stale files of an earlier build never mix with new ones. A new or empty ``out`` is always fine.
+    A non-empty one is replaced only with ``replace=True`` and only when every file in it is listed
+    in the ``manifest.json`` of an earlier wsdm_helpers build: a file this package did not write is
+    never deleted (a stray ``manifest.json`` in a user's folder is not enough).
     """
     out = Path(out)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise BundleError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise BundleError(f"--out {out} is a non-empty folder that is not a bundle (no {MANIFEST}); "
-                          "choose a new or empty folder")
+    if out.is_dir() and any(out.iterdir()):
+        foreign = _foreign_files(out)
+        if foreign is None:
+            raise BundleError(f"--out {out} is a non-empty folder that is not a bundle (no wsdm_helpers {MANIFEST}); "
+                              "choose a new or empty folder")
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise BundleError(f"--out {out} holds files the earlier bundle did not write ({shown}); they would be "
+                              "deleted. Move them away or choose a new folder")
+        if not replace:
+            raise BundleError(f"--out {out} holds an earlier bundle; pass --replace (replace=True) to rebuild it, "
+                              "or choose a new folder")
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    stage = fresh_dir(out.parent, out.name, suffix=".partial")
     try:
         yield stage
         if out.exists():

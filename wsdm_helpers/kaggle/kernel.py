@@ -36,7 +36,7 @@ def _check_notebook(path: Path) -> None:
 def bundle_kernel(notebook: str | Path, out: str | Path, *, competitions: Iterable[str] = (COMPETITION,),
                   datasets: Iterable[str] = (), models: Iterable[str] = (), kernels: Iterable[str] = (),
                   title: str = DEFAULT_TITLE, username: str | None = None, enable_gpu: bool = True,
-                  is_private: bool = True) -> BundleReport:
+                  is_private: bool = True, replace: bool = False) -> BundleReport:
     """Write ``out/kernel-metadata.json`` and a copy of ``notebook``; check the folder.
 
     ``datasets`` and ``kernels`` given without an owner (``wsdm-adapter``) belong to ``username``;
@@ -47,7 +47,7 @@ def bundle_kernel(notebook: str | Path, out: str | Path, *, competitions: Iterab
     meta = kernel_metadata(resolve_username(username), title, notebook.name, competitions=competitions,
                            datasets=datasets, models=models, kernels=kernels, enable_gpu=enable_gpu,
                            is_private=is_private)
-    with staged_folder(out) as stage:
+    with staged_folder(out, replace) as stage:
         shutil.copy2(notebook, stage / notebook.name)
         atomic_write_json(stage / KERNEL_METADATA, meta)
         write_manifest(stage, "kernel", push_accelerator=PUSH_ACCELERATOR)

@@ -110,8 +110,10 @@ def _wheel_name_version(path: Path) -> tuple[str, str]:
 def build_wheelhouse(out: str | Path, packages: Sequence[str] | None = None, *,
                      python_version: str = DEFAULT_PYTHON, platforms: Sequence[str] | None = None,
                      find_links: Iterable[str | Path] = (), no_index: bool = False,
-                     username: str | None = None) -> BundleReport:
+                     username: str | None = None, replace: bool = False) -> BundleReport:
     """Build the ``wsdm-helpers-wheels`` dataset folder at ``out`` and check it.
+
+    ``replace`` allows rebuilding over an earlier bundle (see :func:`common.staged_folder`).
 
     ``packages`` (default :func:`default_packages`) are downloaded as binary wheels for CPython
     ``python_version`` on ``platforms`` (default :func:`linux_platforms`). ``find_links`` and
@@ -121,7 +123,7 @@ def build_wheelhouse(out: str | Path, packages: Sequence[str] | None = None, *,
     platforms = list(platforms or linux_platforms())
     meta = dataset_from_template(DATASET, username)
     index_args = _index_args(find_links, no_index)
-    with staged_folder(out) as stage:
+    with staged_folder(out, replace) as stage:
         build_project_wheel(stage, index_args, no_index)
         if packages:
             target = ["--python-version", python_version, "--implementation", "cp"]
