@@ -97,14 +97,14 @@ def test_plan_budget_keeps_context_and_cuts_tta_first():
     cfg = _cfg(max_tokens_per_batch=4096, time_budget_minutes=10, safety_minutes=1)
     total = computed_tokens(lengths, cfg)  # 512k tokens
     # AB takes 100 s at this speed; 540 s budget leaves room for every swap
-    roomy = plan_budget(lengths, 512, cfg, total / 100, 0.0, 0.0, wanted_swaps=1000)
+    roomy = plan_budget(lengths, 512, cfg, total / 100, 540.0, 0.0, wanted_swaps=1000)
     assert (roomy.max_length, roomy.swap_rows) == (512, 1000)
     # AB takes 400 s: 140 s left, 0.4 s per swapped row -> 350 rows
-    tight = plan_budget(lengths, 512, cfg, total / 400, 0.0, 0.0, wanted_swaps=1000)
+    tight = plan_budget(lengths, 512, cfg, total / 400, 540.0, 0.0, wanted_swaps=1000)
     assert tight.max_length == 512 and tight.swap_rows == 350
     assert tight.predicted_seconds == pytest.approx(540, abs=1)
     # AB alone takes 800 s: max_length must shrink, no time left for TTA
-    short = plan_budget(lengths, 512, cfg, total / 800, 0.0, 0.0, wanted_swaps=1000)
+    short = plan_budget(lengths, 512, cfg, total / 800, 540.0, 0.0, wanted_swaps=1000)
     assert short.max_length < 512 and short.predicted_seconds <= 540
 
 
@@ -199,13 +199,14 @@ def test_wsdm_predict_writes_a_validated_submission(run_dir, frame, tmp_path):
     out, probs = tmp_path / "submission.csv", tmp_path / "probs.parquet"
     code = main(["predict", "--run", str(run_dir), "--run", str(run_dir), "--weights", "1", "3", "--test",
                  str(test_path), "--out", str(out), "--probs-out", str(probs), "--set", "inference.tta=none",
-                 "--set", "inference.devices=[cpu]"])
+                 "--set", "inference.devices=[cpu]", "--task", "wsdm"])  # a canonical test file has no layout
     assert code == 0
     submission = pd.read_csv(out, dtype={"id": str})
     assert submission.columns.tolist() == ["id", "winner"]
     assert submission["id"].tolist() == frame["id"].tolist()
     assert set(submission["winner"]) <= {"model_a", "model_b"}
     assert pd.read_parquet(probs).shape == (len(frame), 3)
+    assert main(["predict", "--run", str(run_dir), "--test", str(test_path), "--out", str(out)]) == 2  # no task
     assert main(["predict", "--run", str(run_dir), "--test", str(test_path), "--out", str(out),
                  "--set", "format.max_length=64"]) == 2
 
@@ -255,3 +256,16 @@ def test_work_dir_is_not_reused_by_another_model(run_dir, frame, tmp_path):
     cfg = _cfg(work_dir=str(tmp_path / "work"))
     assert run_prediction(run_dir, frame, cfg).report.chunks_computed == 1
     assert run_prediction(other, frame, cfg).report.chunks_loaded == 0
+
+
+def test_saved_plan_is_not_reused_for_another_test_set_or_budget(run_dir, frame, tmp_path):
+    """The chunk store's key covers the test rows and the budget: a plan made for other rows or
+    another deadline (its context maybe cut) is never applied."""
+    cfg = _cfg(tta="swap", time_budget_minutes=60, safety_minutes=1, work_dir=str(tmp_path / "work"))
+    first = run_prediction(run_dir, frame, cfg)
+    assert len(list((tmp_path / "work").glob("plan-*.json"))) == 1
+    assert run_prediction(run_dir, frame, cfg).report.chunks_computed == 0  # same job: resumed
+    run_prediction(run_dir, frame.iloc[:30], cfg)
+    run_prediction(run_dir, frame, dataclasses.replace(cfg, time_budget_minutes=30))
+    assert len(list((tmp_path / "work").glob("plan-*.json"))) == 3
+    assert first.report.rows_predicted == len(frame) and not first.report.stopped

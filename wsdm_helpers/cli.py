@@ -201,18 +201,54 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 # ---- predict / ensemble / baseline (inference) ----------------------------------------------------
+_PREDICT_DESCRIPTION = """\
+Predict the test file with every run (LLM run folders from `wsdm train`, feature-baseline run folders
+from `wsdm baseline --run-dir`), blend, fill and write a validated submission; the same pipeline as
+notebooks/inference.ipynb, so the same inputs give the same file.
+
+Clock: with --time-budget-minutes, the whole submission (loading included) ends before the budget
+less --safety-minutes. The time is shared among the runs still to go; each run gives up swap TTA
+first and context second, and stops before a batch that would end late. Rows a run did not reach
+(or returned as NaN) are filled from the other runs, then from feature baselines given with weight 0,
+then 0.5. A plan-vs-actual report is printed and saved as submission_report.json beside --out.
+
+Layout: the test file's (WSDM test: id,winner; LMSYS test: id + three probabilities) unless --task.
+
+Resume: finished chunks are saved under --work-dir (default .wsdm-chunks beside --out) and reused
+when the same command is run again with the same runs, test rows and settings. On by default when
+--out is under /kaggle/working, off elsewhere: --resume / --no-resume.
+"""
+
+
 def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
-    predict = sub.add_parser("predict", help="predict with trained runs, blend, write a validated submission")
-    predict.add_argument("--run", action="append", required=True, help="run folder (repeat to blend several)")
-    predict.add_argument("--weights", type=float, nargs="+", help="one blend weight per --run")
+    predict = sub.add_parser("predict", help="predict with trained runs under one clock, blend, write a submission",
+                             description=_PREDICT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    predict.add_argument("--run", action="append", required=True,
+                         help="run folder: LLM or feature baseline (repeat to blend several)")
+    predict.add_argument("--weights", type=float, nargs="+",
+                         help="one blend weight per --run; 0 for a baseline = fallback only")
     predict.add_argument("--test", required=True, help="test file (any supported layout)")
     predict.add_argument("--out", required=True, help="submission csv")
     predict.add_argument("--probs-out", help="also write the blended probabilities (parquet)")
     predict.add_argument("--task", default="auto", choices=["auto", "wsdm", "lmsys"],
-                         help="submission layout (auto: lmsys for 3-class predictions, else wsdm)")
+                         help="submission layout (auto: the test file's layout, never the class count)")
+    predict.add_argument("--time-budget-minutes", type=float, help="the whole submission ends within this "
+                         "(Kaggle: 720 for WSDM, 540 for LMSYS); default no limit")
+    predict.add_argument("--safety-minutes", type=float, default=5.0, help="minutes of the budget kept free")
+    predict.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
+                         help="save and reuse finished chunks (default: on under /kaggle/working, else off)")
+    predict.add_argument("--work-dir", default="", help="folder for resumable chunks (default .wsdm-chunks "
+                         "beside --out)")
     predict.add_argument("--set", action="append", default=[], metavar="inference.KEY=VALUE",
-                         help="override the runs' inference settings, e.g. inference.tta=selective")
+                         help="override every LLM run's inference settings, e.g. inference.tta=selective")
     predict.set_defaults(handler=_predict)
+    submit = sub.add_parser("submit", help="turn a probabilities file into a validated submission")
+    submit.add_argument("probs", help="predictions parquet/csv (id, winner_model_a, winner_model_b[, winner_tie])")
+    submit.add_argument("--test", required=True, help="test file: its ids and layout decide the submission")
+    submit.add_argument("--out", required=True, help="submission csv")
+    submit.add_argument("--task", default="auto", choices=["auto", "wsdm", "lmsys"],
+                        help="submission layout (auto: the test file's layout)")
+    submit.set_defaults(handler=_submit)
     ensemble = sub.add_parser("ensemble", help="blend prediction files joined on id")
     ensemble.add_argument("predictions", nargs="+", help="prediction parquet/csv files")
     ensemble.add_argument("--weights", type=float, nargs="+", help="one weight per file (default: equal)")
@@ -220,30 +256,48 @@ def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
     ensemble.add_argument("--metric", default="log_loss", choices=["log_loss", "accuracy"])
     ensemble.add_argument("--out", required=True)
     ensemble.set_defaults(handler=_ensemble)
-    baseline = sub.add_parser("baseline", help="train the feature baseline (seconds) and predict a test file")
+    baseline = sub.add_parser("baseline", help="train the feature baseline (seconds): a run folder and/or predictions")
     baseline.add_argument("--train", required=True)
-    baseline.add_argument("--test", required=True)
-    baseline.add_argument("--out", required=True, help="predictions parquet")
-    baseline.add_argument("--model", default="logreg", choices=["logreg", "hgb"])
+    baseline.add_argument("--run-dir", help="write a run folder (baseline.json) for wsdm predict and the notebook")
+    baseline.add_argument("--test", help="test file to predict (with --out)")
+    baseline.add_argument("--out", help="predictions parquet for --test")
+    baseline.add_argument("--model", default="logreg", choices=["logreg", "hgb"],
+                          help="logreg (the only one a run folder keeps: plain numbers, no pickle) or hgb")
     baseline.add_argument("--ties", default="keep", choices=["keep", "drop"],
                           help="keep: 3 classes when the training file has ties")
     baseline.set_defaults(handler=_baseline)
 
 
+def _inference_overrides(items: list[str]) -> dict:
+    """``--set inference.KEY=VALUE`` strings as typed values (YAML scalars), keyed by field name."""
+    from .config import parse_override
+
+    values = {}
+    for item in items:
+        path, value = parse_override(item)
+        if len(path) != 2 or path[0] != "inference":
+            raise ConfigError(f"--set {item}: wsdm predict only takes inference.* overrides (the model and format "
+                              "are fixed by the run folder)")
+        values[path[1]] = value
+    return values
+
+
 def _predict(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from .pipeline import submit
 
-    from .ensemble import check_weights
-    from .inference import predict_submission
-    from .io import check_output_dir
+    settings = {"task": args.task, "time_budget_minutes": args.time_budget_minutes,
+                "safety_minutes": args.safety_minutes, "resume": args.resume, "work_dir": args.work_dir}
+    result = submit(args.run, args.test, args.out, weights=args.weights, overrides=_inference_overrides(args.set),
+                    settings=settings, probs_out=args.probs_out)
+    print(f"wrote {args.out} ({len(result.predictions)} rows)")
+    return 0
 
-    check_weights(args.weights, len(args.run))
-    for out in filter(None, (args.out, args.probs_out)):
-        check_output_dir(Path(out).parent, what=f"the folder of {out}")
 
-    preds = predict_submission(args.run, args.test, args.out, weights=args.weights, overrides=args.set,
-                               probs_out=args.probs_out, task=args.task)
-    print(f"wrote {args.out} ({len(preds)} rows)")
+def _submit(args: argparse.Namespace) -> int:
+    from .pipeline import submit_probabilities
+
+    path = submit_probabilities(args.probs, args.test, args.out, task=args.task)
+    print(f"wrote {path}")
     return 0
 
 
@@ -258,8 +312,12 @@ def _ensemble(args: argparse.Namespace) -> int:
 def _baseline(args: argparse.Namespace) -> int:
     from .features import train_and_predict
 
-    preds = train_and_predict(args.train, args.test, args.out, model=args.model, ties=args.ties)
-    print(f"wrote {args.out} ({len(preds)} rows)")
+    preds = train_and_predict(args.train, args.test, args.out, model=args.model, ties=args.ties,
+                              run_dir=args.run_dir)
+    if args.run_dir:
+        print(f"wrote the run folder {args.run_dir}")
+    if preds is not None:
+        print(f"wrote {args.out} ({len(preds)} rows)")
     return 0
 
 

@@ -368,7 +368,10 @@ class InferenceConfig(Section):
     tta_band: float = option(0.15, help="selective TTA: swap rows whose P(a) is within 0.5 +- band")
     tta_share: float | None = option(0.5, help="selective TTA: swap at most this share of rows, most uncertain "
                                         "first (null = every row within the band)")
-    time_budget_minutes: float | None = option(None, help="plan max_length and TTA share to finish within this")
+    time_budget_minutes: float | None = option(None, help="one run on its own (inference.run_prediction): plan "
+                                               "max_length and TTA to finish within this, loading included; "
+                                               "wsdm predict and the notebook have one clock for all runs instead "
+                                               "(--time-budget-minutes)")
     safety_minutes: float = option(5.0, help="time budget: minutes kept free for loading, writing and surprises")
     pilot_batches: int = option(3, help="time budget: batches timed to measure throughput before planning")
     chunk_rows: int = option(2048, help="rows per saved chunk, so an interrupted run resumes")

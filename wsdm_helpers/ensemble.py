@@ -73,6 +73,36 @@ def blend(frames: Sequence[pd.DataFrame], weights: Sequence[float] | None = None
     return out
 
 
+def blend_available(frames: Sequence[pd.DataFrame], ids: Sequence[str],
+                    weights: Sequence[float] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """Weighted mean over the members that have a finite prediction for each id (weights renormalised
+    per row), joined on id; rows no member covers stay NaN. Also returns the [members, rows] mask of
+    usable predictions. A member lacking an id, or with NaN/inf there, simply does not vote."""
+    import numpy as np
+
+    w = check_weights(weights, len(frames))
+    cols = prob_columns(frames[0])
+    stack = np.stack([f.assign(id=f["id"].astype(str)).set_index("id").reindex(list(ids))[cols].to_numpy(float)
+                      for f in frames])
+    usable = np.isfinite(stack).all(axis=2)
+    row_w = w[:, None] * usable
+    total = row_w.sum(axis=0)
+    mixed = np.einsum("mr,mrc->rc", row_w, np.where(usable[:, :, None], stack, 0.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mixed = np.where(total[:, None] > 0, mixed / total[:, None], np.nan)
+        mixed = mixed / mixed.sum(axis=1, keepdims=True)
+    out = _ids_frame(ids, cols, mixed)
+    return out, usable
+
+
+def _ids_frame(ids: Sequence[str], cols: list[str], values: np.ndarray) -> pd.DataFrame:
+    import pandas as pd
+
+    out = pd.DataFrame({"id": [str(i) for i in ids]})
+    out[cols] = values
+    return out
+
+
 def _labels_for(ids: pd.Series, labels: pd.DataFrame | pd.Series) -> np.ndarray:
     """Labels in the order of ``ids`` from a frame with id/label columns or a Series indexed by id."""
     import pandas as pd

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import DataError
@@ -173,15 +174,76 @@ class FeatureBaseline:
         return out
 
 
-def train_and_predict(train_path: str, test_path: str, out_path: str, model: str = "logreg",
-                      ties: str = "keep") -> pd.DataFrame:
-    """``wsdm baseline``: read both files (any supported layout), fit, write test predictions."""
+# ---- run folder: the fitted logistic regression as plain numbers (no pickle) ----------------------
+BASELINE_FILE = "baseline.json"
+_SCALER = ("mean_", "scale_", "var_")
+_LOGREG = ("coef_", "intercept_", "classes_")
+
+
+def save_baseline(baseline: FeatureBaseline, run_dir: str | Path, train_rows: int) -> Path:
+    """Write a baseline run folder (``baseline.json``) that the submission pipeline loads like a
+    trained run. Only ``logreg`` is saved: its fitted numbers are plain JSON, whereas a tree model
+    would need a pickle, which a run folder never holds."""
+    from .io import atomic_write_json
+
+    if baseline.model != "logreg" or baseline.estimator is None:
+        raise DataError(f"feature baseline: only a fitted logreg baseline can be saved as a run folder "
+                        f"(got model={baseline.model!r}); use --model logreg, or --out for hgb predictions")
+    scaler, logreg = baseline.estimator[0], baseline.estimator[-1]
+    data = {"kind": "feature_baseline", "model": "logreg", "num_classes": baseline.num_classes,
+            "train_rows": train_rows, "features": [str(f) for f in scaler.feature_names_in_],
+            "scaler": {k: getattr(scaler, k).tolist() for k in _SCALER},
+            "logreg": {k: getattr(logreg, k).tolist() for k in _LOGREG}, "params": baseline.params}
+    return atomic_write_json(Path(run_dir) / BASELINE_FILE, data)
+
+
+def load_baseline(run_dir: str | Path) -> FeatureBaseline:
+    """The baseline :func:`save_baseline` wrote, ready to predict (the same probabilities as before saving)."""
+    import json
+
+    import numpy as np
+
+    path = Path(run_dir) / BASELINE_FILE
+    try:
+        data = json.loads(path.read_text())
+        baseline = FeatureBaseline("logreg", **data["params"])
+        baseline.num_classes = int(data["num_classes"])
+        baseline.estimator = baseline._make_estimator()
+        scaler, logreg = baseline.estimator[0], baseline.estimator[-1]
+        for obj, part in ((scaler, "scaler"), (logreg, "logreg")):
+            for key, value in data[part].items():
+                setattr(obj, key, np.asarray(value))
+            obj.n_features_in_ = len(data["features"])
+        scaler.feature_names_in_ = np.asarray(data["features"], dtype=object)  # the scaler passes arrays on
+        scaler.n_samples_seen_ = int(data["train_rows"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a feature-baseline run folder ({exc}); write it with "
+                        "`wsdm baseline --train TRAIN --run-dir DIR`") from None
+    return baseline
+
+
+def train_and_predict(train_path: str, test_path: str | None = None, out_path: str | None = None,
+                      model: str = "logreg", ties: str = "keep", run_dir: str | None = None) -> pd.DataFrame | None:
+    """``wsdm baseline``: fit on the training file (any supported layout); write a run folder
+    (``run_dir``) and/or the test predictions (``test_path`` + ``out_path``)."""
     from .data import read_pairs
     from .submission import write_predictions
 
+    if not run_dir and not (test_path and out_path):
+        raise DataError("feature baseline: give --run-dir DIR (a run folder for wsdm predict) and/or "
+                        "--test TEST --out PREDICTIONS")
     train, _ = read_pairs(train_path, ties=ties)
+    baseline = FeatureBaseline(model=model)
+    if run_dir and model != "logreg":
+        save_baseline(baseline, run_dir, 0)  # refuses before the fit, with the reason
+    baseline.fit(train)
+    if run_dir:
+        save_baseline(baseline, run_dir, len(train))
+        log.info("feature baseline: trained on %d rows, wrote the run folder %s", len(train), run_dir)
+    if not (test_path and out_path):
+        return None
     test, _ = read_pairs(test_path, ties="keep")
-    preds = FeatureBaseline(model=model).fit(train).predict(test)
+    preds = baseline.predict(test)
     write_predictions(preds, out_path)
     log.info("feature baseline: trained on %d rows, wrote %d predictions to %s", len(train), len(preds), out_path)
     return preds

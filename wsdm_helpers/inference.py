@@ -5,8 +5,11 @@ The flow of :func:`run_prediction`:
 1. load one model copy per device (data parallel), or one copy spread over all GPUs
    (``model_parallel``: accelerate's device map) for models too big for one card;
 2. encode the pairs once with the run's saved FormatConfig (the model's own template);
-3. with a time budget: time a few batches (the pilot), predict the run time and plan ``max_length``
-   and the number of rows the swap pass can afford;
+3. with a time limit (``stop_at`` on the caller's clock, or ``time_budget_minutes`` from the start of
+   the call, loading included): time a few batches (the pilot), predict the run time and plan
+   ``max_length`` and the number of rows the swap pass can afford (TTA is given up before context);
+   before every batch the clock is read again, and a batch that would end past the limit is not
+   started: the rows not reached come back as NaN and the report says how many;
 4. the AB pass: rows sorted by length (longest first, so an out-of-memory shows up at once), cut into
    chunks of ``chunk_rows``; each chunk's rows are dealt to the devices so that each gets the same
    share of tokens, batched within a token budget with the cut points that minimise padding
@@ -26,13 +29,13 @@ import json
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .batching import plan_batches
+from .clock import Clock, SystemClock
 from .config import InferenceConfig, load_run_config, to_dict
 from .errors import ConfigError, DataError, SubmissionError
 from .io import atomic_write_json, atomic_write_parquet
@@ -168,11 +171,12 @@ class ChunkStore:
 class BudgetPlan:
     """What fits the time budget, from the pilot's throughput (all seconds from the start of the run)."""
 
-    budget_seconds: float  # time_budget_minutes - safety_minutes
+    budget_seconds: float  # seconds this run had left when it planned
     tokens_per_second: float  # computed (padded) tokens per second, all devices together
     max_length: int  # planned token budget per pair
     swap_rows: int  # rows the swap pass can afford (before knowing which ones)
-    predicted_seconds: float  # predicted time of the whole run
+    predicted_seconds: float  # predicted time from the plan to the end of the run
+    fits: bool = True  # False: even the shortest context overruns, the run stops when its time is up
 
 
 def _candidate_lengths(max_length: int) -> list[int]:
@@ -183,16 +187,17 @@ def _candidate_lengths(max_length: int) -> list[int]:
 
 
 def plan_budget(lengths: Sequence[int], max_length: int, cfg: InferenceConfig, tokens_per_second: float,
-                elapsed_seconds: float, tokenize_seconds_per_row: float, wanted_swaps: int) -> BudgetPlan:
-    """Keep max_length if the AB pass fits, else shorten it; the swap pass gets what is left.
+                seconds_left: float, tokenize_seconds_per_row: float, wanted_swaps: int) -> BudgetPlan:
+    """Keep max_length if the AB pass fits in ``seconds_left``, else shorten it; the swap pass gets
+    what is left.
 
     Lengths at a shorter max_length are estimated as ``min(length, L)`` (truncation keeps every
     field's head and tail, so the total shrinks to the budget). Context comes before TTA: a swap
-    pass is worth less than the text it would cost.
+    pass is worth less than the text it would cost. When even the shortest candidate overruns, the
+    plan says so (``fits=False``) and the run's per-batch stop ends it on time.
     """
     import numpy as np
 
-    budget = (cfg.time_budget_minutes - cfg.safety_minutes) * 60
     lengths = np.asarray(lengths)
     n = max(len(lengths), 1)
     for length in _candidate_lengths(max_length):
@@ -200,14 +205,15 @@ def plan_budget(lengths: Sequence[int], max_length: int, cfg: InferenceConfig, t
         retokenize = tokenize_seconds_per_row * n if length != max_length else 0.0
         ab_seconds = computed_tokens(clipped, cfg) / tokens_per_second + retokenize
         per_swap = ab_seconds / n + tokenize_seconds_per_row
-        left = budget - elapsed_seconds - ab_seconds
+        left = seconds_left - ab_seconds
         if left >= 0 or length == _candidate_lengths(max_length)[-1]:
             swaps = int(min(wanted_swaps, max(left, 0) / per_swap + 1e-9))
             if left < 0:
-                log.warning("time budget: even max_length=%d needs %.0fs more than the budget allows",
-                            length, -left)
-            return BudgetPlan(budget, tokens_per_second, int(length), swaps,
-                              elapsed_seconds + ab_seconds + swaps * per_swap)
+                log.warning("time budget: even max_length=%d needs %.0fs more than the %.0fs left; the run "
+                            "stops when its time is up and the rows it does not reach are filled", length,
+                            -left, seconds_left)
+            return BudgetPlan(seconds_left, tokens_per_second, int(length), swaps, ab_seconds + swaps * per_swap,
+                              fits=left >= 0)
     raise AssertionError("unreachable")
 
 
@@ -227,20 +233,28 @@ class Worker:
     pad_id: int
     padding_side: str
     compute_dtype: Any = None  # torch dtype the model was loaded in: CUDA autocasts to it when 16-bit
+    num_classes: int = 2
     token_limit: float = math.inf  # lowered after an out-of-memory: larger batches are split first
     real_tokens: int = 0
     computed_tokens: int = 0
 
-    def score(self, input_ids: list[list[int]], cfg: InferenceConfig,
-              on_rows: Callable[[int], None] | None = None) -> np.ndarray:
-        """Probabilities [n, C] in the order of ``input_ids``; ``on_rows(k)`` after each batch of k rows."""
+    def score(self, input_ids: list[list[int]], cfg: InferenceConfig, on_rows: Callable[[int], None] | None = None,
+              stop: StopRule | None = None) -> np.ndarray:
+        """Probabilities [n, C] in the order of ``input_ids``; ``on_rows(k)`` after each batch of k rows.
+
+        With ``stop``, a batch that would end past the time limit is not started; its rows (and the
+        rest) stay NaN.
+        """
         import numpy as np
 
-        out = None
-        for batch in plan_batches([len(x) for x in input_ids], cfg.for_device(self.device.type)):
-            probs = self.score_batch([input_ids[i] for i in batch])
-            out = np.empty((len(input_ids), probs.shape[1])) if out is None else out
-            out[batch] = probs
+        lengths = [len(x) for x in input_ids]
+        out = np.full((len(input_ids), self.num_classes), np.nan)
+        batches = plan_batches(lengths, cfg.for_device(self.device.type))
+        for k, batch in enumerate(batches):
+            if stop is not None and stop.before_batch(len(batch) * max(lengths[i] for i in batch)):
+                stop.skipped(sum(len(b) for b in batches[k:]))
+                break
+            out[batch] = self.score_batch([input_ids[i] for i in batch])
             if on_rows:
                 on_rows(len(batch))
         return out
@@ -288,6 +302,32 @@ class Worker:
         self.real_tokens += int(mask.sum())
         self.computed_tokens += mask.numel()
         return probs.float().cpu().numpy()
+
+
+class StopRule:
+    """Whether the next batch still ends before ``stop_at`` on ``clock``, at the pilot's throughput.
+
+    Shared by the worker threads of a run: once one of them stops, they all do.
+    """
+
+    def __init__(self, clock: Clock, stop_at: float, tokens_per_second: float, n_workers: int):
+        self.clock, self.stop_at = clock, stop_at
+        self.seconds_per_token = n_workers / max(tokens_per_second, 1e-9)
+        self.hit = False
+        self.unreached = 0  # rows left unscored because of the limit
+        self._lock = threading.Lock()
+
+    def skipped(self, rows: int) -> None:
+        with self._lock:
+            self.unreached += rows
+
+    def before_batch(self, padded_tokens: int) -> bool:
+        """True (and from then on always) when a batch of ``padded_tokens`` would end past the limit."""
+        if not self.hit and self.clock.now() + padded_tokens * self.seconds_per_token > self.stop_at:
+            self.hit = True
+            log.warning("time limit: %.0fs left, not enough for the next batch; the run stops here",
+                        self.stop_at - self.clock.now())
+        return self.hit
 
 
 def resolve_devices(devices: Sequence[str]) -> list[str]:
@@ -374,7 +414,7 @@ def _worker(run: LoadedRun) -> Worker:
     """A worker for a model copy; inputs go where its first weights (the embeddings) live, and the
     compute dtype is the one the base model was loaded in (its embeddings' dtype; adapters are fp32)."""
     return Worker(run.scorer, _model_device(run.model), run.tokenizer.pad_token_id, run.family.padding_side,
-                  run.model.get_input_embeddings().weight.dtype)
+                  run.model.get_input_embeddings().weight.dtype, run.config.model.num_labels)
 
 
 @contextlib.contextmanager
@@ -400,15 +440,16 @@ def _frame(ids: Sequence[str], probs: np.ndarray) -> pd.DataFrame:
     return out
 
 
-def score_rows(input_ids: list[list[int]], ids: list[str], workers: list[Worker],
-               cfg: InferenceConfig, on_rows: Callable[[int], None] | None = None) -> pd.DataFrame:
-    """Predictions for encoded rows: rows dealt to the workers by tokens, one thread per worker."""
+def score_rows(input_ids: list[list[int]], ids: list[str], workers: list[Worker], cfg: InferenceConfig,
+               on_rows: Callable[[int], None] | None = None, stop: StopRule | None = None) -> pd.DataFrame:
+    """Predictions for encoded rows: rows dealt to the workers by tokens, one thread per worker
+    (rows a ``stop`` kept from being scored are NaN)."""
     import numpy as np
 
     shares = deal_by_tokens([len(x) for x in input_ids], len(workers))
     jobs = [(w, s) for w, s in zip(workers, shares, strict=True) if len(s)]
     with _cpu_threads(workers), ThreadPoolExecutor(len(jobs)) as pool:
-        futures = [pool.submit(w.score, [input_ids[i] for i in s], cfg, on_rows) for w, s in jobs]
+        futures = [pool.submit(w.score, [input_ids[i] for i in s], cfg, on_rows, stop) for w, s in jobs]
         results = [f.result() for f in futures]
     probs = np.empty((len(input_ids), results[0].shape[1]))
     for (_, share), result in zip(jobs, results, strict=True):
@@ -440,7 +481,11 @@ class InferenceReport:
     chunks_computed: int = 0
     chunks_loaded: int = 0
     plan: BudgetPlan | None = None
+    load_seconds: float = 0.0  # loading the model copies (part of actual_seconds)
     actual_seconds: float = 0.0
+    planned_seconds: float | None = None  # from the start (loading included) to the planned end
+    rows_predicted: int = 0  # rows the AB pass reached; fewer than rows when the time limit stopped the run
+    stopped: bool = False  # the time limit ended the run before every planned row was scored
 
     @property
     def padding_efficiency(self) -> float:
@@ -448,13 +493,15 @@ class InferenceReport:
 
     def to_text(self) -> str:
         lines = [f"{self.rows} rows on {self.devices}, max_length={self.max_length}, tta={self.tta} "
-                 f"({self.swapped_rows} rows swapped)",
+                 f"({self.swapped_rows} rows swapped)" + (f"; stopped by the time limit after {self.rows_predicted}"
+                                                           " rows" if self.stopped else ""),
                  f"chunks: {self.chunks_computed} computed, {self.chunks_loaded} resumed from work_dir",
                  f"padding efficiency {self.padding_efficiency:.3f} ({self.real_tokens} real / "
                  f"{self.computed_tokens} computed tokens); tokenization {self.tokenize_seconds:.1f}s"]
         if self.plan:
-            lines.append(f"time: predicted {self.plan.predicted_seconds:.0f}s, actual {self.actual_seconds:.0f}s "
-                         f"(budget {self.plan.budget_seconds:.0f}s)")
+            lines.append(f"time: predicted {self.plan.predicted_seconds:.0f}s after the plan, actual "
+                         f"{self.actual_seconds:.0f}s in all (loading {self.load_seconds:.0f}s; "
+                         f"{self.plan.budget_seconds:.0f}s were left at the plan)")
         else:
             lines.append(f"time: {self.actual_seconds:.1f}s")
         return "\n".join(lines)
@@ -487,32 +534,36 @@ class _RowBar:
         self.bar.close()
 
 
-# ---- one prediction run ---------------------------------------------------------------------------
 class _Job:
     """State of one run_prediction call: the model copies, the chunk store, the clock and the report."""
 
     def __init__(self, runs: list[LoadedRun], cfg: InferenceConfig, store: ChunkStore,
-                 progress: Callable[[ChunkEvent], None] | None):
+                 progress: Callable[[ChunkEvent], None] | None, clock: Clock, started: float):
         self.run, self.cfg, self.store, self.progress = runs[0], cfg, store, progress
         self.workers = [_worker(r) for r in runs]
-        self.start = time.perf_counter()
+        self.clock, self.start = clock, started
+        self.stop: StopRule | None = None
         self.report = InferenceReport(devices=[str(w.device) for w in self.workers], tta=cfg.tta)
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.start
+        return self.clock.now() - self.start
 
     def encode(self, frame: pd.DataFrame, max_length: int):
         from .tokenization import encode_pairs
 
         fmt = dataclasses.replace(self.run.config.format, max_length=max_length)
         template = fmt.template if fmt.template != "auto" else self.run.family.template
-        started = time.perf_counter()
+        started = self.clock.now()
         encoded = encode_pairs(frame, self.run.tokenizer, fmt, template)
-        self.report.tokenize_seconds += time.perf_counter() - started
+        self.report.tokenize_seconds += self.clock.now() - started
         return encoded
 
     def run_pass(self, pass_name: str, encoded) -> pd.DataFrame:
-        """Chunks along the length-sorted order (longest first; ties by id, so input order does not matter)."""
+        """Chunks along the length-sorted order (longest first; ties by id, so input order does not matter).
+
+        A chunk the time limit cut short is returned with NaN rows and not saved; later chunks are
+        not started (their rows are NaN too).
+        """
         import numpy as np
         import pandas as pd
 
@@ -527,9 +578,13 @@ class _Job:
                 loaded = preds is not None
                 if loaded:
                     bar.update(len(rows))
+                elif self.stop is not None and self.stop.hit:
+                    preds = _frame(chunk_ids, np.full((len(rows), self.workers[0].num_classes), np.nan))
+                    self.stop.skipped(len(rows))
                 else:
-                    preds = score_rows(chunk_inputs, chunk_ids, self.workers, self.cfg, bar.update)
-                    self.store.save(pass_name, chunk_ids, chunk_inputs, preds)
+                    preds = score_rows(chunk_inputs, chunk_ids, self.workers, self.cfg, bar.update, self.stop)
+                    if not (self.stop is not None and self.stop.hit):
+                        self.store.save(pass_name, chunk_ids, chunk_inputs, preds)
                 parts.append(self._chunk_done(pass_name, index, len(chunks), loaded, preds))
         return pd.concat(parts, ignore_index=True)
 
@@ -550,23 +605,23 @@ class _Job:
         batches = plan_batches(encoded.lengths, self.cfg)
         picks = sorted({int(i) for i in np.linspace(0, len(batches) - 1, min(self.cfg.pilot_batches, len(batches)))})
         worker.score_batch([encoded.input_ids[i] for i in batches[-1]])  # warm-up, not timed
-        before, started = worker.computed_tokens, time.perf_counter()
+        before, started = worker.computed_tokens, self.clock.now()
         for k in picks:
             worker.score_batch([encoded.input_ids[i] for i in batches[k]])
-        rate = (worker.computed_tokens - before) / max(time.perf_counter() - started, 1e-9)
+        rate = (worker.computed_tokens - before) / max(self.clock.now() - started, 1e-9)
         worker.real_tokens = worker.computed_tokens = 0
         return rate * len(self.workers)
 
-    def plan(self, encoded, max_length: int, n_rows: int) -> BudgetPlan:
+    def plan(self, encoded, max_length: int, n_rows: int, stop_at: float) -> BudgetPlan:
         plan = self.store.load_plan()
         if plan is not None:
             log.info("time budget: reusing the saved plan %s", plan)
             return plan
         rate = self.pilot(encoded)
         wanted = {"none": 0, "swap": n_rows}.get(self.cfg.tta, round(n_rows * (self.cfg.tta_share or 1.0)))
-        plan = plan_budget(encoded.lengths, max_length, self.cfg, rate, self.elapsed(),
+        plan = plan_budget(encoded.lengths, max_length, self.cfg, rate, stop_at - self.clock.now(),
                            self.report.tokenize_seconds / max(n_rows, 1), wanted)
-        log.info("time budget plan: max_length=%d, up to %d swapped rows, predicted %.0fs of %.0fs "
+        log.info("time budget plan: max_length=%d, up to %d swapped rows, predicted %.0fs of the %.0fs left "
                  "(%.0f tokens/s on %d device(s))", plan.max_length, plan.swap_rows, plan.predicted_seconds,
                  plan.budget_seconds, rate, len(self.workers))
         self.store.save_plan(plan)
@@ -577,8 +632,8 @@ class _Job:
         n = len(preds)
         band = self.cfg.tta_band if self.cfg.tta == "selective" else None
         cap = round(n * self.cfg.tta_share) if self.cfg.tta == "selective" and self.cfg.tta_share is not None else None
-        if self.report.plan is not None:
-            left = self.report.plan.budget_seconds - self.elapsed()
+        if self.stop is not None:
+            left = self.stop.stop_at - self.clock.now()
             affordable = int(max(left, 0) // max(ab_seconds / max(n, 1), 1e-9))
             log.info("time budget: %.0fs left after the AB pass, enough for about %d swapped rows", left, affordable)
             cap = affordable if cap is None else min(cap, affordable)
@@ -602,45 +657,73 @@ def _check_frame(frame: pd.DataFrame) -> list[str]:
     return ids.tolist()
 
 
-def _job_key(run: LoadedRun) -> dict:
-    """What makes predictions differ besides the inputs: weights (fingerprinted by the last tensors:
-    head and top layers, adapters included), model and format settings."""
+EXTENSION_MARGIN = 0.05  # slack on a pilot-based prediction before the per-batch stop ends a run
+
+# Settings that do not change what a run predicts, so a saved chunk or plan stays valid across them.
+_RESULT_NEUTRAL = ("work_dir", "progress_bar")
+
+
+def _job_key(run: LoadedRun, cfg: InferenceConfig, frame: pd.DataFrame, extra: dict | None) -> dict:
+    """What a saved plan and its chunks depend on besides each chunk's own token ids: the weights
+    (fingerprinted by the last tensors: head and top layers, adapters included), the model, format
+    and inference settings, the whole test set (ids and text: the plan is made for it), and the
+    caller's ``extra`` (the pipeline's deadline and blend)."""
     tail = list(run.model.named_parameters())[-8:]
     weights = [(name, list(p.shape), float(p.detach().float().sum())) for name, p in tail]
-    return {"weights": weights, "config": to_dict(run.config.model), "format": to_dict(run.config.format)}
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in _RESULT_NEUTRAL}
+    rows = _digest(frame[["id", "prompt", "response_a", "response_b"]].astype(str).to_numpy().tolist())
+    return {"weights": weights, "config": to_dict(run.config.model), "format": to_dict(run.config.format),
+            "inference": settings, "rows": rows, "extra": extra or {}}
 
 
 def run_prediction(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cfg: InferenceConfig | None = None,
-                   progress: Callable[[ChunkEvent], None] | None = None) -> PredictionResult:
+                   progress: Callable[[ChunkEvent], None] | None = None, *, clock: Clock | None = None,
+                   stop_at: float | None = None, latest: float | None = None,
+                   store_key: dict | None = None) -> PredictionResult:
     """Predictions (id + class probabilities, in ``frame``'s row order) and an :class:`InferenceReport`.
 
     ``model_source``: a run folder (``wsdm train`` output) or a LoadedRun. ``cfg``: defaults to the
-    run's saved inference section. ``progress``: called after every chunk.
+    run's saved inference section. ``progress``: called after every chunk. ``stop_at``: the time on
+    ``clock`` by which the run must end (default: ``cfg.time_budget_minutes - cfg.safety_minutes``
+    from the call, loading included; none without a budget); rows it does not reach are NaN.
+    ``latest``: how far past ``stop_at`` the run may go when even its shortest context does not fit
+    by ``stop_at`` (the pipeline's whole remaining time: finishing one run beats several runs that all
+    miss the same rows); the limit then becomes the plan's predicted end plus ``EXTENSION_MARGIN``.
+    ``store_key``: more values the saved chunks and plan must match (the pipeline's deadline).
     """
-    from .formatting import swap_pairs
-
+    clock = clock or SystemClock()
+    started = clock.now()
     order = _check_frame(frame)
     runs = load_runs(model_source, cfg)
     cfg = cfg or runs[0].config.inference
     cfg.validate("inference.")
     cfg = cfg.for_device(_model_device(runs[0].model).type)
-    job = _Job(runs, cfg, ChunkStore(cfg.work_dir or None, _job_key(runs[0])), progress)
+    if stop_at is None and cfg.time_budget_minutes:
+        stop_at = started + (cfg.time_budget_minutes - cfg.safety_minutes) * 60
+    store = ChunkStore(cfg.work_dir or None, _job_key(runs[0], cfg, frame, store_key))
+    job = _Job(runs, cfg, store, progress, clock, started)
+    job.report.load_seconds = job.elapsed()
     max_length = runs[0].config.format.max_length
     encoded = job.encode(frame, max_length)
-    if cfg.time_budget_minutes:
-        job.report.plan = job.plan(encoded, max_length, len(frame))
+    if stop_at is not None:
+        job.report.plan = job.plan(encoded, max_length, len(frame), stop_at)
+        plan = job.report.plan
+        if not plan.fits and latest is not None and latest > stop_at:
+            stop_at = min(latest, clock.now() + plan.predicted_seconds * (1 + EXTENSION_MARGIN))
+            log.info("time budget: the run needs %.0fs at max_length=%d, more than its share; it may go on "
+                     "for %.0fs", plan.predicted_seconds, plan.max_length, stop_at - clock.now())
+        job.stop = StopRule(clock, stop_at, plan.tokens_per_second, len(job.workers))
+        job.report.planned_seconds = job.elapsed() + job.report.plan.predicted_seconds
         if job.report.plan.max_length != max_length:
             max_length = job.report.plan.max_length
             encoded = job.encode(frame, max_length)
     job.report.max_length = max_length
     ab_started = job.elapsed()
     preds = job.run_pass("ab", encoded)
-    if cfg.tta != "none":
-        swap_ids = job.swap_ids(preds, job.elapsed() - ab_started + job.report.tokenize_seconds)
-        if swap_ids:
-            subset = frame[frame["id"].astype(str).isin(set(swap_ids))]
-            preds = merge_swapped(preds, job.run_pass("ba", job.encode(swap_pairs(subset), max_length)))
-        job.report.swapped_rows = len(swap_ids)
+    job.report.rows_predicted = len(frame) - (job.stop.unreached if job.stop else 0)
+    if cfg.tta != "none" and not (job.stop and job.stop.hit):
+        preds = _swap_pass(job, frame, preds, max_length, job.elapsed() - ab_started + job.report.tokenize_seconds)
+    job.report.stopped = bool(job.stop is not None and job.stop.hit)
     job.sync_tokens()
     job.report.rows = len(frame)
     job.report.actual_seconds = job.elapsed()
@@ -648,35 +731,33 @@ def run_prediction(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cf
     return PredictionResult(preds.set_index("id").loc[order].reset_index(), job.report)
 
 
+def _finite(preds: pd.DataFrame) -> np.ndarray:
+    import numpy as np
+
+    return np.isfinite(preds[prob_columns(preds)].to_numpy(float)).all(axis=1)
+
+
+def _swap_pass(job: _Job, frame: pd.DataFrame, preds: pd.DataFrame, max_length: int, ab_seconds: float) -> pd.DataFrame:
+    """TTA on the rows with a finite AB prediction (NaN rows are left for the caller to fill), joined on id;
+    BA rows the time limit cut off keep their AB value."""
+    import pandas as pd
+
+    from .formatting import swap_pairs
+
+    good = _finite(preds)
+    swap_ids = job.swap_ids(preds[good], ab_seconds)
+    if not swap_ids:
+        return preds
+    subset = frame[frame["id"].astype(str).isin(set(swap_ids))]
+    swapped = job.run_pass("ba", job.encode(swap_pairs(subset), max_length))
+    swapped = swapped[_finite(swapped)]
+    job.report.swapped_rows = len(swapped)
+    if not len(swapped):
+        return preds
+    return pd.concat([merge_swapped(preds[good], swapped), preds[~good]], ignore_index=True)
+
+
 def predict_proba(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cfg: InferenceConfig | None = None,
                   progress: Callable[[ChunkEvent], None] | None = None) -> pd.DataFrame:
     """Predictions layout (id, winner_model_a, winner_model_b[, winner_tie]) in ``frame``'s row order."""
     return run_prediction(model_source, frame, cfg, progress).predictions
-
-
-def predict_submission(run_dirs: Sequence[str | Path], test_path: str | Path, out: str | Path,
-                       weights: Sequence[float] | None = None, overrides: Sequence[str] = (),
-                       probs_out: str | Path | None = None, task: str = "auto") -> pd.DataFrame:
-    """``wsdm predict``: predict with every run (its saved inference section + ``inference.*`` overrides),
-    blend, validate against the test ids and write the submission (and the probabilities)."""
-    from .data import read_pairs
-    from .ensemble import blend
-    from .submission import write_predictions, write_submission
-
-    bad = [o for o in overrides if not o.startswith("inference.")]
-    if bad:
-        raise ConfigError(f"--set {bad[0]}: wsdm predict only takes inference.* overrides (the model and format "
-                          "are fixed by the run folder)")
-    frame, _ = read_pairs(test_path, ties="keep")
-    preds = []
-    for i, run_dir in enumerate(run_dirs):
-        cfg = load_run_config(Path(run_dir) / "config.yaml", list(overrides)).inference
-        if cfg.work_dir and len(run_dirs) > 1:
-            cfg = dataclasses.replace(cfg, work_dir=str(Path(cfg.work_dir) / f"{i}-{Path(run_dir).name}"))
-        preds.append(predict_proba(run_dir, frame, cfg))
-    blended = blend(preds, weights, names=[str(r) for r in run_dirs]) if len(preds) > 1 else preds[0]
-    if probs_out:
-        write_predictions(blended, probs_out)
-    task = task if task != "auto" else ("lmsys" if "winner_tie" in blended.columns else "wsdm")
-    write_submission(blended, frame, out, task)
-    return blended

@@ -323,25 +323,24 @@ def _find_in_inputs(name: str, depth: int = 4) -> list[Path]:
     return sorted(p for d in range(depth + 1) for p in input_dir().glob("/".join(["*"] * d + [name])))
 
 
-def _is_run_dir(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and ((path / "adapter").is_dir() or (path / "model").is_dir())
-
-
 def find_runs(run_dirs: list[str]) -> list[Path]:
     """The given run folders (checked), or every run folder in the attached Kaggle datasets."""
     from .kaggle import input_dir
+    from .pipeline import run_kind
 
     if run_dirs:
         runs = [Path(r) for r in run_dirs]
-        bad = [str(r) for r in runs if not _is_run_dir(r)]
+        bad = [str(r) for r in runs if run_kind(r) is None]
         if bad:
-            raise ConfigError(f"not a run folder (needs config.yaml and adapter/ or model/): {', '.join(bad)}; "
-                              "give folders written by `wsdm train` or train_*.ipynb")
+            raise ConfigError(f"not a run folder (needs config.yaml and adapter/ or model/, or baseline.json): "
+                              f"{', '.join(bad)}; give folders written by `wsdm train`, train_*.ipynb or "
+                              "`wsdm baseline --run-dir`")
         return runs
-    runs = sorted({p.parent for p in _find_in_inputs("config.yaml") if _is_run_dir(p.parent)})
+    found = _find_in_inputs("config.yaml") + _find_in_inputs("baseline.json")
+    runs = sorted({p.parent for p in found if run_kind(p.parent) is not None})
     if not runs:
-        raise ConfigError(f"no run folder (config.yaml + adapter/) under {input_dir()}; attach the adapter "
-                          "dataset (`wsdm bundle adapter`) or pass run_dirs")
+        raise ConfigError(f"no run folder (config.yaml + adapter/, or baseline.json) under {input_dir()}; attach "
+                          "the adapter dataset (`wsdm bundle adapter`) or pass run_dirs")
     return runs
 
 
@@ -360,16 +359,9 @@ def read_test(test_path: str | None):
     return frame
 
 
-def inference_config(run_dir: str | Path, **overrides: Any):
-    """The run's saved inference settings with this notebook's non-empty parameters on top."""
-    from .config import load_run_config
-
-    cfg = load_run_config(Path(run_dir) / "config.yaml").inference
-    for key, value in overrides.items():
-        if value not in (None, [], ""):
-            setattr(cfg, key, value)
-    cfg.validate("inference.")
-    return cfg
+def given(**values: Any) -> dict[str, Any]:
+    """The parameters that were set (not None): typed overrides for the pipeline."""
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def _read_labels(labels_path: str | Path):

@@ -129,6 +129,47 @@ def build_submission(preds: pd.DataFrame, test: pd.DataFrame | Iterable, task: s
     return preds[["id"]].assign(winner=winner)
 
 
+def task_for_test(test: pd.DataFrame, task: str = "auto") -> str:
+    """The submission layout: ``task`` when explicit, else the one the test file's layout asks for
+    (a WSDM test gives ``wsdm``, an LMSYS test ``lmsys``), read from the canonical frame's ``source``.
+    Never the model's class count: Kaggle rejects a file in the other competition's layout."""
+    if task != "auto":
+        if task not in TASKS:
+            raise SubmissionError(f"task={task!r} must be auto or one of {TASKS}")
+        return task
+    layouts = set(test["source"].astype(str).str.split(":").str[0]) if "source" in test.columns else set()
+    if len(layouts) == 1 and next(iter(layouts)) in TASKS:
+        return next(iter(layouts))
+    raise SubmissionError(f"cannot tell the submission layout from the test rows (their layouts: "
+                          f"{sorted(layouts) or 'unknown'}); only a WSDM or LMSYS test file decides it. Pass "
+                          "task='wsdm' (id, winner) or task='lmsys' (id + three probabilities), CLI: --task")
+
+
+def to_task_classes(preds: pd.DataFrame, task: str, tie_share: float) -> pd.DataFrame:
+    """Predictions with the classes ``task`` scores: for wsdm, P(a) and P(b) renormalised (a 3-class
+    model's tie dropped); for lmsys, three classes (a 2-class model's P(a), P(b) scaled to leave
+    ``tie_share`` for the tie). NaN rows stay NaN (the pipeline fills them)."""
+    import numpy as np
+
+    out = preds[["id"]].copy()
+    a, b = preds["winner_model_a"].to_numpy(float), preds["winner_model_b"].to_numpy(float)
+    if task == "wsdm":
+        total = a + b
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["winner_model_a"] = np.where(total > 0, a / total, 0.5)
+        out.loc[np.isnan(total), "winner_model_a"] = np.nan
+        out["winner_model_b"] = 1 - out["winner_model_a"]
+        return out
+    if "winner_tie" in preds.columns:
+        return preds[["id", *PROB3]].copy()
+    total = a + b
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["winner_model_a"] = np.where(total > 0, a / total, 0.5) * (1 - tie_share)
+    out["winner_model_b"] = (1 - tie_share) - out["winner_model_a"]
+    out["winner_tie"] = np.where(np.isnan(total), np.nan, tie_share)
+    return out
+
+
 def write_submission(preds: pd.DataFrame, test: pd.DataFrame | Iterable, path: str | Path,
                      task: str = "wsdm") -> Path:
     """Validate ``preds`` against the test ids and write the submission csv atomically."""

@@ -1,0 +1,239 @@
+"""The submission pipeline: one clock for all runs, fills, layouts, baseline run folders, CLI = notebook.
+
+Tiny random Llama classifiers (tokenizer trained in the session) are saved as run folders. Time is
+an injected ManualClock: every forward pass advances it by its padded tokens / RATE and every model
+load by LOAD seconds, so the plans and stops are exact and nothing sleeps.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from wsdm_helpers.clock import Deadline, ManualClock
+from wsdm_helpers.config import FormatConfig, InferenceConfig, ModelConfig, RunConfig, save_yaml
+from wsdm_helpers.data import read_pairs
+from wsdm_helpers.demo_data import write_demo_dataset
+from wsdm_helpers.errors import ConfigError, SubmissionError
+from wsdm_helpers.pipeline import REPORT_FILE, submit
+from wsdm_helpers.tiny import build_tiny_model, pair_texts, train_tokenizer
+
+RATE = 2000.0  # simulated padded tokens per second
+LOAD = 1.0  # simulated seconds per model load
+N_TEST = 40
+CPU = {"devices": ["cpu"], "tta": "none", "progress_bar": False}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    train, test, _, labels = write_demo_dataset(root, n_train=200, n_test=N_TEST, seed=5)
+    wsdm = pd.read_parquet(test)
+    lmsys = wsdm[["id"]].assign(**{c: [json.dumps([t]) for t in wsdm[c]] for c in ("prompt", "response_a",
+                                                                                   "response_b")})
+    lmsys.to_csv(root / "test.csv", index=False)
+    return {"train": train, "wsdm_test": test, "lmsys_test": root / "test.csv", "labels": labels}
+
+
+def _run(root, tokenizer, name, num_labels=2, seed=0, max_length=128):
+    run = root / name
+    build_tiny_model("llama", tokenizer, run / "model", num_labels=num_labels, seed=seed)
+    tokenizer.save_pretrained(str(run / "tokenizer"))
+    save_yaml(RunConfig(model=ModelConfig(source=str(run / "model"), num_labels=num_labels),
+                        format=FormatConfig(max_length=max_length),
+                        inference=InferenceConfig(devices=["cpu"], tta="swap", progress_bar=False)),
+              run / "config.yaml")
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs(data, tmp_path_factory):
+    """Three 2-class runs (max_length 128: no shorter context to plan, so time only buys rows), a 3-class
+    run and a feature-baseline run folder written by `wsdm baseline --run-dir`."""
+    from wsdm_helpers.cli import main
+
+    root = tmp_path_factory.mktemp("runs")
+    frame, _ = read_pairs(data["train"])
+    tokenizer = train_tokenizer(pair_texts(frame), vocab_size=600)
+    out = {f"two{i}": _run(root, tokenizer, f"two{i}", seed=i) for i in range(3)}
+    out["three"] = _run(root, tokenizer, "three", num_labels=3, seed=7)
+    assert main(["baseline", "--train", str(data["train"]), "--run-dir", str(root / "baseline")]) == 0
+    out["baseline"] = root / "baseline"
+    return out
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """A ManualClock that forward passes and model loads advance (the real model still runs)."""
+    from wsdm_helpers import modeling
+    from wsdm_helpers.inference import Worker
+
+    clock = ManualClock()
+    forward, load = Worker._forward, modeling.load_run
+
+    def timed_forward(self, rows):
+        clock.advance(len(rows) * max(len(r) for r in rows) / RATE)
+        return forward(self, rows)
+
+    def timed_load(*args, **kwargs):
+        clock.advance(LOAD)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(Worker, "_forward", timed_forward)
+    monkeypatch.setattr(modeling, "load_run", timed_load)
+    return clock
+
+
+def _deadline(clock, seconds):
+    return Deadline(clock, clock.now(), clock.now() + seconds)
+
+
+def _submission(path):
+    return pd.read_csv(path, dtype={"id": str})
+
+
+def test_three_runs_with_a_deadline_that_fits_two(runs, data, clock, tmp_path):
+    one = submit([runs["two0"]], data["wsdm_test"], tmp_path / "one" / "submission.csv", overrides=CPU,
+                 deadline=_deadline(clock, 1e6))
+    need = one.report.runs[0].actual_seconds  # load + pilot + the AB pass of one run
+    assert need > LOAD
+    finish = 2.0
+    deadline = _deadline(clock, 2.5 * need + finish)
+    three = [runs["two0"], runs["two1"], runs["two2"]]
+    result = submit(three, data["wsdm_test"], tmp_path / "submission.csv", overrides=CPU, deadline=deadline,
+                    settings={"finish_seconds": finish}, probs_out=tmp_path / "probs.parquet")
+    assert clock.now() <= deadline.end
+    first, second, third = result.report.runs
+    assert (first.status, first.rows_predicted, first.rows_filled) == ("done", N_TEST, 0)
+    assert (second.status, second.rows_predicted, second.rows_filled) == ("done", N_TEST, 0)
+    assert third.status == "stopped" and 0 <= third.rows_predicted < N_TEST
+    assert third.rows_filled == N_TEST - third.rows_predicted
+    assert result.report.rows_uniform == 0 and result.report.rows_from_fallback == 0
+    sub = _submission(tmp_path / "submission.csv")
+    assert sub.columns.tolist() == ["id", "winner"] and len(sub) == N_TEST
+    saved = json.loads((tmp_path / REPORT_FILE).read_text())
+    assert [r["status"] for r in saved["runs"]] == ["done", "done", "stopped"]
+    assert saved["runs"][2]["rows_filled"] == third.rows_filled and saved["elapsed_seconds"] <= 2.5 * need + finish
+    assert "stopped" in result.report.to_text()
+
+
+def test_deadline_too_short_for_any_llm_run_gives_the_baseline_submission(runs, data, clock, tmp_path):
+    from wsdm_helpers.features import load_baseline
+
+    result = submit([runs["two0"], runs["baseline"]], data["wsdm_test"], tmp_path / "submission.csv",
+                    weights=[1, 0], overrides=CPU, deadline=_deadline(clock, 1.5))
+    llm, baseline = result.report.runs
+    assert llm.status == "skipped" and llm.rows_filled == N_TEST
+    assert baseline.status == "done" and result.report.rows_from_fallback == N_TEST
+    expected = load_baseline(runs["baseline"]).predict(read_pairs(data["wsdm_test"])[0])
+    winner = np.where(expected["winner_model_a"] >= expected["winner_model_b"], "model_a", "model_b")
+    assert _submission(tmp_path / "submission.csv")["winner"].tolist() == winner.tolist()
+
+
+def test_a_run_that_loads_but_cannot_finish_a_batch_is_filled_by_the_baseline(runs, data, clock, tmp_path):
+    result = submit([runs["two0"], runs["baseline"]], data["wsdm_test"], tmp_path / "submission.csv",
+                    weights=[1, 0], overrides=CPU, settings={"finish_seconds": 0.0},
+                    deadline=_deadline(clock, LOAD + 0.05))
+    llm = result.report.runs[0]
+    assert llm.status == "stopped" and llm.rows_predicted < N_TEST
+    assert result.report.rows_from_fallback == N_TEST - llm.rows_predicted
+    assert len(_submission(tmp_path / "submission.csv")) == N_TEST
+
+
+def test_nan_rows_of_one_run_are_filled_from_the_other_and_reported(runs, data, monkeypatch, tmp_path):
+    from wsdm_helpers.inference import Worker
+
+    pair = [runs["two0"], runs["two1"]]
+    clean = submit(pair, data["wsdm_test"], tmp_path / "clean.csv", overrides=CPU).predictions
+    alone = submit([runs["two1"]], data["wsdm_test"], tmp_path / "alone.csv", overrides=CPU).predictions
+    forward, calls = Worker._forward, []
+
+    def nan_first_batch(self, rows):  # the first batch of the first run comes back as NaN
+        probs = forward(self, rows)
+        calls.append(len(rows))
+        if len(calls) == 1:
+            probs[:] = np.nan
+        return probs
+
+    monkeypatch.setattr(Worker, "_forward", nan_first_batch)
+    result = submit(pair, data["wsdm_test"], tmp_path / "submission.csv", overrides=CPU)
+    first = result.report.runs[0]
+    assert first.nan_rows == calls[0] == first.rows_filled and first.rows_predicted == N_TEST
+    changed = ~np.isclose(result.predictions["winner_model_a"], clean["winner_model_a"])
+    assert changed.sum() == calls[0]
+    np.testing.assert_allclose(result.predictions["winner_model_a"][changed], alone["winner_model_a"][changed])
+    assert result.report.rows_uniform == 0
+
+
+def test_layout_follows_the_test_file_not_the_class_count(runs, data, tmp_path):
+    three = submit([runs["three"]], data["wsdm_test"], tmp_path / "wsdm.csv", overrides=CPU)
+    sub = _submission(tmp_path / "wsdm.csv")
+    assert sub.columns.tolist() == ["id", "winner"]  # a 3-class model on the WSDM test
+    np.testing.assert_allclose(three.predictions[["winner_model_a", "winner_model_b"]].sum(axis=1), 1)
+    assert "winner_tie" not in three.predictions.columns
+    two = submit([runs["two0"]], data["lmsys_test"], tmp_path / "lmsys.csv", overrides=CPU)
+    sub = _submission(tmp_path / "lmsys.csv")
+    assert sub.columns.tolist() == ["id", "winner_model_a", "winner_model_b", "winner_tie"]  # 2-class on LMSYS
+    np.testing.assert_allclose(sub["winner_tie"], 0.3)
+    np.testing.assert_allclose(sub.iloc[:, 1:].sum(axis=1), 1)
+    assert two.report.task == "lmsys"
+
+
+def test_a_canonical_test_file_needs_an_explicit_task(runs, data, tmp_path):
+    from wsdm_helpers.data import write_canonical
+    from wsdm_helpers.demo_data import make_demo_frame
+
+    test = write_canonical(make_demo_frame(8, seed=1), tmp_path / "test.parquet")
+    with pytest.raises(SubmissionError, match="task='wsdm'"):
+        submit([runs["baseline"]], test, tmp_path / "submission.csv")
+    submit([runs["baseline"]], test, tmp_path / "submission.csv", settings={"task": "lmsys"})
+    assert _submission(tmp_path / "submission.csv").shape == (8, 4)
+
+
+def test_overrides_are_typed_and_checked_before_any_run(runs, data, tmp_path):
+    with pytest.raises(ConfigError, match="inference.tta"):
+        submit([runs["two0"]], data["wsdm_test"], tmp_path / "s.csv", overrides={"tta": "sideways"})
+    with pytest.raises(ConfigError, match="time_budget_minutes"):
+        submit([runs["two0"]], data["wsdm_test"], tmp_path / "s.csv", overrides={"time_budget_minutes": 5})
+    with pytest.raises(ConfigError, match="inference.max_batch_size"):
+        submit([runs["two0"]], data["wsdm_test"], tmp_path / "s.csv", overrides={"max_batch_size": "8"})
+    with pytest.raises(SubmissionError, match="one weight"):
+        submit([runs["two0"]], data["wsdm_test"], tmp_path / "s.csv", weights=[1, 2])
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_baseline_run_folder_round_trip_and_wsdm_submit(runs, data, tmp_path):
+    from wsdm_helpers.cli import main
+    from wsdm_helpers.features import FeatureBaseline, load_baseline
+
+    train, _ = read_pairs(data["train"])
+    test, _ = read_pairs(data["wsdm_test"])
+    fitted = FeatureBaseline().fit(train).predict(test)
+    loaded = load_baseline(runs["baseline"]).predict(test)
+    pd.testing.assert_frame_equal(fitted, loaded)
+    probs = tmp_path / "probs.parquet"
+    loaded.to_parquet(probs)
+    assert main(["submit", str(probs), "--test", str(data["lmsys_test"]), "--out", str(tmp_path / "s.csv")]) == 0
+    assert _submission(tmp_path / "s.csv").columns.tolist()[-1] == "winner_tie"
+    assert main(["submit", str(probs), "--test", str(data["wsdm_test"]), "--out", str(tmp_path / "s.csv")]) == 0
+    assert _submission(tmp_path / "s.csv").columns.tolist() == ["id", "winner"]
+    assert main(["baseline", "--train", str(data["train"]), "--run-dir", str(tmp_path / "b"), "--model", "hgb"]) == 2
+
+
+def test_notebook_and_wsdm_predict_write_byte_identical_submissions(runs, data, tmp_path):
+    from wsdm_helpers.cli import main
+    from wsdm_helpers.notebook import run_notebook
+
+    members = [str(runs["two0"]), str(runs["three"]), str(runs["baseline"])]
+    cli_out = tmp_path / "cli" / "submission.csv"
+    assert main(["predict", *[a for r in members for a in ("--run", r)], "--weights", "1", "2", "1",
+                 "--test", str(data["wsdm_test"]), "--out", str(cli_out), "--set", "inference.devices=[cpu]",
+                 "--time-budget-minutes", "600"]) == 0
+    nb = run_notebook("inference", {"run_dirs": members, "weights": [1, 2, 1], "devices": ["cpu"],
+                                    "test_path": str(data["wsdm_test"]), "time_budget_minutes": 600,
+                                    "labels_path": str(data["labels"])}, out_root=tmp_path / "nb", log_output=False)
+    assert (nb.out_dir / "submission.csv").read_bytes() == cli_out.read_bytes()
+    assert json.loads((nb.out_dir / REPORT_FILE).read_text())["runs"][1]["status"] == "done"
+    assert (nb.out_dir / "scores.json").is_file()
