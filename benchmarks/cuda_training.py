@@ -27,13 +27,13 @@ from pathlib import Path
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "cpu-demo-gemma3-270m.yaml"
 
 
-def run(name: str, data: Path, out: Path, steps: int, dtype: str, *overrides: str) -> dict:
+def run(name: str, data: Path, out: Path, steps: int, dtype: str, overrides: dict | None = None) -> dict:
     from wsdm_helpers.config import load_run_config
     from wsdm_helpers.training import train
 
-    cfg = load_run_config(PRESET, [f"data.train_path={data}", f"train.output_dir={out / name}",
-                                   f"train.max_steps={steps}", f"model.dtype={dtype}", "train.resume=false",
-                                   *overrides])
+    cfg = load_run_config(PRESET, {"data.train_path": str(data), "train.output_dir": str(out / name),
+                                   "train.max_steps": steps, "model.dtype": dtype, "train.resume": False,
+                                   **(overrides or {})})
     metrics = train(cfg).metrics
     return {"peak_cuda_memory_gib": metrics["peak_cuda_memory_gib"],
             "train_tokens_per_s": metrics["train_tokens_per_s"], "train_step_seconds": metrics["train_step_seconds"],
@@ -60,7 +60,7 @@ def main() -> int:
 
     write_demo_dataset(args.out / "data", n_train=2000, n_test=400)
     data = args.out / "data" / "train.parquet"
-    results = {"qlora-4bit": run("qlora-4bit", data, args.out, args.steps, args.dtype, "model.quantization=4bit"),
+    results = {"qlora-4bit": run("qlora-4bit", data, args.out, args.steps, args.dtype, {"model.quantization": "4bit"}),
                "lora-16bit": run("lora-16bit", data, args.out, args.steps, args.dtype)}
     q, ref = results["qlora-4bit"], results["lora-16bit"]
     print(f"Gemma 3 270M, demo preset, {args.steps} steps, {args.dtype}, {torch.cuda.get_device_name()}")

@@ -40,9 +40,9 @@ def demo(tmp_path_factory):
     return frame, root / "train.parquet", models
 
 
-def _train(demo, out: Path, *overrides: str, family: str = "llama"):
-    cfg = load_run_config(TINY_PRESET, [f"data.train_path={demo[1]}", f"model.source={demo[2][family]}",
-                                        f"train.output_dir={out}", *overrides])
+def _train(demo, out: Path, overrides: dict | None = None, family: str = "llama"):
+    cfg = load_run_config(TINY_PRESET, {"data.train_path": str(demo[1]), "model.source": str(demo[2][family]),
+                                        "train.output_dir": str(out), **(overrides or {})})
     return train(cfg)
 
 
@@ -57,8 +57,8 @@ def test_qlora_4bit_trains_and_the_adapter_reloads_on_a_quantized_base(family, d
     """fp16 is the T4 recipe; Gemma 3 overflows fp16, so it trains in bf16 (Ampere or newer)."""
     if dtype == "bfloat16" and torch.cuda.get_device_capability()[0] < 8:
         pytest.skip("bf16 needs an Ampere or newer GPU")
-    result = _train(demo, tmp_path / "q4", "model.quantization=4bit", f"model.dtype={dtype}",
-                    "model.gradient_checkpointing=true", family=family)
+    result = _train(demo, tmp_path / "q4", {"model.quantization": "4bit", "model.dtype": dtype,
+                                            "model.gradient_checkpointing": True}, family=family)
     metrics = result.metrics
     assert metrics["global_step"] == 6 and metrics["peak_cuda_memory_gib"] > 0
     assert metrics["train_tokens_per_s"] > 0
@@ -71,7 +71,7 @@ def test_qlora_4bit_trains_and_the_adapter_reloads_on_a_quantized_base(family, d
 
 def test_half_precision_inference_matches_fp32_on_cpu(demo, tmp_path):
     """model.dtype auto: fp16 on a T4, bf16 on newer GPUs (autocast in the same dtype), fp32 on CPU."""
-    _train(demo, tmp_path / "lora", "train.max_steps=2")
+    _train(demo, tmp_path / "lora", {"train.max_steps": 2})
     frame, _ = _oof_frame(demo, tmp_path / "lora")
     cpu = predict_proba(tmp_path / "lora", frame, InferenceConfig(devices=["cpu"], tta="swap", progress_bar=False))
     gpu = predict_proba(tmp_path / "lora", frame, InferenceConfig(devices=["cuda:0"], tta="swap", progress_bar=False))
@@ -81,7 +81,7 @@ def test_half_precision_inference_matches_fp32_on_cpu(demo, tmp_path):
 
 def test_two_gpu_workers_equal_one_row_by_row(demo, tmp_path):
     """Two model copies (on two GPUs, or twice on the one there is) give the one-worker predictions."""
-    _train(demo, tmp_path / "lora", "train.max_steps=2")
+    _train(demo, tmp_path / "lora", {"train.max_steps": 2})
     frame = demo[0]
     gpus = [f"cuda:{i % torch.cuda.device_count()}" for i in range(2)]
     one_cfg = InferenceConfig(devices=gpus[:1], tta="swap", progress_bar=False, max_batch_size=8)
@@ -94,7 +94,7 @@ def test_two_gpu_workers_equal_one_row_by_row(demo, tmp_path):
 
 
 def test_model_parallel_run_predicts_like_one_copy(demo, tmp_path):
-    _train(demo, tmp_path / "lora", "train.max_steps=2")
+    _train(demo, tmp_path / "lora", {"train.max_steps": 2})
     cfg = InferenceConfig(devices=["cuda:0"], tta="none", progress_bar=False)
     devices = [f"cuda:{i}" for i in range(max(torch.cuda.device_count(), 1))]
     spread = dataclasses.replace(cfg, devices=devices, model_parallel=True)

@@ -254,9 +254,12 @@ def test_load_training_frame_combines_files(tmp_path):
 
 
 def test_data_config_checks_layouts():
-    assert DataConfig(layout="oasst").check() == []
-    assert "layout=columns needs column_map" in DataConfig(layout="columns").check()[0]
-    assert "is not one of" in DataConfig(layout="lmsis").check()[0]
+    from wsdm_helpers.config import collect_problems
+
+    assert collect_problems(DataConfig(train_path="t.parquet", layout="oasst")) == []
+    assert "layout=columns needs column_map" in DataConfig(train_path="t.parquet", layout="columns").check()[0]
+    assert collect_problems(DataConfig(train_path="t.parquet", layout="lmsis")) == [
+        f"'layout' must be one of {', '.join(data.LAYOUTS)}, got 'lmsis'; did you mean 'lmsys'?"]
 
 
 # ---- bad inputs: each error names the file, the column, the first ids and the fix ----------------

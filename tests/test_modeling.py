@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from wsdm_helpers.config import RunConfig  # noqa: E402
+from wsdm_helpers.config import FormatConfig, RunConfig  # noqa: E402
 from wsdm_helpers.errors import ConfigError  # noqa: E402
 from wsdm_helpers.formatting import TEMPLATES  # noqa: E402
 from wsdm_helpers.modeling import (  # noqa: E402
@@ -137,7 +137,7 @@ def test_scorer_reads_the_same_token_with_and_without_padding(family, head, tiny
     """Padding side matches what the head reads: a row scores the same alone and padded in a batch."""
     model, tokenizer, fam = load_model(run_config(tiny_models[family], head=head), "cpu")
     model.eval()
-    scorer = PairScorer(model, head, answer_ids_for(tokenizer, head, 2))
+    scorer = PairScorer(model, head, answer_ids_for(tokenizer, FormatConfig(head=head), 2))
     short, long = TEXTS[4], TEXTS[0] + " " + TEXTS[1]
     batch = _batch(tokenizer, [short, long], fam.padding_side)
     alone = _batch(tokenizer, [short], fam.padding_side)
@@ -151,7 +151,7 @@ def test_three_class_mcq_reads_three_answer_tokens(tiny_models):
     cfg = run_config(tiny_models["qwen2"], head="mcq")
     cfg.model.num_labels = 3
     model, tokenizer, _ = load_model(cfg, "cpu")
-    ids = answer_ids_for(tokenizer, "mcq", 3)
+    ids = answer_ids_for(tokenizer, cfg.format, 3)
     assert len(set(ids)) == 3
     probs = PairScorer(model.eval(), "mcq", ids)(**_batch(tokenizer, TEXTS[:2], "left"))
     assert probs.shape == (2, 3)
@@ -160,3 +160,37 @@ def test_three_class_mcq_reads_three_answer_tokens(tiny_models):
 def test_full_finetune_trains_every_weight(tiny_models):
     model, _, _ = load_model(run_config(tiny_models["bert"], enabled=False), "cpu", training=True)
     assert all(p.requires_grad for p in model.parameters())
+
+
+def _spaced_tokenizer():
+    """A SentencePiece-style tokenizer (spaces as "▁", "▁▁" merged first) as Gemma's: after "Answer: "
+    the letters are "A"/"B", after "Answer:" they are "▁A"/"▁B"."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = ["<unk>", "<pad>", *"AnswerB:", "▁"]
+    vocab = {t: i for i, t in enumerate([*chars, "▁▁", "▁A", "▁B"])}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[("▁", "▁"), ("▁", "A"), ("▁", "B")], unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=False)
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<pad>")
+
+
+def test_mcq_answer_ids_follow_the_configured_answer_prefix():
+    from wsdm_helpers.tokenization import _answer_split
+
+    tokenizer = _spaced_tokenizer()
+    spaced = answer_ids_for(tokenizer, FormatConfig(head="mcq", answer_prefix="Answer: "), 2)
+    plain = answer_ids_for(tokenizer, FormatConfig(head="mcq", answer_prefix="Answer:"), 2)
+    assert tokenizer.convert_ids_to_tokens(spaced) == ["A", "B"]
+    assert tokenizer.convert_ids_to_tokens(plain) == ["▁A", "▁B"]
+    # the encoded sequence ends with "Answer:▁▁": the letter the model predicts next is "A", not "▁A"
+    end, letters = _answer_split(tokenizer, "Answer: ", 2)
+    assert tokenizer.convert_ids_to_tokens(end)[-1] == "▁▁" and letters == spaced
+    assert answer_ids_for(tokenizer, FormatConfig(head="classifier"), 2) == []
+
+
+def test_unknown_lora_target_is_refused_listing_the_model_modules(tiny_models):
+    cfg = run_config(tiny_models["llama"], target_modules=["q_proj", "x"])
+    with pytest.raises(ConfigError, match=r"lora.target_modules: 'x' is not a module of this llama model; "
+                                          r"its linear layers are .*q_proj.*v_proj"):
+        load_model(cfg, "cpu", training=True)

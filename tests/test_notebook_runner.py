@@ -122,11 +122,12 @@ def test_run_notebook_executes_in_a_kernel_of_this_interpreter(tmp_path):
 def test_training_config_applies_notebook_shortcuts_over_the_preset(tmp_path, monkeypatch):
     from wsdm_helpers.notebook import training_config
 
-    cfg = training_config("tiny-test", ["train.learning_rate=0.5"], str(tmp_path), data__train_path="d.parquet",
-                          model__source="m", train__max_steps=None)
-    assert (cfg.data.train_path, cfg.model.source, cfg.train.learning_rate) == ("d.parquet", "m", 0.5)
+    shortcuts = {"data.train_path": "runs #3/d.parquet", "model.source": "m", "train.max_steps": None}
+    cfg = training_config("tiny-test", {"train.learning_rate": 0.5}, str(tmp_path), shortcuts=shortcuts)
+    # values travel as values: ' #' is not cut off as a YAML comment
+    assert (cfg.data.train_path, cfg.model.source, cfg.train.learning_rate) == ("runs #3/d.parquet", "m", 0.5)
     assert cfg.train.max_steps == 6 and cfg.train.output_dir == str(tmp_path / "run")  # None keeps the preset
     monkeypatch.setenv("WSDM_WORKING_DIR", str(tmp_path / "work"))
-    assert training_config("tiny-test", [], None).train.output_dir == str(tmp_path / "work" / "runs" / "tiny-test")
+    assert training_config("tiny-test", {}, None).train.output_dir == str(tmp_path / "work" / "runs" / "tiny-test")
     with pytest.raises(ConfigError, match="not found"):
-        training_config("no-such-preset", [], None)
+        training_config("no-such-preset", {}, None)

@@ -109,7 +109,7 @@ def test_parameters_must_be_hinted_documented_literals():
 # ---- every notebook under papermill in a real kernel, with tiny models on tiny demo data (slow) ------------
 # One chain shares the trained runs: the demo (train_gemma + inference) -> train_deberta -> ensemble_oof ->
 # inference again with both runs blended by the fitted weights.
-FAST = ["train.eval_steps=2", "train.save_steps=2", "train.logging_steps=1", "train.max_eval_rows=null"]
+FAST = {"train.eval_steps": 2, "train.save_steps": 2, "train.logging_steps": 1, "train.max_eval_rows": None}
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def deberta_run(demo, tiny_models, tmp_path_factory) -> Path:
     run = run_notebook("train_deberta", {
         "config": "tiny-test", "train_path": str(out / "data" / "train.parquet"),
         "model_source": str(tiny_models["bert"]), "max_steps": 4,
-        "overrides": ["data.n_folds=5", *FAST],  # the demo preset's folds, so the oof ids match
+        "overrides": {"data.n_folds": 5, **FAST},  # the demo preset's folds, so the oof ids match
     }, out_root=tmp_path_factory.mktemp("deberta"))
     return run.out_dir / "run"
 

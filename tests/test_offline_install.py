@@ -146,9 +146,9 @@ def test_offline_venv_predicts_with_a_bundled_adapter(kaggle_venv, tmp_path):
     texts = [str(t) for col in ("prompt", "response_a", "response_b") for t in frame[col]]
     tokenizer = train_tokenizer(texts, vocab_size=400)
     build_tiny_model("llama", tokenizer, tmp_path / "base")
-    cfg = load_run_config(REPO / "configs" / "tiny-test.yaml", [
-        f"data.train_path={tmp_path / 'demo' / 'train.parquet'}", f"model.source={tmp_path / 'base'}",
-        f"train.output_dir={tmp_path / 'run'}", "train.max_steps=2"])
+    cfg = load_run_config(REPO / "configs" / "tiny-test.yaml", {
+        "data.train_path": str(tmp_path / "demo" / "train.parquet"), "model.source": str(tmp_path / "base"),
+        "train.output_dir": str(tmp_path / "run"), "train.max_steps": 2})
     train(cfg)
     # The backbone is found relative to the working folder, as ../input/... is on Kaggle.
     _run([sys.executable, "-m", "wsdm_helpers", "bundle", "adapter", tmp_path / "run", "--out",

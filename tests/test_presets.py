@@ -63,4 +63,4 @@ def test_bad_override_is_an_error_naming_the_key(capsys):
     assert main(["train", "--config", str(CONFIGS / "tiny-test.yaml"), "--set", "train.learnig_rate=1"]) == 2
     assert "learning_rate" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="best_metric"):
-        load_run_config(CONFIGS / "tiny-test.yaml", ["train.best_metric=f1"])
+        load_run_config(CONFIGS / "tiny-test.yaml", {"train.best_metric": "f1"})

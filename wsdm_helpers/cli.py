@@ -14,6 +14,22 @@ import sys
 from .errors import ConfigError, WsdmError
 
 
+def parse_sets(texts: list[str]) -> dict:
+    """``--set key.path=value`` texts as typed overrides: each value read once as a YAML scalar/list."""
+    import yaml
+
+    overrides = {}
+    for text in texts:
+        key, sep, raw = text.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {text!r} must look like key.path=value, e.g. --set train.max_steps=100")
+        try:
+            overrides[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {text!r}: the value is not a YAML literal ({exc}); quote it") from exc
+    return overrides
+
+
 # ---- data (foundation) ---------------------------------------------------------------------------
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="read, validate and convert preference files").add_subparsers(
@@ -21,11 +37,12 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     validate = data.add_parser("validate", help="read a file, print a summary; exit 2 with the reason on bad input")
     convert = data.add_parser("convert", help="convert a file to the canonical parquet layout")
     convert.add_argument("--out", required=True, help="output .parquet path")
+    from .config import DataConfig, add_field_argument
+
     for parser, handler in ((validate, _data_validate), (convert, _data_convert)):
         parser.add_argument("path", help="csv, parquet, json or jsonl file (optionally .gz)")
-        parser.add_argument("--layout", default="auto",
-                            help="auto, wsdm, lmsys, chosen_rejected, oasst, columns or canonical")
-        parser.add_argument("--ties", default="keep", help="keep (class 2), drop, or split into #a/#b rows")
+        add_field_argument(parser, "--layout", DataConfig, "layout")
+        add_field_argument(parser, "--ties", DataConfig, "ties")
         parser.add_argument("--map", action="append", default=[], metavar="KEY=COLUMN",
                             help="column map for --layout columns, e.g. --map prompt=input --map winner=label")
         parser.set_defaults(handler=handler)
@@ -221,6 +238,8 @@ when the same command is run again with the same runs, test rows and settings. O
 
 
 def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
+    from .config import Ties, choices
+
     predict = sub.add_parser("predict", help="predict with trained runs under one clock, blend, write a submission",
                              description=_PREDICT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     predict.add_argument("--run", action="append", required=True,
@@ -263,22 +282,20 @@ def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
     baseline.add_argument("--out", help="predictions parquet for --test")
     baseline.add_argument("--model", default="logreg", choices=["logreg", "hgb"],
                           help="logreg (the only one a run folder keeps: plain numbers, no pickle) or hgb")
-    baseline.add_argument("--ties", default="keep", choices=["keep", "drop"],
+    baseline.add_argument("--ties", default="keep", choices=[t for t in choices(Ties) if t != "split"],
                           help="keep: 3 classes when the training file has ties")
     baseline.set_defaults(handler=_baseline)
 
 
 def _inference_overrides(items: list[str]) -> dict:
     """``--set inference.KEY=VALUE`` strings as typed values (YAML scalars), keyed by field name."""
-    from .config import parse_override
-
     values = {}
-    for item in items:
-        path, value = parse_override(item)
-        if len(path) != 2 or path[0] != "inference":
-            raise ConfigError(f"--set {item}: wsdm predict only takes inference.* overrides (the model and format "
+    for key, value in parse_sets(items).items():
+        section, _, name = key.partition(".")
+        if section != "inference" or not name or "." in name:
+            raise ConfigError(f"--set {key}: wsdm predict only takes inference.* overrides (the model and format "
                               "are fixed by the run folder)")
-        values[path[1]] = value
+        values[name] = value
     return values
 
 
@@ -325,7 +342,8 @@ def _baseline(args: argparse.Namespace) -> int:
 def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train a model from a YAML preset (LoRA/QLoRA or full fine-tuning)",
                            description="Multi-GPU: accelerate launch --num_processes N -m wsdm_helpers train ...")
-    train.add_argument("--config", required=True, help="preset, e.g. configs/cpu-demo-gemma3-270m.yaml")
+    train.add_argument("--config", required=True, help="preset: a name in configs/ (e.g. cpu-demo-gemma3-270m) "
+                                                        "or a YAML path")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set train.max_steps=100 (repeatable)")
     train.set_defaults(handler=_train)
@@ -338,9 +356,10 @@ def _train(args: argparse.Namespace) -> int:
     # Sleeping (not spinning) OpenMP workers: on a shared CPU, spinning threads made steps ~6x slower.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .config import load_run_config
+    from .notebook import resolve_preset
     from .training import train
 
-    result = train(load_run_config(args.config, args.overrides))
+    result = train(load_run_config(resolve_preset(args.config), parse_sets(args.overrides)))
     print(json.dumps({"run_dir": str(result.run_dir), **result.metrics.get("final", {})}, default=str))
     return 0
 

