@@ -131,3 +131,28 @@ def test_constructed_sections_are_checked_too():
     cfg.inference.tta = "swapp"
     with pytest.raises(ConfigError, match=r"'inference.tta' must be one of none, swap, selective.*did you mean 'swap'"):
         cfg.validate()
+
+
+def test_config_show_prints_the_resolved_config_with_help_and_loads_back(capsys):
+    import yaml
+
+    from wsdm_helpers.config import to_dict
+
+    assert cli.main(["config", "show", "tiny-test", "--set", "train.max_steps=3"]) == 0
+    out = capsys.readouterr().out
+    assert "  max_steps: 3  # stop after this many optimizer steps" in out
+    assert "  scheduler: cosine  # learning-rate schedule (transformers scheduler name) [one of linear, cosine," in out
+    assert yaml.safe_load(out) == to_dict(load_run_config(TINY, {"train.max_steps": 3}))
+    assert cli.main(["config", "show"]) == 2  # the defaults, and what is missing from them
+    captured = capsys.readouterr()
+    assert "name: run" in captured.out and "model.source is empty" in captured.err
+
+
+def test_tiny_test_preset_runs_as_the_readme_says(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("torch")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["demo-data", "--out", "demo", "--n-train", "120", "--n-test", "10"]) == 0
+    assert cli.main(["tiny-model", "--data", "demo/train.parquet", "--out", "tiny-model"]) == 0
+    assert cli.main(["train", "--config", "tiny-test", "--set", "train.max_steps=2"]) == 0
+    saved = load_run_config(tmp_path / "runs" / "tiny-test" / "config.yaml")
+    assert saved.model.source == str(tmp_path / "tiny-model") and saved.train.max_steps == 2

@@ -284,6 +284,14 @@ def test_bundle_adapter_without_base_model_points_at_the_local_backbone(tmp_path
     assert "adapter_config.json" not in message  # rewritten to the backbone's folder name
 
 
+def test_bundle_check_refuses_a_relative_model_source(tmp_path):
+    with pytest.raises(BundleError, match=r"config.yaml: model.source='models/base' is a relative path.*"
+                                          r"--base-model /kaggle/input/"):
+        bundle_adapter(_run_dir(tmp_path / "run"), tmp_path / "bundle", base_model="models/base")
+    report = bundle_adapter(_run_dir(tmp_path / "run2", source="pypi:gemma3-270m"), tmp_path / "bundle2")
+    assert check_bundle(report.root).files
+
+
 def test_bundle_adapter_refuses_a_pickled_adapter(tmp_path):
     run = _run_dir(tmp_path / "run", source="pypi:gemma3-270m", weights="adapter_model.bin")
     with pytest.raises(BundleError, match=r"adapter/adapter_model.bin: pickle file \(.bin\).*safetensors"):

@@ -194,3 +194,10 @@ def test_unknown_lora_target_is_refused_listing_the_model_modules(tiny_models):
     with pytest.raises(ConfigError, match=r"lora.target_modules: 'x' is not a module of this llama model; "
                                           r"its linear layers are .*q_proj.*v_proj"):
         load_model(cfg, "cpu", training=True)
+
+
+def test_kaggle_input_paths_resolve_in_the_input_folder_off_kaggle(tiny_models, monkeypatch):
+    monkeypatch.setenv("WSDM_INPUT_DIR", str(tiny_models["llama"].parent))
+    assert resolve_source("/kaggle/input/llama") == tiny_models["llama"]
+    with pytest.raises(ConfigError, match="is not a model folder"):
+        resolve_source("/kaggle/input/no-such-model")

@@ -150,9 +150,9 @@ def test_offline_venv_predicts_with_a_bundled_adapter(kaggle_venv, tmp_path):
         "data.train_path": str(tmp_path / "demo" / "train.parquet"), "model.source": str(tmp_path / "base"),
         "train.output_dir": str(tmp_path / "run"), "train.max_steps": 2})
     train(cfg)
-    # The backbone is found relative to the working folder, as ../input/... is on Kaggle.
+    # Off Kaggle, /kaggle/input/base is looked up in the input folder (kaggle.input_dir: the working folder).
     _run([sys.executable, "-m", "wsdm_helpers", "bundle", "adapter", tmp_path / "run", "--out",
-          tmp_path / "adapter", "--base-model", "base", "--username", "tester"], cwd=tmp_path)
+          tmp_path / "adapter", "--base-model", "/kaggle/input/base", "--username", "tester"], cwd=tmp_path)
     assert (tmp_path / "adapter" / "adapter" / "adapter_model.safetensors").is_file()  # LoRA: peft is needed
     _run([kaggle_venv / "bin" / "wsdm", "predict", "--run", tmp_path / "adapter", "--test",
           tmp_path / "demo" / "test.parquet", "--out", tmp_path / "submission.csv",

@@ -385,6 +385,45 @@ class _SubParsers(argparse._SubParsersAction):
         return parser
 
 
+# ---- configs (issue 12) ---------------------------------------------------------------------------
+def _add_config_commands(sub: argparse._SubParsersAction) -> None:
+    from .config import FormatConfig, add_field_argument
+
+    config = sub.add_parser("config", help="inspect presets").add_subparsers(dest="config_command", required=True)
+    show = config.add_parser("show", help="print the resolved config with each field's help text (valid YAML)")
+    show.add_argument("preset", nargs="?", help="a name in configs/ or a YAML path (default: the built-in defaults)")
+    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config value, e.g. --set train.max_steps=100 (repeatable)")
+    show.set_defaults(handler=_config_show)
+    tiny = sub.add_parser("tiny-model", help="build a tiny random model (tokenizer trained on a data file) for "
+                                             "smoke runs with configs/tiny-test.yaml")
+    tiny.add_argument("--data", required=True, help="training file whose texts the tokenizer learns")
+    tiny.add_argument("--out", required=True, help="model folder to write (model.source of tiny-test: tiny-model)")
+    tiny.add_argument("--family", default="llama", help="model family (llama, qwen2, gemma2, gemma3, bert, ...)")
+    add_field_argument(tiny, "--head", FormatConfig, "head")
+    tiny.set_defaults(handler=_tiny_model)
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from .config import annotated_yaml, build_run_config
+    from .notebook import resolve_preset
+
+    cfg, problems = build_run_config(resolve_preset(args.preset) if args.preset else None, parse_sets(args.overrides))
+    print(annotated_yaml(cfg))
+    if problems:
+        print("problems (wsdm train would refuse this config):\n" + "\n".join(f"  - {p}" for p in problems),
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+def _tiny_model(args: argparse.Namespace) -> int:
+    from .tiny import build_tiny_model_from_file
+
+    print(f"wrote {build_tiny_model_from_file(args.data, args.out, args.family, args.head)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wsdm", description=__doc__.splitlines()[0],
                                      parents=[_verbosity_parser(top=True)])
@@ -394,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict_commands(sub)
     _add_notebook_commands(sub)
     _add_train_commands(sub)
+    _add_config_commands(sub)
     _add_bundle_commands(sub)
     return parser
 

@@ -518,13 +518,35 @@ class RunConfig(Section):
     inference: InferenceConfig = option(default_factory=InferenceConfig, help="prediction")
 
 
-def load_run_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
-    """Load a YAML preset, apply typed dotted overrides (``{"train.max_steps": 100}``), check, raise once."""
+def build_run_config(path: str | Path | None = None,
+                     overrides: Mapping[str, Any] | None = None) -> tuple[RunConfig, list[str]]:
+    """The config of a YAML preset plus typed overrides, and its problems (not raised)."""
     data = apply_overrides(load_yaml(path) if path else {}, overrides or {})
     problems: list[str] = []
     cfg = _from_dict(RunConfig, data, "", problems)
-    problems += collect_problems(cfg)
+    return cfg, problems + collect_problems(cfg)
+
+
+def load_run_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """Load a YAML preset, apply typed dotted overrides (``{"train.max_steps": 100}``), check, raise once."""
+    cfg, problems = build_run_config(path, overrides)
     if problems:
         source = f" in {path}" if path else ""
         raise ConfigError(f"invalid configuration{source}:\n" + "\n".join(f"  - {p}" for p in problems))
     return cfg
+
+
+def annotated_yaml(cfg: Any, indent: str = "") -> str:
+    """``cfg`` as YAML with each field's help text (and its choices) as a comment; it loads back as is."""
+    lines = []
+    hints = _field_types(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        allowed = choices(hints[f.name])
+        note = f.metadata.get("help", "") + (f" [one of {', '.join(map(str, allowed))}]" if allowed else "")
+        if dataclasses.is_dataclass(value):
+            lines += [f"{indent}{f.name}:  # {note}", annotated_yaml(value, indent + "  ")]
+        else:
+            text = yaml.safe_dump(value, default_flow_style=True, width=10**6, allow_unicode=True)
+            lines.append(f"{indent}{f.name}: {text.strip().removesuffix('...').strip()}  # {note}")
+    return "\n".join(lines)

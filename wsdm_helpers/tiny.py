@@ -89,3 +89,14 @@ def build_tiny_model(family: str, tokenizer, out_dir: str | Path, num_labels: in
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     return out_dir
+
+
+def build_tiny_model_from_file(train_path: str | Path, out_dir: str | Path, family: str = "llama",
+                               head: str = "classifier", vocab_size: int = 1000) -> Path:
+    """A tiny random model of ``family`` whose tokenizer is trained on the texts of ``train_path``
+    (any supported layout): what ``configs/tiny-test.yaml`` trains in a smoke run (``wsdm tiny-model``)."""
+    from .data import read_pairs
+
+    frame, _ = read_pairs(train_path)
+    tokenizer = train_tokenizer(pair_texts(frame), vocab_size=vocab_size)
+    return build_tiny_model(family, tokenizer, out_dir, head=head)

