@@ -238,7 +238,7 @@ when the same command is run again with the same runs, test rows and settings. O
 
 
 def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
-    from .config import Ties, choices
+    from .config import BlendMetric, Task, Ties, choices
 
     predict = sub.add_parser("predict", help="predict with trained runs under one clock, blend, write a submission",
                              description=_PREDICT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -249,7 +249,7 @@ def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--test", required=True, help="test file (any supported layout)")
     predict.add_argument("--out", required=True, help="submission csv")
     predict.add_argument("--probs-out", help="also write the blended probabilities (parquet)")
-    predict.add_argument("--task", default="auto", choices=["auto", "wsdm", "lmsys"],
+    predict.add_argument("--task", default="auto", choices=["auto", *choices(Task)],
                          help="submission layout (auto: the test file's layout, never the class count)")
     predict.add_argument("--time-budget-minutes", type=float, help="the whole submission ends within this "
                          "(Kaggle: 720 for WSDM, 540 for LMSYS); default no limit")
@@ -272,7 +272,7 @@ def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
     ensemble.add_argument("predictions", nargs="+", help="prediction parquet/csv files")
     ensemble.add_argument("--weights", type=float, nargs="+", help="one weight per file (default: equal)")
     ensemble.add_argument("--oof", nargs="+", help="fit the weights on these out-of-fold files (one per file)")
-    ensemble.add_argument("--metric", default="log_loss", choices=["log_loss", "accuracy"])
+    ensemble.add_argument("--metric", default="log_loss", choices=choices(BlendMetric))
     ensemble.add_argument("--out", required=True)
     ensemble.set_defaults(handler=_ensemble)
     baseline = sub.add_parser("baseline", help="train the feature baseline (seconds): a run folder and/or predictions")

@@ -287,6 +287,8 @@ BITSANDBYTES_OPTIMIZERS = tuple(o for o in typing.get_args(Optimizer) if "8bit" 
 Tta = Literal["none", "swap", "selective"]
 BestMetric = Literal["log_loss", "accuracy", "accuracy_swap_tta", "flip_rate"]
 HIGHER_IS_BETTER = ("accuracy", "accuracy_swap_tta")  # the other best_metric values are minimised
+Task = Literal["wsdm", "lmsys"]  # submission layout: winner model_a/model_b, or the three lmsys probabilities
+BlendMetric = Literal["log_loss", "accuracy"]  # what ensemble weights are fitted to
 
 # --------------------------------------------------------------------------------------------------
 # Config sections. One dataclass per pipeline stage; RunConfig assembles them.

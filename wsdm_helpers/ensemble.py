@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import typing
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from .config import BlendMetric
 from .errors import SubmissionError
 from .submission import align_to_ids, check_predictions, prob_columns
 
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
-METRICS = ("log_loss", "accuracy")
+METRICS = typing.get_args(BlendMetric)
 
 
 def align(frames: Sequence[pd.DataFrame], names: Sequence[str] | None = None) -> list[pd.DataFrame]:

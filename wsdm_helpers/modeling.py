@@ -19,10 +19,11 @@ import importlib.util
 import logging
 import os
 import shutil
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import FormatConfig, RunConfig, load_run_config
+from .config import FormatConfig, Head, RunConfig, load_run_config
 from .errors import ConfigError, MissingResourceError
 from .io import fresh_dir
 
@@ -54,7 +55,7 @@ class ModelFamily:
 
     @property
     def heads(self) -> tuple[str, ...]:
-        return ("classifier",) if self.is_encoder else ("classifier", "mcq")
+        return ("classifier",) if self.is_encoder else typing.get_args(Head)
 
 
 FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (

@@ -12,10 +12,12 @@ a whole inference run.
 """
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .config import Task
 from .errors import SubmissionError
 from .io import atomic_write_csv, atomic_write_parquet
 
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 
 PROB2 = ["winner_model_a", "winner_model_b"]
 PROB3 = ["winner_model_a", "winner_model_b", "winner_tie"]
-TASKS = ("wsdm", "lmsys")
+TASKS = typing.get_args(Task)
 SUM_TOLERANCE = 1e-4
 SHOWN_IDS = 5
 
