@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import re
 import types
 import typing
@@ -18,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, closest
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:  # noqa: A002
@@ -77,8 +76,8 @@ def _is_optional(annotation: Any) -> bool:
 
 def choice_problem(path: str, value: Any, allowed: tuple[Any, ...]) -> str:
     """``'path' must be one of ...`` with the closest choice suggested."""
-    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    close = closest(value, allowed)
+    hint = f"; did you mean {close!r}?" if close else ""
     return f"'{path}' must be one of {', '.join(map(str, allowed))}, got {value!r}{hint}"
 
 
@@ -124,8 +123,8 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def _unknown_key_message(key: str, known: list[str], where: str) -> str:
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f" Did you mean '{where}{close[0]}'?" if close else ""
+    close = closest(key, known)
+    hint = f" Did you mean '{where}{close}'?" if close else ""
     return f"unknown key '{where}{key}'.{hint} Known keys here: {', '.join(sorted(known))}"
 
 

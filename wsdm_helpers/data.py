@@ -62,7 +62,6 @@ binary model); both copies share the prompt, so prompt-grouped folds keep them t
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import gzip
 import hashlib
 import json
@@ -80,7 +79,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Layout, Ties
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, closest
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +136,8 @@ def _fail(path: Any, problem: str, fix: str, column: str | None = None, ids: Ite
 
 
 def _close(name: str, found: Iterable[str]) -> str:
-    match = difflib.get_close_matches(name, [str(f) for f in found], n=1, cutoff=0.6)
-    return f" (did you mean '{match[0]}'?)" if match else ""
+    match = closest(name, found)
+    return f" (did you mean '{match}'?)" if match else ""
 
 
 # ---- raw tables ----------------------------------------------------------------------------------

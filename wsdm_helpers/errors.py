@@ -1,4 +1,7 @@
 """Exception types. Every message names the bad value, where it is, and how to fix it."""
+from __future__ import annotations
+
+from collections.abc import Iterable
 
 
 class WsdmError(Exception):
@@ -31,3 +34,11 @@ class MissingResourceError(WsdmError, FileNotFoundError):
 
 class OutputError(WsdmError, OSError):
     """An output path cannot be written, has too little free space, or holds files this package did not write."""
+
+
+def closest(value: object, choices: Iterable[object]) -> str | None:
+    """The choice most like ``value`` (for a "did you mean" hint), or None when none is close."""
+    import difflib
+
+    match = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    return match[0] if match else None
