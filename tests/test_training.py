@@ -268,3 +268,41 @@ def test_gemma3_270m_from_pypi_trains_saves_and_reloads(demo, tmp_path):
     again = rescore(result.run_dir, demo)
     oof = pd.read_parquet(result.run_dir / "oof.parquet")
     assert np.allclose(again["winner_model_a"], oof["winner_model_a"], atol=1e-4)
+
+
+class Groups(TrainerCallback):
+    """The optimizer's groups (peak learning rate, parameter count) and the head weights at the start."""
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.groups = [(g.get("initial_lr", g["lr"]), sum(p.numel() for p in g["params"]))
+                       for g in optimizer.param_groups]
+        self.head = [p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and "score" in n]
+
+
+def test_head_start_and_learning_rate_of_its_own(demo, tiny_model, tmp_path):
+    default, tuned = Groups(), Groups()
+    train(tiny_cfg(demo, tiny_model("gemma3"), tmp_path / "a", "train.max_steps=1"), callbacks=[default])
+    train(tiny_cfg(demo, tiny_model("gemma3"), tmp_path / "b", "train.max_steps=1", "train.head_init_std=1e-4",
+                   "train.head_learning_rate=3e-3", "train.max_grad_norm=0"), callbacks=[tuned])
+    assert {lr for lr, _ in default.groups} == {1e-2}  # tiny-test's learning_rate for every weight
+    head_size = sum(p.numel() for p in tuned.head)
+    total = sum(n for _, n in default.groups)
+    assert sum(n for lr, n in tuned.groups if lr == 3e-3) == head_size
+    assert sum(n for lr, n in tuned.groups if lr == 1e-2) == total - head_size
+    assert 0.5e-4 < float(torch.cat([p.flatten() for p in tuned.head]).std()) < 2e-4
+    assert float(torch.cat([p.flatten() for p in default.head]).std()) > 1e-3
+
+
+def test_extra_files_stay_in_training_with_valid_from_train_path(demo, tmp_path):
+    from wsdm_helpers.training import split_data
+
+    frame = make_demo_frame(40, seed=5)
+    frame["id"] = "extra-" + frame["id"].astype(str)
+    write_canonical(frame, tmp_path / "extra.parquet")
+    overrides = [f"data.extra_train_paths=[{tmp_path / 'extra.parquet'}]"]
+    _, mixed = split_data(tiny_cfg(demo, "unused", tmp_path / "run", *overrides))
+    train_rows, valid = split_data(tiny_cfg(demo, "unused", tmp_path / "run", *overrides, "data.valid_from=train_path"))
+    assert mixed["id"].str.startswith("extra-").any()
+    assert not valid["id"].str.startswith("extra-").any() and len(valid) > 0
+    assert train_rows["id"].str.startswith("extra-").sum() == 40
+    assert len(train_rows) + len(valid) == 80 + 40

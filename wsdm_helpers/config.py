@@ -269,6 +269,7 @@ def save_yaml(cfg: Any, path: str | Path) -> Path:
 # --------------------------------------------------------------------------------------------------
 Layout = Literal["auto", "wsdm", "lmsys", "chosen_rejected", "oasst", "columns", "canonical"]
 Ties = Literal["keep", "drop", "split"]
+ValidFrom = Literal["all", "train_path"]  # which rows the held-out fold is drawn from
 Head = Literal["classifier", "mcq"]
 NumLabels = Literal[2, 3]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -306,6 +307,8 @@ class DataConfig(Section):
     fold: int = option(0, help="which fold is held out for validation (0..n_folds-1); -1 trains on everything")
     max_rows: int | None = option(None, help="use only the first N rows after shuffling (quick runs); null = all")
     seed: int = option(42, help="seed for shuffling and folds")
+    valid_from: ValidFrom = option("all", help="rows the held-out fold is drawn from: all (every file) or train_path "
+                             "(extra_train_paths always train; validation on the main file's rows only)")
 
     def check(self) -> list[str]:
         problems = []
@@ -409,6 +412,13 @@ class TrainConfig(Section):
     eval_swap: bool = option(True, help="also evaluate the A/B-swapped validation rows (flip rate, swap-TTA accuracy)")
     best_metric: BestMetric = option("log_loss", help="checkpoint selection metric")
     keep_checkpoints: bool = option(False, help="keep output_dir/checkpoints after a finished run")
+    # the score head's start and step size (issue 15): null keeps the model's init and learning_rate
+    head_init_std: float | None = option(None, help="classifier head: redraw its weights from N(0, std) before "
+                                         "training; null = the model's init (0.02: class logits of +-3..6 on "
+                                         "Gemma 3's ~115-norm hidden states)")
+    head_learning_rate: float | None = option(None, help="classifier head's peak learning rate (its own "
+                                              "optimizer group); null = learning_rate")
+    max_grad_norm: float = option(1.0, help="clip the global gradient norm to this (0 = no clipping)")
 
     def check(self) -> list[str]:
         problems = []
@@ -422,6 +432,11 @@ class TrainConfig(Section):
             problems.append("set max_steps > 0 or num_epochs > 0")
         if self.learning_rate <= 0:
             problems.append(f"learning_rate={self.learning_rate} must be positive")
+        for name in ("head_init_std", "head_learning_rate"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                problems.append(f"{name}={getattr(self, name)} must be positive (or null)")
+        if self.max_grad_norm < 0:
+            problems.append(f"max_grad_norm={self.max_grad_norm} must be 0 (no clipping) or more")
         if self.per_device_batch_size < 1:
             problems.append(f"per_device_batch_size={self.per_device_batch_size} must be at least 1")
         for name in ("logging_steps", "save_steps", "save_total_limit"):

@@ -159,7 +159,10 @@ def split_data(cfg: RunConfig):
                           "or model.num_labels=3 with data.ties=keep; unlabeled rows cannot be trained on")
     if cfg.data.fold < 0:
         return frame, None
-    train_frame, valid_frame = split_fold(frame, cfg.data.fold, cfg.data.n_folds, cfg.data.seed)
+    if cfg.data.valid_from == "train_path" and cfg.data.extra_train_paths:
+        train_frame, valid_frame = _split_main_file(frame, cfg)
+    else:
+        train_frame, valid_frame = split_fold(frame, cfg.data.fold, cfg.data.n_folds, cfg.data.seed)
     if valid_frame.empty or train_frame.empty:
         empty = "validation" if valid_frame.empty else "training"
         raise ConfigError(f"{cfg.data.train_path}: data.fold={cfg.data.fold} of data.n_folds={cfg.data.n_folds} "
@@ -176,6 +179,18 @@ def augmented_frame(frame, cfg: RunConfig):
     from .tta import swap_pairs
 
     return pd.concat([frame, swap_pairs(frame)], ignore_index=True) if cfg.train.swap_augment else frame
+
+
+def _split_main_file(frame, cfg: RunConfig):
+    """data.valid_from=train_path: the fold is held out of train_path's rows; extra files always train."""
+    import pandas as pd
+
+    from .data import read_pairs, split_fold
+
+    d = cfg.data
+    main = frame["id"].isin(read_pairs(d.train_path, d.layout, d.ties, d.column_map or None, d.seed)[0]["id"])
+    train_rows, valid = split_fold(frame[main], d.fold, d.n_folds, d.seed)
+    return pd.concat([train_rows, frame[~main]], ignore_index=True), valid
 
 
 def _train_dataset(frame, tokenizer, cfg: RunConfig, template: str) -> PairDataset:
@@ -199,12 +214,30 @@ def _pair_trainer_class():
 
         loss_is_scaled_for_ga = False  # per-batch mean; the Trainer divides by the accumulation steps
 
-        def __init__(self, *args, head: str, answer_ids: list[int], **kwargs):
+        def __init__(self, *args, head: str, answer_ids: list[int], head_lr: float | None = None,
+                     head_modules: tuple[str, ...] = (), **kwargs):
             super().__init__(*args, **kwargs)
             self.head, self.answer_ids = head, answer_ids
+            self.head_lr, self.head_modules = head_lr, head_modules
             self.train_tokens = 0  # real (non-pad) tokens of this process's training batches
             self.step_timer = _step_timer()
             self.add_callback(self.step_timer)
+
+        def create_optimizer(self, model=None):
+            """The Trainer's optimizer, with the head's weights moved to a group of their own at head_lr."""
+            optimizer = super().create_optimizer(model)
+            if self.head_lr is None:
+                return optimizer
+            head = {id(p) for n, p in self.model.named_parameters()
+                    if p.requires_grad and set(n.split(".")) & set(self.head_modules)}
+            for group in list(optimizer.param_groups):
+                moved = [p for p in group["params"] if id(p) in head]
+                if moved:
+                    group["params"] = [p for p in group["params"] if id(p) not in head]
+                    optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"},
+                                               "params": moved, "lr": self.head_lr})
+            optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+            return optimizer
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             import torch.nn.functional as F
@@ -250,6 +283,7 @@ def training_arguments(cfg: RunConfig, checkpoint_dir: Path, batch_size: int, ac
         save_total_limit=t.save_total_limit, load_best_model_at_end=eval_every,
         metric_for_best_model=t.best_metric if eval_every else None,
         greater_is_better=t.best_metric in HIGHER_IS_BETTER if eval_every else None,
+        max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps, logging_first_step=True, seed=t.seed, data_seed=t.seed,
         fp16=cuda and dtype_name == "float16", bf16=dtype_name == "bfloat16",
         use_cpu=not cuda, report_to="none", remove_unused_columns=False,
@@ -475,6 +509,8 @@ def _make_trainer(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, c
         compute_metrics=evals[0].compute_metrics if evals else None,
         data_collator=PairCollator(tokenizer.pad_token_id, family.padding_side),
         processing_class=tokenizer, callbacks=list(callbacks), head=cfg.format.head, answer_ids=answer_ids,
+        head_lr=cfg.train.head_learning_rate if cfg.format.head == "classifier" else None,
+        head_modules=family.head_modules,
     )
 
 
