@@ -364,6 +364,42 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- evaluate (learning on real votes) -------------------------------------------------------------
+def _add_evaluate_commands(sub: argparse._SubParsersAction) -> None:
+    evaluate = sub.add_parser("evaluate", help="report (markdown, JSON, PNG) on labelled rows: the model next to "
+                              "longer-wins and the feature baseline",
+                              description="wsdm evaluate --predictions P --labels FILE --out DIR, or "
+                                          "wsdm evaluate --run RUN --data FILE --out DIR")
+    evaluate.add_argument("--predictions", help="predictions file (id + winner_model_a/b[/tie]) to evaluate")
+    evaluate.add_argument("--labels", help="with --predictions: labelled rows, any layout the readers accept")
+    evaluate.add_argument("--swapped", help="with --predictions: predictions on the A/B-swapped rows (flip rate)")
+    evaluate.add_argument("--tokenizer", help="with --predictions: tokenizer folder for the length buckets "
+                                              "(default: words)")
+    evaluate.add_argument("--run", help="run folder to score in both orientations")
+    evaluate.add_argument("--data", help="with --run: labelled rows, any layout the readers accept")
+    evaluate.add_argument("--baseline-train", nargs="+", default=[], help="fit the feature baseline on these "
+                          "files (default: out of fold on the evaluated rows)")
+    evaluate.add_argument("--out", required=True, help="report folder")
+    evaluate.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from . import evaluate
+
+    if bool(args.predictions) == bool(args.run) or bool(args.predictions) != bool(args.labels) \
+            or bool(args.run) != bool(args.data):
+        raise ConfigError("give either --predictions P --labels FILE or --run RUN --data FILE")
+    if args.run:
+        evaluate.evaluate_run(args.run, args.data, args.out, args.baseline_train)
+    else:
+        evaluate.evaluate_predictions(args.predictions, args.labels, args.out, args.swapped, args.tokenizer,
+                                      args.baseline_train)
+    from pathlib import Path
+
+    print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
+    return 0
+
+
 def _verbosity_parser(top: bool) -> argparse.ArgumentParser:
     """-q / -v, accepted before and after the sub-command (``wsdm -q predict`` and ``wsdm predict -q``)."""
     parser = argparse.ArgumentParser(add_help=False)
@@ -435,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_commands(sub)
     _add_config_commands(sub)
     _add_bundle_commands(sub)
+    _add_evaluate_commands(sub)
     return parser
 
 

@@ -202,3 +202,43 @@ def token_lengths_for(run_dir: str | Path, out_dir: str | Path) -> Plot:
     kept_text = sum(stats[f"{field}_kept"] for field in FIELDS)
     overhead = stats["length"] - kept_text  # template and special tokens
     return token_lengths(original + overhead, cfg.format.max_length, out_dir, kept=stats["length"])
+
+
+# ---- evaluation report ------------------------------------------------------------------------------
+def evaluation_plots(report: dict, out_dir: str | Path) -> list[Plot]:
+    """The two figures of ``wsdm evaluate`` (evaluate.build_report's dict): calibration per method, and
+    accuracy per length bucket, language and source, each method side by side."""
+    return [_calibration_plot(report, out_dir), _accuracy_by_plot(report, out_dir)]
+
+
+def _calibration_plot(report: dict, out_dir: str | Path) -> Plot:
+    fig, (ax,) = _figure(1, width=6.5)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    for name, bins in report["calibration"].items():
+        ax.plot([b["predicted"] for b in bins], [b["observed"] for b in bins], marker="o", label=name)
+    ax.set(xlabel="predicted P(b wins), binned", ylabel="observed share of b wins", xlim=(0, 1), ylim=(0, 1),
+           title=f"calibration ({report['rows']} rows, ties left out)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    return _save(fig, out_dir, "calibration.png")
+
+
+def _accuracy_by_plot(report: dict, out_dir: str | Path, max_groups: int = 8) -> Plot:
+    import numpy as np
+
+    methods = [r["method"] for r in report["overall"]]
+    panels = [(f"length ({report['length_unit']})", report["per_length"]),
+              ("language", sorted(report["per_language"], key=lambda r: -r["rows"])[:max_groups]),
+              ("source", sorted(report["per_source"], key=lambda r: -r["rows"])[:max_groups])]
+    fig, axes = _figure(3, width=5.0)
+    width = 0.8 / len(methods)
+    for ax, (title, rows) in zip(axes, panels, strict=True):
+        x = np.arange(len(rows))
+        for i, method in enumerate(methods):
+            ax.bar(x + (i - (len(methods) - 1) / 2) * width, [r[method] for r in rows], width, label=method)
+        ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+        ax.set_xticks(x, [f"{r['group'].replace(' ' + report['length_unit'], '')}\n({r['rows']})" for r in rows],
+                      fontsize=7, rotation=30 if title != panels[0][0] else 0)
+        ax.set(ylim=(0, 1.12), ylabel="accuracy", title=f"accuracy by {title}")
+    axes[0].legend(loc="upper center", fontsize=8, ncol=len(methods))
+    return _save(fig, out_dir, "accuracy_by.png")
