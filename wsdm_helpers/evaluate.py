@@ -107,35 +107,37 @@ def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> list[d
     return out
 
 
-def build_report(frame: pd.DataFrame, model_probs: np.ndarray, model_probs_ba: np.ndarray | None = None,
-                 baseline_train: pd.DataFrame | None = None, tokenizer: Any = None,
-                 model_name: str = "model") -> dict[str, Any]:
-    """All figures for ``frame`` (labelled canonical rows, in the order of ``model_probs``)."""
+def references(frame: pd.DataFrame, num_classes: int, baseline_train: pd.DataFrame | None = None) -> dict:
+    """longer-wins and the feature baseline on ``frame``'s rows, as {name: probabilities [n, C]}."""
+    baseline = baseline_oof(frame, baseline_train)
+    if baseline.shape[1] != num_classes:
+        raise DataError(f"the model predicts {num_classes} classes but the feature baseline's training rows give "
+                        f"{baseline.shape[1]}; give labels (or --baseline-train files) with ties only for "
+                        "3-class models")
+    return {"longer-wins": longer_wins(frame, num_classes), "feature baseline": baseline}
+
+
+def build_report(frame: pd.DataFrame, methods: dict[str, np.ndarray], swapped: dict[str, np.ndarray] | None = None,
+                 tokenizer: Any = None) -> dict[str, Any]:
+    """All figures for ``frame`` (labelled canonical rows) and each method's probabilities in its row
+    order; ``swapped``: a method's predictions on the swapped rows, mapped back (for its flip rate)."""
     from . import metrics
 
     labels = frame["label"].to_numpy()
-    n_classes = model_probs.shape[1]
-    baseline = baseline_oof(frame, baseline_train)
-    if baseline.shape[1] != n_classes:
-        raise DataError(f"the model predicts {n_classes} classes but the feature baseline's training rows give "
-                        f"{baseline.shape[1]}; give labels (or --baseline-train files) with ties only for "
-                        "3-class models")
-    probs = {model_name: model_probs, "longer-wins": longer_wins(frame, n_classes), "feature baseline": baseline}
+    swapped = swapped or {}
     lengths, unit = pair_lengths(frame, tokenizer)
-    report: dict[str, Any] = {
+    return {
         "rows": int(len(frame)), "length_unit": unit,
         "overall": [{"method": name, "accuracy": metrics.accuracy(labels, p), "log_loss": metrics.log_loss(labels, p),
                      "predicted_a_share": float(np.mean(p.argmax(axis=1) == 0)),
-                     "flip_rate": (metrics.flip_rate(p, model_probs_ba[:, : p.shape[1]])
-                                   if name == model_name and model_probs_ba is not None else None)}
-                    for name, p in probs.items()],
-        "per_language": _grouped_accuracy(frame["language"].astype(str).to_numpy(), labels, probs),
-        "per_source": _grouped_accuracy(frame["source"].astype(str).to_numpy(), labels, probs),
-        "per_length": sorted(_grouped_accuracy(length_buckets(lengths, unit), labels, probs),
+                     "flip_rate": metrics.flip_rate(p, swapped[name]) if name in swapped else None}
+                    for name, p in methods.items()],
+        "per_language": _grouped_accuracy(frame["language"].astype(str).to_numpy(), labels, methods),
+        "per_source": _grouped_accuracy(frame["source"].astype(str).to_numpy(), labels, methods),
+        "per_length": sorted(_grouped_accuracy(length_buckets(lengths, unit), labels, methods),
                              key=lambda r: int(r["group"].lstrip(">=").split("-")[0].split()[0])),
-        "calibration": {name: calibration(labels, p) for name, p in probs.items()},
+        "calibration": {name: calibration(labels, p) for name, p in methods.items()},
     }
-    return report
 
 
 # ---- output ---------------------------------------------------------------------------------------
@@ -152,7 +154,7 @@ def to_markdown(report: dict[str, Any], title: str) -> str:
     by = ["group", "rows", *methods]
     parts = [f"# {title}", "", f"{report['rows']} labelled rows. longer-wins: P = {LONGER_WINS_P} for the "
              "response with more characters. Feature baseline: fitted out of fold on these rows (prompt-grouped "
-             f"folds) unless training files were given. Flip rate: share of rows whose verdict changes when A "
+             f"folds) unless training files were given (benchmarks/quality.py: see its notes). Flip rate: share of rows whose verdict changes when A "
              "and B are swapped (the model only; n/a without swapped predictions).", "",
              "## Overall", _table(report["overall"], ["method", "accuracy", "log_loss", "predicted_a_share", "flip_rate"]),
              "", f"## Accuracy by length ({report['length_unit']}: prompt + both responses, untruncated)",
@@ -219,7 +221,9 @@ def evaluate_predictions(predictions: str | Path, labels: str | Path, out_dir: s
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
-    report = build_report(frame, ab[prob_columns(ab)].to_numpy(), ba, _baseline_frame(baseline_train), tokenizer)
+    probs = ab[prob_columns(ab)].to_numpy()
+    methods = {"model": probs, **references(frame, probs.shape[1], _baseline_frame(baseline_train))}
+    report = build_report(frame, methods, {"model": ba} if ba is not None else None, tokenizer)
     write_report(report, out_dir, f"Evaluation of {Path(predictions).name} on {Path(labels).name}")
     return report
 
@@ -248,8 +252,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out_dir: str | Path,
     plain = dataclasses.replace(run.config.inference, tta="none", work_dir="", time_budget_minutes=None)
     ab = predict_proba(run, frame, plain)
     ba = predict_proba(run, swap_pairs(frame), plain)
-    cols = prob_columns(ab)
-    report = build_report(frame, ab[cols].to_numpy(), _flipped(ba[cols].to_numpy()),
-                          _baseline_frame(baseline_train), run.tokenizer, model_name=Path(run_dir).name)
+    cols, name = prob_columns(ab), Path(run_dir).name
+    probs = ab[cols].to_numpy()
+    methods = {name: probs, **references(frame, probs.shape[1], _baseline_frame(baseline_train))}
+    report = build_report(frame, methods, {name: _flipped(ba[cols].to_numpy())}, run.tokenizer)
     write_report(report, out_dir, f"Evaluation of run {Path(run_dir).name} on {Path(data).name}")
     return report

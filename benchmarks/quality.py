@@ -1,0 +1,176 @@
+"""Out-of-fold quality on real Arena votes: constant, longer-wins, feature baseline, Gemma 3 270M LoRA, blend.
+
+Rows: the LMSYS Arena sample without a tie (692). Folds: data.assign_folds (grouped by prompt, label
+stratified; the same folds ``wsdm train`` holds out with data.n_folds/fold). For each fold, every
+method is trained on the other folds plus the preset's other real sets (its extra_train_paths) and
+predicts the held-out rows:
+
+- constant: P = 0.5 (the argmax is always "a")
+- longer-wins: P = 0.6 for the response with more characters
+- feature baseline: features.FeatureBaseline (logistic regression); "baseline, arena only" is the same
+  fitted on the other Arena folds alone (what the extra sets do to it)
+- Gemma 3 270M LoRA: ``wsdm train`` with the preset (``configs/cpu-real-gemma3-270m.yaml``), one run
+  per fold, its oof.parquet; ``--no-llm`` leaves it out (and the blend then mixes the others)
+- blend: probability weights fitted (ensemble.fit_weights, log loss) on the other folds' out-of-fold
+  predictions of the methods above, applied to the held-out fold (nested: no row fits its own weights)
+
+Accuracy carries a bootstrap 95% interval over rows, and the difference to the feature baseline a
+paired one. Writes quality.md / quality.json and the evaluate report of all methods (PNG plots)
+into --out.
+
+    python benchmarks/quality.py [--quick] [--folds 5] [--no-llm] [--set train.max_steps=60 ...]
+
+``--quick``: 2 folds. The last line is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+PRESET = REPO / "configs" / "cpu-real-gemma3-270m.yaml"
+BOOTSTRAP = 2000
+
+
+def bootstrap_interval(correct: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean of ``correct`` (rows resampled with replacement)."""
+    rng = np.random.default_rng(seed)
+    means = correct[rng.integers(0, len(correct), (BOOTSTRAP, len(correct)))].mean(axis=1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def llm_fold(cfg_path: Path, overrides: list[str], fold: int, n_folds: int, out: Path, valid_ids) -> np.ndarray:
+    """Train the preset on every fold but ``fold`` (resuming a finished run is a no-op); its OOF in
+    the order of ``valid_ids``."""
+    import pandas as pd
+
+    from wsdm_helpers.config import load_run_config
+    from wsdm_helpers.training import train
+
+    run_dir = out / f"llm-fold{fold}"
+    if not (run_dir / "oof.parquet").is_file():
+        cfg = load_run_config(cfg_path, [*overrides, "data.valid_from=train_path", f"data.n_folds={n_folds}",
+                                         f"data.fold={fold}", f"train.output_dir={run_dir}"])
+        train(cfg)
+    oof = pd.read_parquet(run_dir / "oof.parquet").set_index("id")
+    if set(oof.index) != set(valid_ids):
+        raise SystemExit(f"{run_dir}: its validation rows are not fold {fold}'s rows; remove the folder")
+    return oof.loc[list(valid_ids), ["winner_model_a", "winner_model_b"]].to_numpy()
+
+
+def nested_blend(oof: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarray) -> tuple[np.ndarray, list]:
+    """Each fold blended with weights fitted on the other folds' out-of-fold predictions."""
+    import pandas as pd
+
+    from wsdm_helpers.ensemble import fit_weights
+
+    names = list(oof)
+    blended, weights = np.zeros_like(oof[names[0]]), []
+    for fold in np.unique(folds):
+        fit = folds != fold
+        ids = pd.Series(np.flatnonzero(fit).astype(str))
+        frames = [pd.DataFrame({"id": ids, "winner_model_a": oof[n][fit, 0], "winner_model_b": oof[n][fit, 1]})
+                  for n in names]
+        w = fit_weights(frames, pd.DataFrame({"id": ids, "label": labels[fit]}), metric="log_loss", names=names)
+        blended[~fit] = sum(wi * oof[n][~fit] for wi, n in zip(w, names, strict=True))
+        weights.append({n: round(float(wi), 3) for n, wi in zip(names, w, strict=True)})
+    return blended, weights
+
+
+def table(oof: dict[str, np.ndarray], labels: np.ndarray) -> list[dict]:
+    from wsdm_helpers import metrics
+
+    base = oof["feature baseline"].argmax(axis=1) == labels
+    rows = []
+    for name, probs in oof.items():
+        correct = probs.argmax(axis=1) == labels
+        low, high = bootstrap_interval(correct.astype(float))
+        d_low, d_high = bootstrap_interval(correct.astype(float) - base)
+        rows.append({"method": name, "accuracy": float(correct.mean()), "ci_low": low, "ci_high": high,
+                     "log_loss": metrics.log_loss(labels, probs), "vs_baseline": float(correct.mean() - base.mean()),
+                     "vs_baseline_ci": [d_low, d_high]})
+    return rows
+
+
+def to_text(rows: list[dict], n: int, folds: int) -> str:
+    lines = [f"out-of-fold on {n} LMSYS Arena rows without a tie, {folds} prompt-grouped folds",
+             f"{'method':<20} {'accuracy':>8}  {'95% interval':<15} {'log loss':>8}  {'vs baseline (95%)':<24}",
+             "-" * 82]
+    for r in rows:
+        lines.append(f"{r['method']:<20} {r['accuracy']:>8.4f}  [{r['ci_low']:.3f}, {r['ci_high']:.3f}]  "
+                     f"{r['log_loss']:>8.4f}  {r['vs_baseline']:+.4f} [{r['vs_baseline_ci'][0]:+.3f}, "
+                     f"{r['vs_baseline_ci'][1]:+.3f}]")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 folds")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--no-llm", action="store_true", help="leave out the Gemma 3 270M LoRA runs")
+    parser.add_argument("--config", default=str(PRESET), help="the LLM's preset (its data section gives the sets)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override the preset for the LLM runs, e.g. train.max_steps=30")
+    parser.add_argument("--out", default=str(REPO / "runs" / "quality"), help="report folder (and LLM runs)")
+    args = parser.parse_args()
+    from wsdm_helpers.config import load_run_config
+
+    cfg = load_run_config(args.config, args.overrides)
+    sample = Path(cfg.data.train_path)
+    if not sample.is_file():
+        print(f"skipped: {sample} is absent (the shared real-data folder is not part of the project)")
+        print(json.dumps({"benchmark": "quality", "skipped": True}))
+        return 0
+    import pandas as pd
+
+    from wsdm_helpers.data import assign_folds, read_pairs
+    from wsdm_helpers.evaluate import build_report, longer_wins, write_report
+    from wsdm_helpers.features import FeatureBaseline
+    from wsdm_helpers.io import atomic_write_json, atomic_write_text
+
+    started = time.perf_counter()
+    n_folds = 2 if args.quick else args.folds
+    frame, _ = read_pairs(sample, ties="drop")
+    extras = pd.concat([read_pairs(p, ties="drop")[0] for p in cfg.data.extra_train_paths], ignore_index=True) \
+        if cfg.data.extra_train_paths else frame.iloc[:0]
+    folds = assign_folds(frame, n_folds, cfg.data.seed)
+    labels = frame["label"].to_numpy()
+    out = Path(args.out)
+    oof = {"constant": np.full((len(frame), 2), 0.5), "longer-wins": longer_wins(frame),
+           "feature baseline": np.zeros((len(frame), 2)), "baseline, arena only": np.zeros((len(frame), 2))}
+    if not args.no_llm:
+        oof["Gemma 3 270M LoRA"] = np.zeros((len(frame), 2))
+    for fold in range(n_folds):
+        held = folds == fold
+        train = pd.concat([frame[~held], extras], ignore_index=True)
+        oof["feature baseline"][held] = FeatureBaseline().fit(train).predict_array(frame[held])
+        oof["baseline, arena only"][held] = FeatureBaseline().fit(frame[~held]).predict_array(frame[held])
+        if not args.no_llm:
+            oof["Gemma 3 270M LoRA"][held] = llm_fold(Path(args.config), args.overrides, fold, n_folds, out,
+                                                      frame["id"][held].astype(str).tolist())
+    members = {k: v for k, v in oof.items() if k != "constant"}
+    oof["blend"], weights = nested_blend(members, labels, folds)
+    rows = table(oof, labels)
+    text = to_text(rows, len(frame), n_folds)
+    print(text)
+    print("blend weights per fold (fitted on the other folds):", weights)
+    out.mkdir(parents=True, exist_ok=True)
+    report = build_report(frame, {k: v for k, v in oof.items() if k != "constant"})
+    write_report(report, out, "Out-of-fold evaluation on the LMSYS Arena sample (benchmarks/quality.py)")
+    atomic_write_text(out / "quality.md", "```\n" + text + "\n```\n")
+    result = {"benchmark": "quality", "rows": len(frame), "folds": n_folds, "llm": not args.no_llm,
+              "blend_weights": weights, "seconds": round(time.perf_counter() - started, 1),
+              **{r["method"].replace(" ", "_").lower(): {k: r[k] for k in ("accuracy", "ci_low", "ci_high", "log_loss")}
+                 for r in rows}}
+    atomic_write_json(out / "quality.json", result)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
