@@ -44,7 +44,7 @@ def bootstrap_interval(correct: np.ndarray, seed: int = 0) -> tuple[float, float
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
-def llm_fold(cfg_path: Path, overrides: list[str], fold: int, n_folds: int, out: Path, valid_ids) -> np.ndarray:
+def llm_fold(cfg_path: Path, overrides: dict, fold: int, n_folds: int, out: Path, valid_ids) -> np.ndarray:
     """Train the preset on every fold but ``fold`` (resuming a finished run is a no-op); its OOF in
     the order of ``valid_ids``."""
     import pandas as pd
@@ -54,8 +54,8 @@ def llm_fold(cfg_path: Path, overrides: list[str], fold: int, n_folds: int, out:
 
     run_dir = out / f"llm-fold{fold}"
     if not (run_dir / "oof.parquet").is_file():
-        cfg = load_run_config(cfg_path, [*overrides, "data.valid_from=train_path", f"data.n_folds={n_folds}",
-                                         f"data.fold={fold}", f"train.output_dir={run_dir}"])
+        cfg = load_run_config(cfg_path, {**overrides, "data.valid_from": "train_path", "data.n_folds": n_folds,
+                                         "data.fold": fold, "train.output_dir": str(run_dir)})
         train(cfg)
     oof = pd.read_parquet(run_dir / "oof.parquet").set_index("id")
     if set(oof.index) != set(valid_ids):
@@ -118,8 +118,10 @@ def main() -> int:
                         help="override the preset for the LLM runs, e.g. train.max_steps=30")
     parser.add_argument("--out", default=str(REPO / "runs" / "quality"), help="report folder (and LLM runs)")
     args = parser.parse_args()
+    from wsdm_helpers.cli import parse_sets
     from wsdm_helpers.config import load_run_config
 
+    args.overrides = parse_sets(args.overrides)
     cfg = load_run_config(args.config, args.overrides)
     sample = Path(cfg.data.train_path)
     if not sample.is_file():

@@ -86,8 +86,8 @@ def test_run_folder_is_scored_in_both_orientations(labelled, tmp_path):
     frame, path, _, _ = labelled
     tokenizer = train_tokenizer(pair_texts(frame), vocab_size=400)
     source = build_tiny_model("llama", tokenizer, tmp_path / "model")
-    cfg = load_run_config("configs/tiny-test.yaml", [f"data.train_path={path}", f"model.source={source}",
-                                                     f"train.output_dir={tmp_path / 'run'}", "train.max_steps=2"])
+    cfg = load_run_config("configs/tiny-test.yaml", {"data.train_path": str(path), "model.source": str(source),
+                                                     "train.output_dir": str(tmp_path / "run"), "train.max_steps": 2})
     run = train(cfg).run_dir
     report = evaluate_run(run, path, tmp_path / "report")
     model = report["overall"][0]

@@ -281,9 +281,9 @@ class Groups(TrainerCallback):
 
 def test_head_start_and_learning_rate_of_its_own(demo, tiny_model, tmp_path):
     default, tuned = Groups(), Groups()
-    train(tiny_cfg(demo, tiny_model("gemma3"), tmp_path / "a", "train.max_steps=1"), callbacks=[default])
-    train(tiny_cfg(demo, tiny_model("gemma3"), tmp_path / "b", "train.max_steps=1", "train.head_init_std=1e-4",
-                   "train.head_learning_rate=3e-3", "train.max_grad_norm=0"), callbacks=[tuned])
+    train(tiny_cfg(demo, tiny_model("gemma3"), tmp_path / "a", {"train.max_steps": 1}), callbacks=[default])
+    train(tiny_cfg(demo, tiny_model("gemma3"), tmp_path / "b", {"train.max_steps": 1, "train.head_init_std": 1e-4,
+                   "train.head_learning_rate": 3e-3, "train.max_grad_norm": 0}), callbacks=[tuned])
     assert {lr for lr, _ in default.groups} == {1e-2}  # tiny-test's learning_rate for every weight
     head_size = sum(p.numel() for p in tuned.head)
     total = sum(n for _, n in default.groups)
@@ -299,9 +299,10 @@ def test_extra_files_stay_in_training_with_valid_from_train_path(demo, tmp_path)
     frame = make_demo_frame(40, seed=5)
     frame["id"] = "extra-" + frame["id"].astype(str)
     write_canonical(frame, tmp_path / "extra.parquet")
-    overrides = [f"data.extra_train_paths=[{tmp_path / 'extra.parquet'}]"]
-    _, mixed = split_data(tiny_cfg(demo, "unused", tmp_path / "run", *overrides))
-    train_rows, valid = split_data(tiny_cfg(demo, "unused", tmp_path / "run", *overrides, "data.valid_from=train_path"))
+    overrides = {"data.extra_train_paths": [str(tmp_path / "extra.parquet")]}
+    _, mixed = split_data(tiny_cfg(demo, "unused", tmp_path / "run", overrides))
+    train_rows, valid = split_data(tiny_cfg(demo, "unused", tmp_path / "run",
+                                            {**overrides, "data.valid_from": "train_path"}))
     assert mixed["id"].str.startswith("extra-").any()
     assert not valid["id"].str.startswith("extra-").any() and len(valid) > 0
     assert train_rows["id"].str.startswith("extra-").sum() == 40

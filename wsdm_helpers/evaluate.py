@@ -79,7 +79,7 @@ def pair_lengths(frame: pd.DataFrame, tokenizer: Any = None) -> tuple[np.ndarray
 
 def length_buckets(lengths: np.ndarray, unit: str) -> np.ndarray:
     edges = list(LENGTH_EDGES)
-    names = [f"{lo}-{hi} {unit}" for lo, hi in zip(edges, edges[1:])] + [f">={edges[-1]} {unit}"]
+    names = [f"{lo}-{hi} {unit}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)] + [f">={edges[-1]} {unit}"]
     return np.array(names, dtype=object)[np.clip(np.searchsorted(edges, lengths, side="right") - 1, 0, len(names) - 1)]
 
 
