@@ -291,10 +291,12 @@ def _inference_overrides(items: list[str]) -> dict:
     """``--set inference.KEY=VALUE`` strings as typed values (YAML scalars), keyed by field name."""
     values = {}
     for key, value in parse_sets(items).items():
+        if key == "model.dtype":  # the run's compute dtype, replaced for prediction (inference.dtype)
+            key = "inference.dtype"
         section, _, name = key.partition(".")
         if section != "inference" or not name or "." in name:
-            raise ConfigError(f"--set {key}: wsdm predict only takes inference.* overrides (the model and format "
-                              "are fixed by the run folder)")
+            raise ConfigError(f"--set {key}: wsdm predict only takes inference.* overrides and model.dtype (the "
+                              "model and format are fixed by the run folder)")
         values[name] = value
     return values
 
@@ -360,6 +362,9 @@ def _train(args: argparse.Namespace) -> int:
     from .training import train
 
     result = train(load_run_config(resolve_preset(args.config), parse_sets(args.overrides)))
+    if result.metrics.get("stopped"):  # train.max_hours: a checkpoint to resume from, no finished run
+        print(json.dumps({"run_dir": str(result.run_dir), **result.metrics}, default=str))
+        return 0
     print(json.dumps({"run_dir": str(result.run_dir), **result.metrics.get("final", {})}, default=str))
     return 0
 

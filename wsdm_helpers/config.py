@@ -273,6 +273,7 @@ ValidFrom = Literal["all", "train_path"]  # which rows the held-out fold is draw
 Head = Literal["classifier", "mcq"]
 NumLabels = Literal[2, 3]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+InferenceDtype = Literal["run", "auto", "float32", "bfloat16", "float16"]  # run: the run's own model.dtype
 Quantization = Literal["none", "4bit", "8bit"]
 Attention = Literal["auto", "eager", "sdpa", "flash_attention_2"]
 # transformers schedules that need no extra arguments (reduce_lr_on_plateau, *_min_lr and
@@ -419,6 +420,8 @@ class TrainConfig(Section):
     head_learning_rate: float | None = option(None, help="classifier head's peak learning rate (its own "
                                               "optimizer group); null = learning_rate")
     max_grad_norm: float = option(1.0, help="clip the global gradient norm to this (0 = no clipping)")
+    max_hours: float | None = option(None, help="stop training with a checkpoint before this many hours of it "
+                                     "(e.g. 11 in a 12 h Kaggle session); the same command then resumes it")
 
     def check(self) -> list[str]:
         problems = []
@@ -444,6 +447,8 @@ class TrainConfig(Section):
                 problems.append(f"{name}={getattr(self, name)} must be at least 1")
         if self.eval_steps < 0:
             problems.append(f"eval_steps={self.eval_steps} must be 0 (no periodic evaluation) or more")
+        if self.max_hours is not None and self.max_hours <= 0:
+            problems.append(f"max_hours={self.max_hours} must be positive (or null for no limit)")
         if self.eval_steps > 0 and self.save_steps % self.eval_steps:
             problems.append(f"save_steps={self.save_steps} must be a multiple of eval_steps={self.eval_steps}")
         if self.max_eval_rows is not None and self.max_eval_rows < 1:
@@ -473,8 +478,11 @@ class InferenceConfig(Section):
     chunk_rows: int = option(2048, help="rows per saved chunk, so an interrupted run resumes")
     work_dir: str = option("", help="folder for per-chunk partial results (resume after interruption); empty = none")
     progress_bar: bool = option(True, help="show a tqdm.auto progress bar over the rows of each pass")
-    model_parallel: bool = option(False, help="one model copy spread over all devices (device_map=auto) for "
-                                  "models too big for one card, instead of one copy per device")
+    model_parallel: bool = option(False, help="one model copy spread over the GPUs (device_map=balanced, loaded "
+                                  "straight onto them) for models too big for one card, instead of one copy per device")
+    dtype: InferenceDtype = option("run", help="compute dtype for prediction: run (the run's model.dtype), auto, float32, "
+                        "bfloat16 or float16; the family's rules apply (Gemma 3 asked for float16 on a T4 gets "
+                        "float32, logged); `wsdm predict --set model.dtype=X` sets it")
 
     def check(self) -> list[str]:
         problems = [f"devices: {d!r} is not a device name; use cpu, cuda or cuda:N" for d in self.devices

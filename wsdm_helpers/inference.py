@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import hashlib
 import heapq
+import itertools
 import json
 import logging
 import math
@@ -226,7 +227,8 @@ def _is_oom(exc: BaseException) -> bool:
 
 @dataclasses.dataclass
 class Worker:
-    """One model copy on one device: scores token-budget batches, halving a batch on out-of-memory."""
+    """One model copy on one device: scores token-budget batches, halving a batch on out-of-memory, and
+    scoring again in float32 the rows of a batch whose probabilities came out NaN/inf (16-bit overflow)."""
 
     scorer: Callable
     device: Any  # torch.device where inputs go
@@ -234,9 +236,12 @@ class Worker:
     padding_side: str
     compute_dtype: Any = None  # torch dtype the model was loaded in: CUDA autocasts to it when 16-bit
     num_classes: int = 2
+    model: Any = None  # the model behind ``scorer``: cast to float32 to redo non-finite rows (None: no redo)
     token_limit: float = math.inf  # lowered after an out-of-memory: larger batches are split first
     real_tokens: int = 0
     computed_tokens: int = 0
+    nonfinite_rows: int = 0  # rows whose probabilities were NaN/inf in compute_dtype
+    redone_rows: int = 0  # of those, rows that float32 scored finite (the others stay NaN)
 
     def score(self, input_ids: list[list[int]], cfg: InferenceConfig, on_rows: Callable[[int], None] | None = None,
               stop: StopRule | None = None) -> np.ndarray:
@@ -254,7 +259,12 @@ class Worker:
             if stop is not None and stop.before_batch(len(batch) * max(lengths[i] for i in batch)):
                 stop.skipped(sum(len(b) for b in batches[k:]))
                 break
-            out[batch] = self.score_batch([input_ids[i] for i in batch])
+            rows = [input_ids[i] for i in batch]
+            probs = self.score_batch(rows)
+            bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))
+            if len(bad):
+                probs[bad] = self.redo_in_float32([rows[i] for i in bad], probs.shape[1])
+            out[batch] = probs
             if on_rows:
                 on_rows(len(batch))
         return out
@@ -274,6 +284,32 @@ class Worker:
         self._empty_cache()
         return self._halves(rows)
 
+    def redo_in_float32(self, rows: list[list[int]], n_classes: int) -> np.ndarray:
+        """Probabilities of rows whose logits came out NaN/inf, scored again one by one with the model's 16-bit
+        weights cast to float32 for the while; rows that stay non-finite (a float32 model, no room for
+        the float32 weights, a diverged model) are NaN, for the submission's fallback."""
+        import numpy as np
+        import torch
+
+        self.nonfinite_rows += len(rows)
+        out = np.full((len(rows), n_classes), np.nan)
+        if self.model is not None and self.compute_dtype in (torch.float16, torch.bfloat16):
+            try:
+                with _float32_weights(self.model, self.compute_dtype):
+                    out = np.concatenate([self._forward([r], float32=True) for r in rows])
+            except Exception as exc:
+                if not _is_oom(exc):
+                    raise
+                self._empty_cache()
+                log.warning("%s: no memory for float32 weights to redo %d row(s)", self.device, len(rows))
+        finite = np.isfinite(out).all(axis=1)
+        out[~finite] = np.nan
+        self.redone_rows += int(finite.sum())
+        log.warning("%s: %d row(s) had NaN/inf probabilities in %s; %d redone in float32, %d left NaN",
+                    self.device, len(rows), str(self.compute_dtype).replace("torch.", ""), int(finite.sum()),
+                    int((~finite).sum()))
+        return out
+
     def _halves(self, rows: list[list[int]]) -> np.ndarray:
         import numpy as np
 
@@ -286,7 +322,7 @@ class Worker:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _forward(self, rows: list[list[int]]) -> np.ndarray:
+    def _forward(self, rows: list[list[int]], float32: bool = False) -> np.ndarray:
         import torch
 
         from .batching import collate
@@ -294,14 +330,39 @@ class Worker:
         batch = collate(rows, self.pad_id, self.padding_side)
         input_ids = batch["input_ids"].to(self.device)
         mask = batch["attention_mask"].to(self.device)
-        half = self.compute_dtype in (torch.float16, torch.bfloat16)
+        half = self.compute_dtype in (torch.float16, torch.bfloat16) and not float32
         autocast = (torch.autocast("cuda", dtype=self.compute_dtype) if self.device.type == "cuda" and half
                     else contextlib.nullcontext())
         with torch.inference_mode(), autocast:
-            probs = self.scorer(input_ids, mask)
+            if hasattr(self.scorer, "logits"):  # an overflowed logit (+-inf) gives a finite but wrong 0/1
+                logits = self.scorer.logits(input_ids, mask).float()
+                probs = logits.softmax(-1).masked_fill(~torch.isfinite(logits).all(-1, keepdim=True), float("nan"))
+            else:
+                probs = self.scorer(input_ids, mask)
         self.real_tokens += int(mask.sum())
         self.computed_tokens += mask.numel()
         return probs.float().cpu().numpy()
+
+
+@contextlib.contextmanager
+def _float32_weights(model: Any, dtype: Any):
+    """The model's ``dtype`` weights and buffers in float32 while inside (4-bit layers also compute in
+    float32: their packed weights are not floats and stay), then back: fp16/bf16 -> fp32 -> back is exact."""
+    import torch
+
+    tensors = [t for t in itertools.chain(model.parameters(), model.buffers()) if t.dtype == dtype]
+    layers = [m for m in model.modules() if getattr(m, "compute_dtype", None) == dtype]
+    try:
+        for t in tensors:
+            t.data = t.data.float()
+        for m in layers:
+            m.compute_dtype = torch.float32
+        yield
+    finally:
+        for t in tensors:
+            t.data = t.data.to(dtype)
+        for m in layers:
+            m.compute_dtype = dtype
 
 
 class StopRule:
@@ -347,7 +408,8 @@ def resolve_devices(devices: Sequence[str]) -> list[str]:
 
 
 def _model_device(model: Any) -> Any:
-    return next(model.parameters()).device
+    """Where a model's inputs go: its input embeddings' device (the first layer of a device map)."""
+    return model.get_input_embeddings().weight.device
 
 
 def _copy_run(run: LoadedRun, device: str) -> LoadedRun:
@@ -358,16 +420,40 @@ def _copy_run(run: LoadedRun, device: str) -> LoadedRun:
     return dataclasses.replace(run, model=model, scorer=PairScorer(model, run.scorer.head, run.scorer.answer_ids))
 
 
+# Share of each GPU's free memory a model-parallel placement may fill with weights; the rest is for the
+# activations of a 16k-token batch, the CUDA context and allocator slack.
+MODEL_PARALLEL_MEMORY_SHARE = 0.85
+
+
+def model_parallel_placement(devices: Sequence[str]) -> tuple[str, Any, dict | None]:
+    """(first device, device_map, max_memory) for one model copy over the GPUs among ``devices``.
+
+    Several GPUs: ``"balanced"`` (layers kept whole, about equal shares) within each GPU's free memory
+    times MODEL_PARALLEL_MEMORY_SHARE; one GPU: all of it there; none: the CPU (logged). The weights are
+    loaded straight onto the GPUs (4-bit included), never through host memory first.
+    """
+    import torch
+
+    gpus = sorted({torch.device(d).index or 0 for d in devices if torch.device(d).type == "cuda"})
+    if not gpus:
+        log.warning("model_parallel with devices %s: no GPU among them, the model is loaded on the CPU", list(devices))
+        return "cpu", None, None
+    if len(gpus) == 1:
+        return f"cuda:{gpus[0]}", {"": gpus[0]}, None
+    max_memory = {i: int(torch.cuda.mem_get_info(i)[0] * MODEL_PARALLEL_MEMORY_SHARE) for i in gpus}
+    return f"cuda:{gpus[0]}", "balanced", max_memory
+
+
 def _dispatch(run: LoadedRun, devices: list[str]) -> LoadedRun:
-    """Spread one model over the given GPUs with accelerate's device map (layers kept whole)."""
+    """Spread an already loaded model over the given GPUs with accelerate's device map (layers kept whole)."""
     import torch
     from accelerate import dispatch_model, infer_auto_device_map
 
     gpus = [torch.device(d) for d in devices if torch.device(d).type == "cuda"]
     if len(gpus) < 2:
-        log.info("model_parallel with %s: nothing to split, the model stays on one device", devices)
+        log.info("model_parallel with %s: nothing to split, the model stays on %s", devices, _model_device(run.model))
         return run
-    max_memory = {d.index: int(torch.cuda.mem_get_info(d)[0] * 0.85) for d in gpus}
+    max_memory = {d.index: int(torch.cuda.mem_get_info(d)[0] * MODEL_PARALLEL_MEMORY_SHARE) for d in gpus}
     base = run.model.get_base_model() if hasattr(run.model, "get_base_model") else run.model
     device_map = infer_auto_device_map(run.model, max_memory=max_memory,
                                        no_split_module_classes=getattr(base, "_no_split_modules", None) or [])
@@ -379,11 +465,16 @@ def load_runs(model_source: str | Path | LoadedRun, cfg: InferenceConfig | None)
     """One LoadedRun per device (data parallel) or one spread over all devices (model parallel).
 
     A LoadedRun passed in serves the first device (it is moved there if needed); the other devices
-    get deep copies. With no configured devices, a LoadedRun stays on its own device.
+    get deep copies. With no configured devices, a LoadedRun stays on its own device. A run folder is
+    loaded in ``cfg.dtype`` (``run``: its model.dtype) on every device, or with ``model_parallel``
+    straight onto the GPUs (:func:`model_parallel_placement`).
     """
     from .modeling import LoadedRun, load_run
 
     if isinstance(model_source, LoadedRun):
+        if cfg and cfg.dtype != "run":
+            raise ConfigError(f"inference.dtype={cfg.dtype} needs a run folder; a LoadedRun keeps the dtype it "
+                              "was loaded in (modeling.load_run(..., dtype=...))")
         devices = list(cfg.devices) if cfg and cfg.devices else [str(_model_device(model_source.model))]
         first = model_source
         if str(_model_device(first.model)) != devices[0]:
@@ -395,31 +486,21 @@ def load_runs(model_source: str | Path | LoadedRun, cfg: InferenceConfig | None)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml); give the output_dir of `wsdm train`")
     cfg = cfg or load_run_config(run_dir / "config.yaml").inference
+    dtype = None if cfg.dtype == "run" else cfg.dtype
     devices = resolve_devices(cfg.devices)
-    if cfg.model_parallel:  # loaded on the CPU in the GPUs' dtype, then spread over them
-        return [_dispatch(load_run(run_dir, "cpu", dtype=_gpu_dtype(run_dir, devices)), devices)]
-    return [load_run(run_dir, d) for d in devices]
-
-
-def _gpu_dtype(run_dir: Path, devices: list[str]) -> str | None:
-    """The dtype the run's model.dtype resolves to on the first GPU of ``devices`` (None: no GPU)."""
-    import torch
-
-    from .modeling import family_for, resolve_dtype
-
-    gpu = next((d for d in devices if d.startswith("cuda")), None)
-    if gpu is None:
-        return None
-    model_cfg = load_run_config(run_dir / "config.yaml").model
-    family = family_for(model_cfg.family) if model_cfg.family != "auto" else None
-    return str(resolve_dtype(model_cfg.dtype, torch.device(gpu), family)).replace("torch.", "")
+    if cfg.model_parallel:
+        first, device_map, max_memory = model_parallel_placement(devices)
+        run = load_run(run_dir, first, dtype=dtype, device_map=device_map, max_memory=max_memory)
+        log.info("model_parallel placement: %s", getattr(run.model, "hf_device_map", first))
+        return [run]
+    return [load_run(run_dir, d, dtype=dtype) for d in devices]
 
 
 def _worker(run: LoadedRun) -> Worker:
     """A worker for a model copy; inputs go where its first weights (the embeddings) live, and the
     compute dtype is the one the base model was loaded in (its embeddings' dtype; adapters are fp32)."""
     return Worker(run.scorer, _model_device(run.model), run.tokenizer.pad_token_id, run.family.padding_side,
-                  run.model.get_input_embeddings().weight.dtype, run.config.model.num_labels)
+                  run.model.get_input_embeddings().weight.dtype, run.config.model.num_labels, run.model)
 
 
 @contextlib.contextmanager
@@ -485,6 +566,8 @@ class InferenceReport:
     tokenize_seconds: float = 0.0
     chunks_computed: int = 0
     chunks_loaded: int = 0
+    nonfinite_rows: int = 0  # rows (of all passes) whose probabilities were NaN/inf in the compute dtype
+    redone_rows: int = 0  # of those, rows scored finite in float32; the rest are NaN for the fallback
     plan: BudgetPlan | None = None
     load_seconds: float = 0.0  # loading the model copies (part of actual_seconds)
     actual_seconds: float = 0.0
@@ -503,6 +586,9 @@ class InferenceReport:
                  f"chunks: {self.chunks_computed} computed, {self.chunks_loaded} resumed from work_dir",
                  f"padding efficiency {self.padding_efficiency:.3f} ({self.real_tokens} real / "
                  f"{self.computed_tokens} computed tokens); tokenization {self.tokenize_seconds:.1f}s"]
+        if self.nonfinite_rows:
+            lines.append(f"non-finite probabilities: {self.nonfinite_rows} row(s), {self.redone_rows} redone in "
+                         f"float32, {self.nonfinite_rows - self.redone_rows} left NaN")
         if self.plan:
             lines.append(f"time: predicted {self.plan.predicted_seconds:.0f}s after the plan, actual "
                          f"{self.actual_seconds:.0f}s in all (loading {self.load_seconds:.0f}s; "
@@ -647,6 +733,8 @@ class _Job:
     def sync_tokens(self) -> None:
         self.report.real_tokens = sum(w.real_tokens for w in self.workers)
         self.report.computed_tokens = sum(w.computed_tokens for w in self.workers)
+        self.report.nonfinite_rows = sum(w.nonfinite_rows for w in self.workers)
+        self.report.redone_rows = sum(w.redone_rows for w in self.workers)
 
 
 def _check_frame(frame: pd.DataFrame) -> list[str]:

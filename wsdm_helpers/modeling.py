@@ -46,7 +46,7 @@ class ModelFamily:
     head_modules: tuple[str, ...]  # classifier-head modules, trained in full and saved with the adapter
     is_encoder: bool = False  # encoders: classifier head only, right padding
     attn_implementation: str = "sdpa"  # the family's safe default
-    softcap_attr: str = ""  # config attribute that needs eager attention (disabled for sdpa/flash)
+    softcap_attr: str = ""  # config attribute of attention soft-capping: sdpa cannot do it (an error)
     float16_ok: bool = True  # False: activations overflow float16 (NaN logits); bf16 or fp32 only
 
     @property
@@ -59,7 +59,7 @@ class ModelFamily:
 
 
 FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (
-    # Gemma-2 soft-caps attention logits; sdpa/flash ignore that, so eager is the default.
+    # Gemma-2 soft-caps attention logits: eager (the default) and flash_attention_2 do, sdpa cannot.
     ModelFamily("gemma2", ("gemma2",), "gemma", _DECODER_TARGETS, ("score",),
                 attn_implementation="eager", softcap_attr="attn_logit_softcapping"),
     # Gemma 3's activations exceed float16's range: Gemma 3 270M gave NaN logits in fp16 on an H200.
@@ -197,9 +197,15 @@ def _dequantize_to_folder(gguf_dir: Path, gguf_name: str, out: Path) -> None:
 
 
 # ---- loading --------------------------------------------------------------------------------------
-def resolve_dtype(name: str, device: torch.device, family: ModelFamily | None = None) -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device, family: ModelFamily | None = None,
+                  fallback: bool = False) -> torch.dtype:
     """auto: bf16 on Ampere+ GPUs, fp16 on older GPUs (T4, P100: bf16 is emulated or wrong), fp32 on CPU;
-    fp32 instead of fp16 for families whose activations overflow fp16 (Gemma 3)."""
+    fp32 instead of fp16 for families whose activations overflow fp16 (Gemma 3).
+
+    An explicit float16 for such a family is an error, or with ``fallback`` (prediction, where any
+    dtype that runs will do) what ``auto`` gives, said in the log. float16 on a CPU is always an error:
+    the score head (fp32) then meets fp16 hidden states (``Half != float``).
+    """
     import torch
 
     pre_ampere = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8
@@ -210,10 +216,20 @@ def resolve_dtype(name: str, device: torch.device, family: ModelFamily | None = 
         if pre_ampere:
             return torch.float16 if float16_ok else torch.float32
         return torch.bfloat16
+    if name == "float16" and device.type != "cuda":
+        raise ConfigError(f"model.dtype=float16 on {device}: CPUs compute float16 slowly and the score head "
+                          "meets float16 activations (Half != float); use model.dtype=float32 or auto on a CPU "
+                          "(wsdm predict --set model.dtype=auto)")
     if name == "bfloat16" and pre_ampere:
         raise ConfigError(f"model.dtype=bfloat16 on {torch.cuda.get_device_name(device)} (pre-Ampere) is "
-                          "slow or wrong even if torch.cuda.is_bf16_supported() says True; use float16 or auto")
+                          "slow or wrong even if torch.cuda.is_bf16_supported() says True; use float16 or auto "
+                          "(for a run trained in bf16: wsdm predict --set model.dtype=auto)")
     if name == "float16" and not float16_ok:
+        if fallback:
+            chosen = resolve_dtype("auto", device, family)
+            log.warning("model.dtype=float16: %s activations overflow float16 (NaN logits); predicting in %s "
+                        "instead", family.name, str(chosen).replace("torch.", ""))
+            return chosen
         raise ConfigError(f"model.dtype=float16: {family.name} activations overflow float16 (NaN logits); "
                           "use model.dtype=bfloat16 on Ampere or newer GPUs, float32 on a T4, or auto")
     return getattr(torch, name)
@@ -256,19 +272,31 @@ def _model_class(family: ModelFamily, head: str):
     return AutoModelForSequenceClassification if head == "classifier" else AutoModelForCausalLM
 
 
-def _load_kwargs(cfg: RunConfig, family: ModelFamily, dtype: torch.dtype, device: torch.device,
-                 pad_token_id: int) -> dict[str, Any]:
+def _attention(cfg: RunConfig, family: ModelFamily) -> str:
+    """The attention implementation: the family's rule unless set; sdpa on a soft-capping family is an error
+    (sdpa cannot soft-cap; eager and flash_attention_2 can, so they keep it)."""
     attn = family.attn_implementation if cfg.model.attn_implementation == "auto" else cfg.model.attn_implementation
-    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn, "pad_token_id": pad_token_id}
-    if family.softcap_attr and attn != "eager":
-        log.warning("%s: %s attention ignores logit soft-capping; disabling it (%s=None)", family.name, attn,
-                    family.softcap_attr)
-        kwargs[family.softcap_attr] = None
+    if family.softcap_attr and attn == "sdpa":
+        raise ConfigError(f"model.attn_implementation=sdpa: {family.name} soft-caps its attention logits "
+                          f"({family.softcap_attr}) and sdpa cannot; use eager (any GPU, the default) or "
+                          "flash_attention_2 (Ampere or newer, with flash-attn installed)")
+    return attn
+
+
+def _load_kwargs(cfg: RunConfig, family: ModelFamily, dtype: torch.dtype, device: torch.device,
+                 pad_token_id: int, device_map: Any = None, max_memory: dict | None = None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": _attention(cfg, family),
+                              "pad_token_id": pad_token_id}
     if cfg.format.head == "classifier":
         kwargs["num_labels"] = cfg.model.num_labels
     quantization = _quantization_config(cfg.model.quantization, dtype, device)
     if quantization is not None:
-        kwargs.update(quantization_config=quantization, device_map={"": device.index or 0})
+        kwargs["quantization_config"] = quantization
+        device_map = {"": device.index or 0} if device_map is None else device_map
+    if device_map is not None:  # weights go straight to their devices, never through host memory first
+        kwargs["device_map"] = device_map
+        if max_memory:
+            kwargs["max_memory"] = max_memory
     return kwargs
 
 
@@ -282,35 +310,39 @@ class ResolvedModel:
     dtype: torch.dtype
 
 
-def resolve_model(cfg: RunConfig, device: str | torch.device = "cpu") -> ResolvedModel:
+def resolve_model(cfg: RunConfig, device: str | torch.device = "cpu", fallback_dtype: bool = False) -> ResolvedModel:
     import torch
 
     folder = resolve_source(cfg.model.source)
     family = family_of_folder(folder, cfg.model.family)
     return ResolvedModel(folder, family, load_tokenizer(folder, family),
-                         resolve_dtype(cfg.model.dtype, torch.device(device), family))
+                         resolve_dtype(cfg.model.dtype, torch.device(device), family, fallback=fallback_dtype))
 
 
 def load_model(cfg: RunConfig, device: str | torch.device = "cpu", training: bool = False,
-               resolved: ResolvedModel | None = None):
+               resolved: ResolvedModel | None = None, device_map: Any = None, max_memory: dict | None = None,
+               fallback_dtype: bool = False):
     """Load ``cfg.model`` with its head (and LoRA when training): returns (model, tokenizer, family).
 
     ``resolved`` (from :func:`resolve_model`) is used as given, so a caller that resolved the model
     already (training) does not resolve it again.
+    ``device_map``/``max_memory`` (accelerate's placement, e.g. ``"balanced"`` over several GPUs) load
+    the weights straight onto those devices; ``device`` is then the first of them (it decides the dtype).
+    ``fallback_dtype``: see :func:`resolve_dtype` (prediction).
     """
     import torch
 
     device = torch.device(device)
-    resolved = resolved or resolve_model(cfg, device)
+    resolved = resolved or resolve_model(cfg, device, fallback_dtype)
     family, tokenizer = resolved.family, resolved.tokenizer
     model_class = _model_class(family, cfg.format.head)
-    kwargs = _load_kwargs(cfg, family, resolved.dtype, device, tokenizer.pad_token_id)
+    kwargs = _load_kwargs(cfg, family, resolved.dtype, device, tokenizer.pad_token_id, device_map, max_memory)
     model = model_class.from_pretrained(str(resolved.folder), **kwargs)
     model.config.pad_token_id = tokenizer.pad_token_id
-    if cfg.model.quantization == "none":
+    if "device_map" not in kwargs:
         model.to(device)
     if training:
-        model = prepare_for_training(model, cfg, family)
+        model = prepare_for_training(model, cfg, family, resolved.dtype)
     return model, tokenizer, family
 
 
@@ -323,8 +355,12 @@ def family_of_folder(path: Path, family: str = "auto") -> ModelFamily:
     return family_for(AutoConfig.from_pretrained(str(path)).model_type)
 
 
-def prepare_for_training(model, cfg: RunConfig, family: ModelFamily):
-    """k-bit preparation, gradient checkpointing, LoRA (or full fine-tuning); trainable weights in fp32."""
+def prepare_for_training(model, cfg: RunConfig, family: ModelFamily, dtype: torch.dtype | None = None):
+    """k-bit preparation, gradient checkpointing, LoRA (or full fine-tuning); trainable weights in fp32.
+
+    ``dtype``: the compute dtype; after k-bit preparation the frozen embeddings (and an untied lm_head)
+    go back to it (:func:`restore_frozen_dtype`).
+    """
     model.config.use_cache = False
     if cfg.model.quantization != "none":
         from peft import prepare_model_for_kbit_training
@@ -332,6 +368,8 @@ def prepare_for_training(model, cfg: RunConfig, family: ModelFamily):
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=cfg.model.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False})
+        if dtype is not None:
+            restore_frozen_dtype(model, dtype)
     elif cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -345,6 +383,32 @@ def prepare_for_training(model, cfg: RunConfig, family: ModelFamily):
         if param.requires_grad and param.dtype in (torch.float16, torch.bfloat16):
             param.data = param.data.float()
     return model
+
+
+def restore_frozen_dtype(model, dtype: torch.dtype) -> None:
+    """Put the frozen input embeddings (and an untied output embedding, the mcq head's lm_head) back in
+    ``dtype`` after peft's k-bit preparation upcast every non-quantized weight to fp32.
+
+    For Gemma-2 9B that is 917M embedding parameters: 3.4 GiB in fp32, 1.7 GiB in fp16. The embedding
+    output is cast back to fp32, so the residual stream stays in fp32 as k-bit preparation had it (its
+    norms stay fp32 too); the lm_head runs under autocast, which computes in ``dtype`` whatever the
+    weight's dtype, so its results do not change.
+    """
+    import torch
+
+    if dtype not in (torch.float16, torch.bfloat16):
+        return
+    embeddings = model.get_input_embeddings()
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    modules = [embeddings] + ([output] if output is not None and output.weight is not embeddings.weight else [])
+    for module in modules:
+        if module.weight.dtype == torch.float32 and not module.weight.requires_grad:
+            module.weight.data = module.weight.data.to(dtype)
+    embeddings.register_forward_hook(_float32_output)
+
+
+def _float32_output(module, inputs, output):
+    return output.float()
 
 
 def apply_lora(model, cfg: RunConfig, family: ModelFamily):
@@ -450,11 +514,13 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu", base_source: str | None = None,
-             dtype: str | None = None) -> LoadedRun:
+             dtype: str | None = None, device_map: Any = None, max_memory: dict | None = None) -> LoadedRun:
     """A trained run in eval mode: base model + adapter/ (or model/ for full fine-tunes) + tokenizer/.
 
     ``base_source`` replaces the base model location recorded in config.yaml (for example the
-    Kaggle dataset path of the same backbone); ``dtype`` replaces model.dtype (for example float16).
+    Kaggle dataset path of the same backbone); ``dtype`` replaces model.dtype (for example float16),
+    the family's rules still applied with their fallback (:func:`resolve_dtype`).
+    ``device_map``/``max_memory``: model-parallel placement (see :func:`load_model`).
     """
     import torch
 
@@ -465,11 +531,11 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", base_sourc
     full = run_dir / "model"
     if full.is_dir():
         model, _, family = load_model(dataclasses.replace(cfg, model=dataclasses.replace(
-            cfg.model, source=str(full))), device)
+            cfg.model, source=str(full))), device, device_map=device_map, max_memory=max_memory, fallback_dtype=True)
     else:
         from peft import PeftModel
 
-        base, _, family = load_model(cfg, device)
+        base, _, family = load_model(cfg, device, device_map=device_map, max_memory=max_memory, fallback_dtype=True)
         model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
     tokenizer = load_tokenizer(run_dir / "tokenizer", family)
     model.eval()

@@ -34,7 +34,8 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -403,6 +404,40 @@ def _step_timer():
     return StepTimer()
 
 
+def time_limit(seconds: float, clock: Callable[[], float] = time.monotonic):
+    """A callback (``train.max_hours``) that saves a checkpoint and stops training once another step might
+    not end within ``seconds`` of the start: elapsed + 2 x the longest step so far (its evaluation and
+    checkpoint included) >= ``seconds``. The next session resumes from that checkpoint. In several
+    processes rank 0's clock decides for all, so they stop at the same step. ``clock``: injectable."""
+    import torch
+    from transformers import TrainerCallback
+
+    class TimeLimit(TrainerCallback):
+        def __init__(self):
+            self.seconds, self.clock = seconds, clock
+            self.start: float | None = None  # kept over an out-of-memory restart: the session's clock
+            self.last, self.longest, self.stopped_at = 0.0, 0.0, None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = self.clock() if self.start is None else self.start
+            self.last = self.clock()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = self.clock()
+            self.longest, self.last = max(self.longest, now - self.last), now
+            stop = now - self.start + 2 * self.longest >= self.seconds and state.global_step < state.max_steps
+            if args.world_size > 1:
+                flag = torch.tensor([float(stop)], device=args.device)
+                torch.distributed.broadcast(flag, src=0)
+                stop = bool(flag.item())
+            if stop:
+                control.should_save = control.should_training_stop = True
+                self.stopped_at = state.global_step
+            return control
+
+    return TimeLimit()
+
+
 def _throughput(trainer) -> dict[str, Any]:
     """Training speed (real tokens per second of optimizer steps, all processes) and peak CUDA memory."""
     import torch
@@ -454,13 +489,27 @@ def train(cfg: RunConfig, callbacks: list | None = None) -> TrainResult:
         periodic = _limit_rows(valid_frame, cfg.train.max_eval_rows, cfg.train.seed)
         evals = (EvalSet(periodic, tokenizer, cfg, template, cfg.train.eval_swap),
                  EvalSet(valid_frame, tokenizer, cfg, template, cfg.train.eval_swap))
-    trainer, retries = _fit(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, callbacks or [], resume_from)
+    callbacks = list(callbacks or []) + ([time_limit(cfg.train.max_hours * 3600)] if cfg.train.max_hours else [])
+    trainer, retries = _fit(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, callbacks, resume_from)
+    stopped = next((c.stopped_at for c in trainer.callback_handler.callbacks if getattr(c, "stopped_at", None)), None)
+    if stopped is not None:
+        return _stopped_by_time_limit(run_dir, checkpoint_dir, trainer, stopped)
     metrics = {"resumed_from_step": _step_of(resume_from) if resume_from else None,
                **_final_metrics(trainer, evals, retries, len(train_set))}
     if trainer.is_world_process_zero():
         _write_run(run_dir, cfg, trainer, tokenizer, evals, metrics)
     trainer.accelerator.wait_for_everyone()
     return TrainResult(run_dir, metrics)
+
+
+def _stopped_by_time_limit(run_dir: Path, checkpoint_dir: Path, trainer, step: int) -> TrainResult:
+    """A run cut short by train.max_hours: its checkpoint stays for the next session; no run folder is
+    written (it would pass for a finished run)."""
+    checkpoint = last_checkpoint(checkpoint_dir)
+    log.warning("train.max_hours reached: stopped at step %d of %d with checkpoint %s; run the same command "
+                "again (train.resume=true) to continue", step, trainer.state.max_steps, checkpoint)
+    return TrainResult(run_dir, {"stopped": "max_hours", "global_step": step, "max_steps": trainer.state.max_steps,
+                                 "checkpoint": checkpoint})
 
 
 def _fit(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, callbacks, resume_from):
