@@ -344,8 +344,8 @@ def test_max_hours_saves_a_checkpoint_and_the_next_session_resumes(tmp_path, fra
     data = tmp_path / "train.parquet"
     write_canonical(make_demo_frame(60, seed=1), data)
     model = build_tiny_model("llama", tokenizer, tmp_path / "model")
-    cfg = load_run_config(TINY_PRESET, [f"data.train_path={data}", f"model.source={model}",
-                                        f"train.output_dir={tmp_path / 'run'}"])
+    cfg = load_run_config(TINY_PRESET, {"data.train_path": str(data), "model.source": str(model),
+                                        "train.output_dir": str(tmp_path / "run")})
     first = train(cfg, callbacks=[time_limit(55, clock=_Clock(10))])  # stops after step 3 of 6
     assert first.metrics["stopped"] == "max_hours" and first.metrics["global_step"] == 3
     assert first.metrics["checkpoint"].endswith("checkpoint-3")  # saved although save_steps=2
@@ -367,3 +367,17 @@ def test_kaggle_presets_evaluate_briefly_and_stop_before_the_session_ends(name):
     assert not t.eval_swap and t.max_eval_rows <= 500 and t.eval_steps >= 200
     assert t.max_hours is not None and t.max_hours <= 11.5
     assert "TFLOP/s" in path.read_text() and "s per step" in path.read_text()
+
+
+def test_notebook_and_pipeline_take_the_dtype_override(run_dir):
+    """notebooks/inference.ipynb's ``dtype`` parameter reaches each run as the inference override."""
+    import json
+
+    from wsdm_helpers.pipeline import inference_settings
+
+    assert inference_settings(run_dir, {"dtype": "bfloat16"}).dtype == "bfloat16"
+    with pytest.raises(ConfigError, match="dtype"):
+        inference_settings(run_dir, {"dtype": "half"})
+    nb = json.loads((TINY_PRESET.parents[1] / "notebooks" / "inference.ipynb").read_text())
+    code = "".join("".join(c["source"]) for c in nb["cells"])
+    assert 'dtype: "Optional[str]" = None' in code and "dtype=dtype" in code
