@@ -10,7 +10,7 @@ PIP := $(BIN)/python -m pip
 DEMO_OUT ?= demo_output
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev demo test test-quick test-floors bench lint clean
+.PHONY: install install-dev demo test test-quick test-floors bench lint clean gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ test-floors:
 
 bench: install-dev
 	for b in benchmarks/*.py; do $(BIN)/python $$b --quick || exit 1; done
+
+# One GPU, at most 8 minutes, no network: one line per CUDA check (benchmarks/gpu_check.py; kit in .stage/).
+gpu-check:
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check wsdm_helpers tests benchmarks
