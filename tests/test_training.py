@@ -239,21 +239,45 @@ def test_training_on_everything_has_no_validation(demo, tiny_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_accelerate_run_matches_the_one_process_metrics(demo, tiny_model, tmp_path):
-    cfg = tiny_cfg(demo, tiny_model("llama"), tmp_path / "one")
-    one = train(cfg).metrics
-    config = save_yaml(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(tmp_path / "two"))),
-                       tmp_path / "two.yaml")
+def _launch(accelerate_config: Path, run_config: Path, cwd: Path, *args: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "accelerate.commands.launch",
-                    "--config_file", str(REPO / "configs" / "accelerate" / "ddp-cpu-2proc.yaml"),
-                    "-m", "wsdm_helpers", "train", "--config", str(config)],
-                   check=True, env=env, cwd=tmp_path, timeout=600)
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config), *args,
+                    "-m", "wsdm_helpers", "train", "--config", str(run_config)],
+                   check=True, env=env, cwd=cwd, timeout=600)
+
+
+def _adapter(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+
+
+def test_two_process_accelerate_run_matches_one_process_with_the_same_global_batch(demo, tiny_model, tmp_path):
+    """DDP over gloo on the CPU: 2 processes x 2 rows give the losses and adapter weights of 1 process x 4 rows.
+
+    Random (not length-grouped) batches: accelerate shards one seeded permutation into per-process
+    batches, so each global step sees the same 4 rows; DDP averages the two per-process mean losses'
+    gradients, which is the 4-row mean's gradient.
+    """
+    cfg = tiny_cfg(demo, tiny_model("llama"), tmp_path / "one", {"train.group_by_length": False})
+    one = train(cfg).metrics
+    two_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(tmp_path / "two"),
+                                                                 per_device_batch_size=2))
+    _launch(REPO / "configs" / "accelerate" / "ddp-cpu-2proc.yaml", save_yaml(two_cfg, tmp_path / "two.yaml"), tmp_path)
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert set(two) == set(one) and set(two["final"]) == set(one["final"])
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert two["valid_rows"] == one["valid_rows"] and two["global_step"] == one["global_step"]
     assert len(pd.read_parquet(tmp_path / "two" / "oof.parquet")) == one["valid_rows"]
+    losses = [[e["loss"] for e in json.loads((tmp_path / r / "log_history.json").read_text()) if "loss" in e]
+              for r in ("one", "two")]
+    assert len(losses[0]) == one["global_step"] and len(losses[0]) == len(losses[1])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-3)
+    weights_one, weights_two = _adapter(tmp_path / "one"), _adapter(tmp_path / "two")
+    assert weights_one.keys() == weights_two.keys()
+    for name, w in weights_one.items():
+        np.testing.assert_allclose(weights_two[name].numpy(), w.numpy(), atol=1e-4, err_msg=name)
+    np.testing.assert_allclose(two["final"]["log_loss"], one["final"]["log_loss"], rtol=1e-3)
 
 
 @pytest.mark.slow
@@ -307,3 +331,4 @@ def test_extra_files_stay_in_training_with_valid_from_train_path(demo, tmp_path)
     assert not valid["id"].str.startswith("extra-").any() and len(valid) > 0
     assert train_rows["id"].str.startswith("extra-").sum() == 40
     assert len(train_rows) + len(valid) == 80 + 40
+

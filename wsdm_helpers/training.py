@@ -7,7 +7,7 @@ loss is a cross-entropy over the class logits only (classifier logits, or the an
 the last position for the mcq head). Evaluation runs on the validation rows in both orientations, so
 accuracy, log loss and the flip rate (position bias) come from one pass. Multi-process runs go
 through ``accelerate launch --config_file configs/accelerate/NAME.yaml -m wsdm_helpers train ...``
-(ddp-2gpu, ddp-cpu-2proc, fsdp-full-finetune, deepspeed-zero3); the Trainer does the distributed work.
+(ddp-2gpu, ddp-cpu-2proc, fsdp-full-finetune); the Trainer does the distributed work.
 
 Run folder::
 
