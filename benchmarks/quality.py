@@ -19,6 +19,7 @@ paired one. Writes quality.md / quality.json and the evaluate report of all meth
 into --out.
 
     python benchmarks/quality.py [--quick] [--folds 5] [--no-llm] [--set train.max_steps=60 ...]
+    python benchmarks/quality.py --mix [FILE ...]   # which extra sets help the baseline on Arena votes
 
 ``--quick``: 2 folds. The last line is one JSON object.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -82,6 +84,26 @@ def nested_blend(oof: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarr
     return blended, weights
 
 
+def mix_table(frame, folds: np.ndarray, sets: dict[str, str]) -> list[dict]:
+    """Feature-baseline OOF accuracy on ``frame`` trained on the other folds plus one extra set at a time."""
+    import pandas as pd
+
+    from wsdm_helpers.data import read_pairs
+    from wsdm_helpers.features import FeatureBaseline
+
+    rows, labels = [], frame["label"].to_numpy()
+    for name, path in {"(none)": None, **sets}.items():
+        extra = read_pairs(path, ties="drop")[0] if path else frame.iloc[:0]
+        probs = np.zeros((len(frame), 2))
+        for fold in np.unique(folds):
+            held = folds == fold
+            fitted = FeatureBaseline().fit(pd.concat([frame[~held], extra], ignore_index=True))
+            probs[held] = fitted.predict_array(frame[held])
+        rows.append({"extra set": name, "rows": len(extra), "accuracy": float(np.mean(probs.argmax(1) == labels))})
+        print(f"  + {name:<40} {len(extra):>5} rows  OOF accuracy {rows[-1]['accuracy']:.4f}", flush=True)
+    return rows
+
+
 def table(oof: dict[str, np.ndarray], labels: np.ndarray) -> list[dict]:
     from wsdm_helpers import metrics
 
@@ -116,6 +138,8 @@ def main() -> int:
     parser.add_argument("--config", default=str(PRESET), help="the LLM's preset (its data section gives the sets)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override the preset for the LLM runs, e.g. train.max_steps=30")
+    parser.add_argument("--mix", nargs="*", metavar="FILE", help="instead: the feature baseline's OOF accuracy "
+                        "with each extra set alone (default: the preset's sets)")
     parser.add_argument("--out", default=str(REPO / "runs" / "quality"), help="report folder (and LLM runs)")
     args = parser.parse_args()
     from wsdm_helpers.cli import parse_sets
@@ -143,6 +167,11 @@ def main() -> int:
     folds = assign_folds(frame, n_folds, cfg.data.seed)
     labels = frame["label"].to_numpy()
     out = Path(args.out)
+    if args.mix is not None:
+        print(f"feature baseline, {n_folds} folds of {len(frame)} Arena rows, trained with one extra set each:")
+        mix = mix_table(frame, folds, {Path(p).name: p for p in args.mix or cfg.data.extra_train_paths})
+        print(json.dumps({"benchmark": "quality_mix", "folds": n_folds, "sets": mix}))
+        return 0
     oof = {"constant": np.full((len(frame), 2), 0.5), "longer-wins": longer_wins(frame),
            "feature baseline": np.zeros((len(frame), 2)), "baseline, arena only": np.zeros((len(frame), 2))}
     if not args.no_llm:
@@ -167,8 +196,8 @@ def main() -> int:
     atomic_write_text(out / "quality.md", "```\n" + text + "\n```\n")
     result = {"benchmark": "quality", "rows": len(frame), "folds": n_folds, "llm": not args.no_llm,
               "blend_weights": weights, "seconds": round(time.perf_counter() - started, 1),
-              **{r["method"].replace(" ", "_").lower(): {k: r[k] for k in ("accuracy", "ci_low", "ci_high", "log_loss")}
-                 for r in rows}}
+              **{re.sub(r"[^a-z0-9]+", "_", r["method"].lower()): {k: r[k] for k in ("accuracy", "ci_low", "ci_high",
+                                                                                  "log_loss")} for r in rows}}
     atomic_write_json(out / "quality.json", result)
     print(json.dumps(result))
     return 0

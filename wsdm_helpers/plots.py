@@ -239,6 +239,7 @@ def _accuracy_by_plot(report: dict, out_dir: str | Path, max_groups: int = 8) ->
         ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
         ax.set_xticks(x, [f"{r['group'].replace(' ' + report['length_unit'], '')}\n({r['rows']})" for r in rows],
                       fontsize=7, rotation=30 if title != panels[0][0] else 0)
-        ax.set(ylim=(0, 1.12), ylabel="accuracy", title=f"accuracy by {title}")
-    axes[0].legend(loc="upper center", fontsize=8, ncol=len(methods))
+        ax.set(ylim=(0, 1), ylabel="accuracy", title=f"accuracy by {title}")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside upper center", ncol=len(methods), fontsize=9)
     return _save(fig, out_dir, "accuracy_by.png")
