@@ -11,7 +11,7 @@ predicts the held-out rows:
   fitted on the other Arena folds alone (what the extra sets do to it)
 - Gemma 3 270M LoRA: ``wsdm train`` with the preset (``configs/cpu-real-gemma3-270m.yaml``), one run
   per fold, its oof.parquet; ``--no-llm`` leaves it out (and the blend then mixes the others)
-- blend: probability weights fitted (ensemble.fit_weights, log loss) on the other folds' out-of-fold
+- blend: probability weights fitted (ensemble.fit_weights, --blend-metric) on the other folds' out-of-fold
   predictions of the methods above, applied to the held-out fold (nested: no row fits its own weights)
 
 Accuracy carries a bootstrap 95% interval over rows, and the difference to the feature baseline a
@@ -65,7 +65,8 @@ def llm_fold(cfg_path: Path, overrides: dict, fold: int, n_folds: int, out: Path
     return oof.loc[list(valid_ids), ["winner_model_a", "winner_model_b"]].to_numpy()
 
 
-def nested_blend(oof: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarray) -> tuple[np.ndarray, list]:
+def nested_blend(oof: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarray,
+                 metric: str = "log_loss") -> tuple[np.ndarray, list]:
     """Each fold blended with weights fitted on the other folds' out-of-fold predictions."""
     import pandas as pd
 
@@ -78,7 +79,7 @@ def nested_blend(oof: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarr
         ids = pd.Series(np.flatnonzero(fit).astype(str))
         frames = [pd.DataFrame({"id": ids, "winner_model_a": oof[n][fit, 0], "winner_model_b": oof[n][fit, 1]})
                   for n in names]
-        w = fit_weights(frames, pd.DataFrame({"id": ids, "label": labels[fit]}), metric="log_loss", names=names)
+        w = fit_weights(frames, pd.DataFrame({"id": ids, "label": labels[fit]}), metric=metric, names=names)
         blended[~fit] = sum(wi * oof[n][~fit] for wi, n in zip(w, names, strict=True))
         weights.append({n: round(float(wi), 3) for n, wi in zip(names, w, strict=True)})
     return blended, weights
@@ -138,6 +139,8 @@ def main() -> int:
     parser.add_argument("--config", default=str(PRESET), help="the LLM's preset (its data section gives the sets)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override the preset for the LLM runs, e.g. train.max_steps=30")
+    parser.add_argument("--blend-metric", default="log_loss", choices=["log_loss", "accuracy"],
+                        help="what the blend weights are fitted to on the other folds")
     parser.add_argument("--mix", nargs="*", metavar="FILE", help="instead: the feature baseline's OOF accuracy "
                         "with each extra set alone (default: the preset's sets)")
     parser.add_argument("--out", default=str(REPO / "runs" / "quality"), help="report folder (and LLM runs)")
@@ -185,7 +188,7 @@ def main() -> int:
             oof["Gemma 3 270M LoRA"][held] = llm_fold(Path(args.config), args.overrides, fold, n_folds, out,
                                                       frame["id"][held].astype(str).tolist())
     members = {k: v for k, v in oof.items() if k != "constant"}
-    oof["blend"], weights = nested_blend(members, labels, folds)
+    oof["blend"], weights = nested_blend(members, labels, folds, args.blend_metric)
     rows = table(oof, labels)
     text = to_text(rows, len(frame), n_folds)
     print(text)
@@ -195,6 +198,7 @@ def main() -> int:
     write_report(report, out, "Out-of-fold evaluation on the LMSYS Arena sample (benchmarks/quality.py)")
     atomic_write_text(out / "quality.md", "```\n" + text + "\n```\n")
     result = {"benchmark": "quality", "rows": len(frame), "folds": n_folds, "llm": not args.no_llm,
+              "blend_metric": args.blend_metric,
               "blend_weights": weights, "seconds": round(time.perf_counter() - started, 1),
               **{re.sub(r"[^a-z0-9]+", "_", r["method"].lower()): {k: r[k] for k in ("accuracy", "ci_low", "ci_high",
                                                                                   "log_loss")} for r in rows}}
