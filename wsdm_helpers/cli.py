@@ -462,6 +462,72 @@ def _tiny_model(args: argparse.Namespace) -> int:
     from .tiny import build_tiny_model_from_file
 
     print(f"wrote {build_tiny_model_from_file(args.data, args.out, args.family, args.head)}")
+
+
+# ---- cross-validation, blend fitting, pseudo-labels (issue 14) -------------------------------------
+def _add_cv_commands(sub: argparse._SubParsersAction) -> None:
+    cv = sub.add_parser("cv", help="k-fold cross-validation: a run folder per fold, oof.parquet, CV report",
+                        description="Trains every fold (or --folds) into OUTPUT/fold-K/ (OUTPUT = train.output_dir "
+                                    "or --out), resumable fold by fold, then writes OUTPUT/oof.parquet and "
+                                    "OUTPUT/cv_report.json. --baseline cross-validates the feature baseline instead.")
+    cv.add_argument("--config", help="preset (required for LLM runs; with --baseline only its data section is read)")
+    cv.add_argument("--baseline", choices=["logreg", "hgb"], help="cross-validate the feature baseline (seconds)")
+    cv.add_argument("--folds", help="folds to train now, comma-separated (default: all), e.g. --folds 0,1")
+    cv.add_argument("--folds-file", help="fold table to reuse (another model's OUTPUT/folds.parquet)")
+    cv.add_argument("--data", help="training file (sets data.train_path)")
+    cv.add_argument("--out", help="output folder (sets train.output_dir)")
+    cv.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set data.n_folds=5 (repeatable)")
+    cv.set_defaults(handler=_cv)
+    pseudo = sub.add_parser("pseudo-label", help="soft labels for pairs (labelled or not) from a run or a blend")
+    pseudo.add_argument("--run", action="append", required=True, help="run folder (repeat to blend several)")
+    pseudo.add_argument("--weights", type=float, nargs="+", help="one blend weight per --run (default: equal)")
+    pseudo.add_argument("--data", required=True, help="pairs to label (any layout; the winner may be absent)")
+    pseudo.add_argument("--layout", default="auto", help="layout of --data (default auto)")
+    pseudo.add_argument("--out", required=True, help="soft-label file (parquet; use it as train.distill.soft_labels)")
+    pseudo.add_argument("--set", action="append", default=[], metavar="inference.KEY=VALUE",
+                        help="override the runs' inference settings, e.g. inference.tta=swap")
+    pseudo.set_defaults(handler=_pseudo_label)
+
+
+def _cv(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .config import DataConfig, apply_overrides, from_dict, load_run_config, load_yaml
+    from .cv import parse_folds, run_baseline_cv, run_cv
+    from .notebook import resolve_preset
+
+    given = {"data.train_path": args.data, "train.output_dir": args.out, "data.folds_file": args.folds_file}
+    overrides = {**parse_sets(args.overrides), **{k: v for k, v in given.items() if v}}
+    if args.baseline:
+        raw = apply_overrides(load_yaml(resolve_preset(args.config)) if args.config else {}, overrides)
+        data = from_dict(DataConfig, raw.get("data", {}), "data.")
+        out = (raw.get("train") or {}).get("output_dir")
+        if not out:
+            raise ConfigError("wsdm cv --baseline needs an output folder: --out DIR")
+        result = run_baseline_cv(data, out, args.baseline, parse_folds(args.folds, data.n_folds))
+    else:
+        if not args.config:
+            raise ConfigError("wsdm cv needs --config PRESET (or --baseline logreg for the feature baseline)")
+        cfg = load_run_config(resolve_preset(args.config), overrides)
+        result = run_cv(cfg, parse_folds(args.folds, cfg.data.n_folds))
+    print(result.to_text())
+    return 0
+
+
+def _pseudo_label(args: argparse.Namespace) -> int:
+    from .distill import pseudo_label
+
+    overrides = {}
+    for key, value in parse_sets(args.set).items():
+        section, _, name = key.partition(".")
+        if section != "inference" or not name or "." in name:
+            raise ConfigError(f"--set {key}: wsdm pseudo-label only takes inference.* overrides (the model and "
+                              "format are fixed by the run folder)")
+        overrides[name] = value
+    soft = pseudo_label(args.run, args.data, args.out, weights=args.weights, overrides=overrides, layout=args.layout)
+    print(f"wrote {args.out} ({len(soft)} soft labels)")
     return 0
 
 
@@ -477,6 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_commands(sub)
     _add_bundle_commands(sub)
     _add_evaluate_commands(sub)
+    _add_cv_commands(sub)
     return parser
 
 

@@ -310,6 +310,8 @@ class DataConfig(Section):
     seed: int = option(42, help="seed for shuffling and folds")
     valid_from: ValidFrom = option("all", help="rows the held-out fold is drawn from: all (every file) or train_path "
                              "(extra_train_paths always train; validation on the main file's rows only)")
+    folds_file: str = option("", help="fold table (id, fold) to use instead of computing the folds, e.g. the "
+                             "folds.parquet a `wsdm cv` wrote (the same folds for every model of a project)")
 
     def check(self) -> list[str]:
         problems = []
@@ -389,6 +391,22 @@ class LoraConfig(Section):
 
 
 @dataclasses.dataclass
+class DistillConfig(Section):
+    soft_labels: str = option("", help="soft-label file (id + winner_model_a, winner_model_b[, winner_tie]; "
+                              "wsdm pseudo-label or an oof.parquet) joined on id; empty = no distillation")
+    temperature: float = option(1.0, help="softmax temperature T applied to teacher and student")
+    mix: float = option(0.5, help="loss = mix * T^2 * KL(teacher_T || student_T) + (1 - mix) * CE(hard label)")
+
+    def check(self) -> list[str]:
+        problems = [f"temperature={self.temperature} must be positive"] if self.temperature <= 0 else []
+        if not 0 <= self.mix <= 1:
+            problems.append(f"mix={self.mix} must be between 0 and 1")
+        if self.soft_labels and self.mix == 0:
+            problems.append("mix=0 ignores the soft labels; set mix > 0 or leave soft_labels empty")
+        return problems
+
+
+@dataclasses.dataclass
 class TrainConfig(Section):
     output_dir: str = option("runs/demo", help="run folder: adapter, tokenizer, config.yaml, metrics.json, log")
     learning_rate: float = option(2e-4, help="peak learning rate")
@@ -422,6 +440,8 @@ class TrainConfig(Section):
     max_grad_norm: float = option(1.0, help="clip the global gradient norm to this (0 = no clipping)")
     max_hours: float | None = option(None, help="stop training with a checkpoint before this many hours of it "
                                      "(e.g. 11 in a 12 h Kaggle session); the same command then resumes it")
+    label_smoothing: float = option(0.0, help="label smoothing of the hard-label cross-entropy (0 = none)")
+    distill: DistillConfig = option(default_factory=DistillConfig, help="distillation from soft labels")
 
     def check(self) -> list[str]:
         problems = []
@@ -453,6 +473,8 @@ class TrainConfig(Section):
             problems.append(f"save_steps={self.save_steps} must be a multiple of eval_steps={self.eval_steps}")
         if self.max_eval_rows is not None and self.max_eval_rows < 1:
             problems.append(f"max_eval_rows={self.max_eval_rows} must be at least 1 (or null for every row)")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
         return problems
 
 

@@ -816,27 +816,34 @@ def _without_repeats(frame: pd.DataFrame, earlier: list[pd.DataFrame], path: Any
 
 
 # ---- folds ---------------------------------------------------------------------------------------
+def _prompt_texts(frame: pd.DataFrame) -> list[str]:
+    return ["\x1f".join("" if t is None else t.strip() for t in turns) for turns in frame["prompt"].tolist()]
+
+
 def prompt_keys(frame: pd.DataFrame) -> np.ndarray:
     """An integer group per row: rows with the same prompt text (all turns, stripped) share it."""
-    keys = ["\x1f".join("" if t is None else t.strip() for t in turns) for turns in frame["prompt"].tolist()]
-    return pd.factorize(pd.Series(keys, dtype=object))[0]
+    return pd.factorize(pd.Series(_prompt_texts(frame), dtype=object))[0]
 
 
 def assign_folds(frame: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
-    """Fold number per row: the same prompt never lands in two folds; label shares stay balanced.
+    """Fold number per row: the same prompt never lands in two folds; label and language shares stay balanced.
 
-    Groups are visited largest first (random order among equal sizes, from ``seed``) and each goes
-    to the fold that has the fewest rows of the group's labels so far.
+    Groups are visited largest first (equal sizes in the order of a hash of ``seed`` and the prompt
+    text, so the assignment depends on the rows' content, not on their order in the file) and each
+    goes to the fold that has the fewest rows of the group's strata (label x language) so far.
+    Every model trained on the same rows therefore gets the same folds.
     """
     if n_folds < 2:
         raise ConfigError(f"n_folds={n_folds} must be at least 2")
-    groups = prompt_keys(frame)
-    labels = frame["label"].to_numpy() + 1  # -1..2 -> 0..3
-    per_group = np.zeros((groups.max() + 1 if len(groups) else 0, 4), dtype=np.int64)
-    np.add.at(per_group, (groups, labels), 1)
-    order = np.random.default_rng(seed).permutation(len(per_group))
-    order = order[np.argsort(-per_group[order].sum(axis=1), kind="stable")]
-    counts = np.zeros((n_folds, 4), dtype=np.int64)
+    keys = _prompt_texts(frame)
+    groups, uniques = pd.factorize(pd.Series(keys, dtype=object))
+    strata = pd.factorize(frame["label"].astype(str) + "\x1f" + frame["language"].astype(str))[0]
+    per_group = np.zeros((len(uniques), int(strata.max()) + 1 if len(strata) else 1), dtype=np.int64)
+    np.add.at(per_group, (groups, strata), 1)
+    tiebreak = np.array([int.from_bytes(hashlib.sha1(f"{seed}\x1e{k}".encode()).digest()[:8], "big")
+                         for k in uniques], dtype=np.uint64)
+    order = np.lexsort((tiebreak, -per_group.sum(axis=1)))
+    counts = np.zeros((n_folds, per_group.shape[1]), dtype=np.int64)
     group_fold = np.empty(len(per_group), dtype=np.int64)
     for g in order:
         need = per_group[g]
@@ -846,11 +853,45 @@ def assign_folds(frame: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
     return group_fold[groups]
 
 
-def split_fold(frame: pd.DataFrame, fold: int, n_folds: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, valid) for one fold; ``fold=-1`` trains on everything (valid is empty)."""
+def fold_table(frame: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
+    """The fold assignment as a table (id, fold): what ``wsdm cv`` saves as OUTPUT/folds.parquet."""
+    return pd.DataFrame({"id": frame["id"].astype(str).to_numpy(), "fold": assign_folds(frame, n_folds, seed)})
+
+
+def folds_from_table(frame: pd.DataFrame, table: pd.DataFrame, n_folds: int, path: Any) -> np.ndarray:
+    """Fold per row of ``frame`` looked up by id in a saved fold table; every id must be there."""
+    problems = [c for c in ("id", "fold") if c not in table.columns]
+    if problems:
+        raise _fail(path, f"fold table lacks column(s) {problems}", "use the folds.parquet written by wsdm cv")
+    by_id = pd.Series(table["fold"].to_numpy(), index=table["id"].astype(str))
+    if by_id.index.duplicated().any():
+        raise _fail(path, "ids occur more than once in the fold table", "use the folds.parquet written by wsdm cv",
+                    "id", by_id.index[by_id.index.duplicated()].unique())
+    ids = frame["id"].astype(str)
+    missing = ids[~ids.isin(by_id.index)]
+    if len(missing):
+        raise _fail(path, f"{len(missing)} training row(s) have no fold", "the training data changed since the "
+                    "folds were made: use a new cv output folder (new folds) or the original data", "id", missing)
+    folds = by_id.loc[ids.to_numpy()].to_numpy().astype(np.int64)
+    bad = (folds < 0) | (folds >= n_folds)
+    if bad.any():
+        raise _fail(path, f"folds must be 0..{n_folds - 1} (data.n_folds={n_folds})", "set data.n_folds to the "
+                    "number of folds the table was made with", "fold", ids[bad])
+    return folds
+
+
+def split_fold(frame: pd.DataFrame, fold: int, n_folds: int, seed: int,
+               folds: np.ndarray | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, valid) for one fold; ``fold=-1`` trains on everything (valid is empty).
+
+    ``folds``: the fold of every row (a saved fold table, :func:`folds_from_table`); default
+    :func:`assign_folds`. Unlabeled rows (label -1, e.g. pseudo-labelled pairs) are never validated
+    on: they train in every fold.
+    """
     if not -1 <= fold < n_folds:
         raise ConfigError(f"fold={fold} must be -1 or between 0 and n_folds-1={n_folds - 1}")
     if fold == -1:
         return frame.reset_index(drop=True), frame.iloc[:0].reset_index(drop=True)
-    in_valid = assign_folds(frame, n_folds, seed) == fold
+    folds = assign_folds(frame, n_folds, seed) if folds is None else folds
+    in_valid = (folds == fold) & (frame["label"].to_numpy() != UNLABELED)
     return frame[~in_valid].reset_index(drop=True), frame[in_valid].reset_index(drop=True)

@@ -4,7 +4,9 @@
 the training rows, encodes everything with the family's template, and fits the model with the HF
 Trainer (AdamW, cosine schedule with warmup, gradient accumulation, length-grouped batches). The
 loss is a cross-entropy over the class logits only (classifier logits, or the answer-token logits at
-the last position for the mcq head). Evaluation runs on the validation rows in both orientations, so
+the last position for the mcq head), optionally label-smoothed; with ``train.distill`` it is the
+distillation loss of :mod:`distill` on soft labels joined on id (swapped rows carry flipped soft
+labels). Evaluation runs on the validation rows in both orientations, so
 accuracy, log loss and the flip rate (position bias) come from one pass. Multi-process runs go
 through ``accelerate launch --config_file configs/accelerate/NAME.yaml -m wsdm_helpers train ...``
 (ddp-2gpu, ddp-cpu-2proc, fsdp-full-finetune); the Trainer does the distributed work.
@@ -58,10 +60,13 @@ class TrainResult:
 
 # ---- data -----------------------------------------------------------------------------------------
 class PairDataset:
-    """Map-style dataset of encoded pairs; ``row_index`` ties each prediction back to its row."""
+    """Map-style dataset of encoded pairs; ``row_index`` ties each prediction back to its row.
 
-    def __init__(self, encoded, rows: np.ndarray | None = None):
-        self.encoded = encoded
+    ``soft``: teacher probabilities [rows, C] aligned with ``encoded`` (NaN rows = none), for distillation.
+    """
+
+    def __init__(self, encoded, rows: np.ndarray | None = None, soft: np.ndarray | None = None):
+        self.encoded, self.soft = encoded, soft
         self.rows = np.arange(len(encoded)) if rows is None else rows
 
     def __len__(self) -> int:
@@ -69,7 +74,10 @@ class PairDataset:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         row = int(self.rows[i])
-        return {"input_ids": self.encoded.input_ids[row], "labels": int(self.encoded.labels[row]), "row_index": row}
+        item = {"input_ids": self.encoded.input_ids[row], "labels": int(self.encoded.labels[row]), "row_index": row}
+        if self.soft is not None:
+            item["soft"] = self.soft[row]
+        return item
 
 
 @dataclasses.dataclass
@@ -87,6 +95,8 @@ class PairCollator:
         batch = collate([f["input_ids"] for f in features], self.pad_id, self.padding_side)
         batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
         batch["row_index"] = torch.tensor([f["row_index"] for f in features], dtype=torch.long)
+        if "soft" in features[0]:
+            batch["soft"] = torch.tensor(np.stack([f["soft"] for f in features]), dtype=torch.float32)
         return batch
 
 
@@ -154,16 +164,27 @@ def split_data(cfg: RunConfig):
 
     frame = load_training_frame(cfg.data)
     top = int(frame["label"].max()) if len(frame) else -1
-    if top >= cfg.model.num_labels or int(frame["label"].min()) < 0:
+    soft = cfg.train.distill.soft_labels
+    if top >= cfg.model.num_labels or (int(frame["label"].min()) < 0 and not soft):
         raise ConfigError(f"{cfg.data.train_path}: labels range over {sorted(frame['label'].unique())} but "
                           f"model.num_labels={cfg.model.num_labels}; set data.ties=drop (or split) for 2 classes, "
-                          "or model.num_labels=3 with data.ties=keep; unlabeled rows cannot be trained on")
+                          "or model.num_labels=3 with data.ties=keep; unlabeled rows (-1) train only on soft "
+                          "labels (train.distill.soft_labels)")
+    if soft:
+        from .distill import attach_soft_labels
+
+        frame = attach_soft_labels(frame, soft, cfg.model.num_labels)
     if cfg.data.fold < 0:
         return frame, None
+    folds = None
+    if cfg.data.folds_file:
+        from .data import folds_from_table, read_table
+
+        folds = folds_from_table(frame, read_table(cfg.data.folds_file), cfg.data.n_folds, cfg.data.folds_file)
     if cfg.data.valid_from == "train_path" and cfg.data.extra_train_paths:
-        train_frame, valid_frame = _split_main_file(frame, cfg)
+        train_frame, valid_frame = _split_main_file(frame, cfg, folds)
     else:
-        train_frame, valid_frame = split_fold(frame, cfg.data.fold, cfg.data.n_folds, cfg.data.seed)
+        train_frame, valid_frame = split_fold(frame, cfg.data.fold, cfg.data.n_folds, cfg.data.seed, folds)
     if valid_frame.empty or train_frame.empty:
         empty = "validation" if valid_frame.empty else "training"
         raise ConfigError(f"{cfg.data.train_path}: data.fold={cfg.data.fold} of data.n_folds={cfg.data.n_folds} "
@@ -182,22 +203,34 @@ def augmented_frame(frame, cfg: RunConfig):
     return pd.concat([frame, swap_pairs(frame)], ignore_index=True) if cfg.train.swap_augment else frame
 
 
-def _split_main_file(frame, cfg: RunConfig):
-    """data.valid_from=train_path: the fold is held out of train_path's rows; extra files always train."""
+def _split_main_file(frame, cfg: RunConfig, folds=None):
+    """data.valid_from=train_path: the fold is held out of train_path's rows; extra files always train.
+    ``folds``: the fold of every row of ``frame`` (a saved fold table), else computed on train_path's rows."""
     import pandas as pd
 
-    from .data import read_pairs, split_fold
+    from .data import split_fold
 
     d = cfg.data
-    main = frame["id"].isin(read_pairs(d.train_path, d.layout, d.ties, d.column_map or None, d.seed)[0]["id"])
-    train_rows, valid = split_fold(frame[main], d.fold, d.n_folds, d.seed)
+    main = main_file_rows(frame, d)
+    train_rows, valid = split_fold(frame[main], d.fold, d.n_folds, d.seed, None if folds is None else folds[main])
     return pd.concat([train_rows, frame[~main]], ignore_index=True), valid
 
 
+def main_file_rows(frame, data) -> np.ndarray:
+    """Rows of ``frame`` that come from ``data.train_path`` (not from extra_train_paths)."""
+    from .data import read_pairs
+
+    ids = read_pairs(data.train_path, data.layout, data.ties, data.column_map or None, data.seed)[0]["id"]
+    return frame["id"].isin(ids).to_numpy()
+
+
 def _train_dataset(frame, tokenizer, cfg: RunConfig, template: str) -> PairDataset:
+    from .distill import soft_columns
     from .tokenization import encode_pairs
 
-    return PairDataset(encode_pairs(augmented_frame(frame, cfg), tokenizer, cfg.format, template))
+    frame = augmented_frame(frame, cfg)  # swapped copies carry flipped soft labels (tta.swap_pairs)
+    soft = frame[soft_columns(cfg.model.num_labels)].to_numpy(np.float32) if cfg.train.distill.soft_labels else None
+    return PairDataset(encode_pairs(frame, tokenizer, cfg.format, template), soft=soft)
 
 
 def _limit_rows(frame, n: int | None, seed: int):
@@ -211,15 +244,17 @@ def _pair_trainer_class():
     from .modeling import class_logits
 
     class PairTrainer(Trainer):
-        """Trainer whose loss is a cross-entropy over the class logits only (both heads)."""
+        """Trainer whose loss is over the class logits only (both heads): cross-entropy, or the
+        distillation loss of distill.pair_loss when the batch carries soft labels."""
 
         loss_is_scaled_for_ga = False  # per-batch mean; the Trainer divides by the accumulation steps
 
         def __init__(self, *args, head: str, answer_ids: list[int], head_lr: float | None = None,
-                     head_modules: tuple[str, ...] = (), **kwargs):
+                     head_modules: tuple[str, ...] = (), loss_options: dict | None = None, **kwargs):
             super().__init__(*args, **kwargs)
             self.head, self.answer_ids = head, answer_ids
             self.head_lr, self.head_modules = head_lr, head_modules
+            self.loss_options = loss_options or {}  # temperature, mix, label_smoothing
             self.train_tokens = 0  # real (non-pad) tokens of this process's training batches
             self.step_timer = _step_timer()
             self.add_callback(self.step_timer)
@@ -241,12 +276,13 @@ def _pair_trainer_class():
             return optimizer
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            import torch.nn.functional as F
+            from .distill import pair_loss
 
             if model.training:  # a device tensor: counting adds no host sync per step
                 self.train_tokens = self.train_tokens + inputs["attention_mask"].sum().detach()
             logits = class_logits(model, self.head, self.answer_ids, inputs["input_ids"], inputs["attention_mask"])
-            loss = F.cross_entropy(logits, inputs["labels"])
+            options = self.loss_options if model.training else {}  # evaluation: the plain cross-entropy
+            loss = pair_loss(logits, inputs["labels"], inputs.get("soft") if model.training else None, **options)
             return (loss, {"logits": logits}) if return_outputs else loss
 
     return PairTrainer
@@ -559,8 +595,15 @@ def _make_trainer(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, c
         data_collator=PairCollator(tokenizer.pad_token_id, family.padding_side),
         processing_class=tokenizer, callbacks=list(callbacks), head=cfg.format.head, answer_ids=answer_ids,
         head_lr=cfg.train.head_learning_rate if cfg.format.head == "classifier" else None,
-        head_modules=family.head_modules,
+        head_modules=family.head_modules, loss_options=loss_options(cfg),
     )
+
+
+def loss_options(cfg: RunConfig) -> dict[str, float]:
+    """Keyword arguments of distill.pair_loss for training rows."""
+    d = cfg.train.distill
+    return {"temperature": d.temperature, "mix": d.mix if d.soft_labels else 0.0,
+            "label_smoothing": cfg.train.label_smoothing}
 
 
 def _final_metrics(trainer, evals, retries, n_train_rows: int) -> dict[str, Any]:

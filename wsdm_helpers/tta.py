@@ -44,9 +44,10 @@ def flip_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def swap_pairs(frame: pd.DataFrame) -> pd.DataFrame:
-    """The same rows with A and B exchanged: responses, models, labels, same ids."""
+    """The same rows with A and B exchanged: responses, models, labels, soft labels (soft_a <-> soft_b,
+    soft_tie kept; see distill.py), same ids."""
     out = frame.copy()
-    for left, right in (("response_a", "response_b"), ("model_a", "model_b")):
+    for left, right in (("response_a", "response_b"), ("model_a", "model_b"), ("soft_a", "soft_b")):
         if left in out.columns and right in out.columns:
             out[left], out[right] = frame[right].to_numpy(), frame[left].to_numpy()
     if "label" in out.columns:
