@@ -248,7 +248,7 @@ def run_cv(cfg: RunConfig, folds: Sequence[int] | None = None, callbacks: list |
     from .data import load_training_frame
 
     cfg.validate()
-    out_dir = check_output_dir(cfg.train.output_dir, what="the cv output folder (train.output_dir)")
+    out_dir = check_output_dir(cfg.train.output_dir, what="cv output (train.output_dir)")
     base = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, folds_file=str(out_dir / FOLDS_FILE)))
     resolved = to_dict(base)
     resolved["data"].pop("fold")
@@ -302,7 +302,7 @@ def run_baseline_cv(data: DataConfig, out_dir: str | Path, model: str = "logreg"
     if model not in BASELINES:
         raise ConfigError(f"--baseline {model!r} must be one of {', '.join(BASELINES)}")
     data.validate("data.")
-    out_dir = check_output_dir(out_dir, what="the cv output folder")
+    out_dir = check_output_dir(out_dir, what="cv output")
     resolved = {"baseline": model, "data": {**to_dict(data), "folds_file": str(out_dir / FOLDS_FILE)}}
     resolved["data"].pop("fold")
     check_config(out_dir, resolved)
