@@ -161,3 +161,35 @@ def test_distilled_run_trains_on_unlabelled_rows_and_validates_on_labelled_ones(
     assert result.metrics["train_rows"] > 2 * 20  # the 20 unlabelled rows trained too (with swap copies)
     history = json.loads((tmp_path / "run" / "log_history.json").read_text())
     assert all(np.isfinite(e["loss"]) for e in history if "loss" in e)
+
+
+def test_pseudo_labels_for_unlabelled_pairs_then_a_distilled_student(setup, tmp_path):
+    """Teacher -> `wsdm pseudo-label` on a WSDM-layout file without winners -> student on labels + soft labels."""
+    from wsdm_helpers import cli
+    from wsdm_helpers.inference import predict_proba
+    from wsdm_helpers.training import train
+
+    root, frame, models = setup
+    labelled, unlabelled = frame.iloc[:40], frame.iloc[40:]
+    data.write_canonical(labelled, tmp_path / "labelled.parquet")
+    pd.DataFrame({"id": unlabelled["id"], **{c: unlabelled[c].str[0] for c in ("prompt", "response_a", "response_b")},
+                  "model_a": "x", "model_b": "y", "language": unlabelled["language"]}).to_parquet(tmp_path / "extra.parquet")
+    teacher = load_run_config(TINY_PRESET, [f"data.train_path={tmp_path / 'labelled.parquet'}", "data.fold=-1",
+                                            f"model.source={models['classifier', 2]}", f"train.output_dir={tmp_path / 't'}",
+                                            "train.max_steps=2", "train.save_steps=2"])
+    train(teacher)
+    assert cli.main(["pseudo-label", "--run", str(tmp_path / "t"), "--data", str(tmp_path / "extra.parquet"),
+                     "--out", str(tmp_path / "soft.parquet")]) == 0
+    soft = pd.read_parquet(tmp_path / "soft.parquet")
+    assert sorted(soft["id"]) == sorted(unlabelled["id"])
+    extra, _ = data.read_pairs(tmp_path / "extra.parquet")
+    assert (extra["label"] == -1).all()
+    again = predict_proba(tmp_path / "t", extra, load_run_config(tmp_path / "t" / "config.yaml").inference)  # swap TTA
+    assert np.allclose(soft.set_index("id").loc[again["id"], "winner_model_a"], again["winner_model_a"], atol=1e-6)
+    student = load_run_config(TINY_PRESET, [
+        f"data.train_path={tmp_path / 'labelled.parquet'}", f"data.extra_train_paths=[{tmp_path / 'extra.parquet'}]",
+        f"model.source={models['classifier', 2]}", f"train.output_dir={tmp_path / 's'}", "train.max_steps=2",
+        "train.eval_steps=2", "train.save_steps=2", f"train.distill.soft_labels={tmp_path / 'soft.parquet'}"])
+    result = train(student)
+    oof = pd.read_parquet(tmp_path / "s" / "oof.parquet")
+    assert set(oof["id"]) <= set(labelled["id"]) and result.metrics["train_rows"] == 2 * (60 - len(oof))

@@ -268,7 +268,8 @@ def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("--task", default="auto", choices=["auto", "wsdm", "lmsys"],
                         help="submission layout (auto: the test file's layout)")
     submit.set_defaults(handler=_submit)
-    ensemble = sub.add_parser("ensemble", help="blend prediction files joined on id")
+    ensemble = sub.add_parser("ensemble", help="blend prediction files joined on id; `wsdm ensemble fit OOF... "
+                              "--out weights.json` fits weights on out-of-fold files")
     ensemble.add_argument("predictions", nargs="+", help="prediction parquet/csv files")
     ensemble.add_argument("--weights", type=float, nargs="+", help="one weight per file (default: equal)")
     ensemble.add_argument("--oof", nargs="+", help="fit the weights on these out-of-fold files (one per file)")
@@ -321,6 +322,8 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _ensemble(args: argparse.Namespace) -> int:
+    if args.predictions[0] == "fit":  # wsdm ensemble fit OOF... --out weights.json (issue 14)
+        return _ensemble_fit(args)
     from .ensemble import blend_files
 
     blended = blend_files(args.predictions, args.out, weights=args.weights, oof_paths=args.oof, metric=args.metric)
@@ -513,6 +516,18 @@ def _cv(args: argparse.Namespace) -> int:
         cfg = load_run_config(resolve_preset(args.config), overrides)
         result = run_cv(cfg, parse_folds(args.folds, cfg.data.n_folds))
     print(result.to_text())
+    return 0
+
+
+def _ensemble_fit(args: argparse.Namespace) -> int:
+    from .ensemble import fit_oof_files, fit_report_text
+
+    if args.weights or args.oof or len(args.predictions) < 3:
+        raise ConfigError("wsdm ensemble fit takes two or more OOF files and --out weights.json "
+                          "(no --weights / --oof), e.g. wsdm ensemble fit cv-a/oof.parquet cv-b/oof.parquet --out w.json")
+    report = fit_oof_files(args.predictions[1:], args.out, metric=args.metric)
+    print(fit_report_text(report))
+    print(f"wrote {args.out}; blend the test predictions with --weights {' '.join(f'{w:.4f}' for w in report['weights'])}")
     return 0
 
 

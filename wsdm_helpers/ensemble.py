@@ -215,3 +215,110 @@ def blend_files(pred_paths: Sequence[str], out: str, weights: Sequence[float] | 
     blended = blend([read_predictions(p) for p in pred_paths], weights, names=list(pred_paths))
     write_predictions(blended, out)
     return blended
+
+
+# ---- blend weights on true out-of-fold predictions (wsdm ensemble fit) ----------------------------------
+def _oof_labels(frames: Sequence[pd.DataFrame], names: Sequence[str]) -> pd.Series:
+    """The label of every id, the same in every member's OOF file (they describe the same rows)."""
+    import pandas as pd
+
+    first = None
+    for frame, name in zip(frames, names, strict=True):
+        if "label" not in frame.columns:
+            raise SubmissionError(f"{name} has no 'label' column; pass oof.parquet files written by wsdm cv")
+        labels = pd.Series(frame["label"].to_numpy(), index=frame["id"].astype(str))
+        if first is None:
+            first = labels
+            continue
+        common = labels.index.intersection(first.index)
+        differ = common[labels.loc[common].to_numpy() != first.loc[common].to_numpy()]
+        if len(differ):
+            raise SubmissionError(f"{name} and {names[0]} disagree on the label of {len(differ)} id(s), e.g. "
+                                  f"{', '.join(differ[:5])}; fit on OOF files of the same training data and tie policy")
+    return first
+
+
+def _shared_folds(frames: Sequence[pd.DataFrame], ids: pd.Series) -> np.ndarray | None:
+    """The fold of every row when every member has the same ``fold`` column, else None."""
+    import numpy as np
+
+    if not all("fold" in f.columns for f in frames):
+        return None
+    folds = [f.set_index(f["id"].astype(str))["fold"].loc[list(ids)].to_numpy() for f in frames]
+    return folds[0] if all(np.array_equal(folds[0], f) for f in folds[1:]) else None
+
+
+def _row_scores(probs: np.ndarray, y: np.ndarray, metric: str) -> np.ndarray:
+    """Per-row score, higher is better: correct (accuracy) or log probability of the label (log loss)."""
+    import numpy as np
+
+    if metric == "accuracy":
+        return (probs.argmax(axis=1) == y).astype("float64")
+    return np.log(np.clip(probs[np.arange(len(y)), y], 1e-15, 1 - 1e-15))
+
+
+def fit_oof_files(paths: Sequence[str], out: str | None = None, metric: str = "log_loss", n_boot: int = 2000,
+                  seed: int = 0) -> dict:
+    """``wsdm ensemble fit``: blend weights fitted on the members' out-of-fold files, joined on id.
+
+    The report holds each member's CV and the blend's. When every file carries the same ``fold``
+    column (wsdm cv output), the blend's CV is cross-fitted: the rows of fold k are blended with
+    weights fitted on the other folds, so the blend is scored on rows its weights never saw. The
+    gain over the best member (log loss: best minus blend; accuracy: blend minus best) comes with a
+    bootstrap 95% interval over rows. The weights to use on the test set are fitted on all rows.
+    """
+    import numpy as np
+
+    from . import metrics
+    from .io import atomic_write_json
+
+    if metric not in METRICS:
+        raise SubmissionError(f"metric={metric!r} must be one of {METRICS}")
+    names = [str(p) for p in paths]
+    frames = [_read_oof(p) for p in paths]
+    labels = _oof_labels(frames, names)
+    aligned = align(frames, names)
+    ids = aligned[0]["id"]
+    y = labels.loc[list(ids)].to_numpy().astype("int64")
+    cols = prob_columns(aligned[0])
+    stack = np.stack([f[cols].to_numpy() for f in aligned])
+    fit = _fit_log_loss if metric == "log_loss" else _fit_accuracy
+    weights = fit(stack, y)
+    folds = _shared_folds(frames, ids)
+    blended = np.tensordot(weights, stack, axes=1)
+    if folds is not None:
+        for k in np.unique(folds):
+            rows = folds == k
+            blended[rows] = np.tensordot(fit(stack[:, ~rows], y[~rows]), stack[:, rows], axes=1)
+    members = [{"path": name, "weight": float(w), "accuracy": metrics.accuracy(y, p), "log_loss": metrics.log_loss(y, p)}
+               for name, w, p in zip(names, weights, stack, strict=True)]
+    best = max(range(len(members)), key=lambda i: -members[i]["log_loss"] if metric == "log_loss"
+               else members[i]["accuracy"])
+    diff = _row_scores(blended, y, metric) - _row_scores(stack[best], y, metric)
+    boot = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
+    gains = diff[boot].mean(axis=1)
+    report = {
+        "metric": metric, "rows": int(len(y)), "members": members, "weights": [float(w) for w in weights],
+        "blend": {"accuracy": metrics.accuracy(y, blended), "log_loss": metrics.log_loss(y, blended),
+                  "cross_fitted": folds is not None},
+        "gain_over_best": {"best_member": names[best], "mean": float(diff.mean()),
+                           "ci95": [float(np.percentile(gains, 2.5)), float(np.percentile(gains, 97.5))],
+                           "bootstrap": n_boot, "meaning": "log loss of the best member minus the blend's"
+                           if metric == "log_loss" else "accuracy of the blend minus the best member's"},
+    }
+    if out:
+        atomic_write_json(out, report)
+    return report
+
+
+def fit_report_text(report: dict) -> str:
+    """The members' CV, the blend's, the weights and the gain interval as a table."""
+    lines = [f"{'member':<60} {'weight':>7} {'accuracy':>9} {'log_loss':>9}"]
+    for m in report["members"]:
+        lines.append(f"{m['path'][-60:]:<60} {m['weight']:>7.3f} {m['accuracy']:>9.4f} {m['log_loss']:>9.4f}")
+    b, g = report["blend"], report["gain_over_best"]
+    kind = "cross-fitted by fold" if b["cross_fitted"] else "in-sample: no shared fold column"
+    lines.append(f"{'blend (' + kind + ')':<60} {'':>7} {b['accuracy']:>9.4f} {b['log_loss']:>9.4f}")
+    lines.append(f"gain over the best member ({g['meaning']}): {g['mean']:+.4f}, "
+                 f"95% bootstrap CI [{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}] over {report['rows']} rows")
+    return "\n".join(lines)

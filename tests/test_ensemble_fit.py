@@ -1,0 +1,74 @@
+"""wsdm ensemble fit: blend weights on true out-of-fold files, cross-fitted blend CV, bootstrap gain interval."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from wsdm_helpers import cli
+from wsdm_helpers.config import DataConfig
+from wsdm_helpers.cv import run_baseline_cv
+from wsdm_helpers.data import write_canonical
+from wsdm_helpers.demo_data import make_demo_frame
+from wsdm_helpers.ensemble import fit_oof_files
+from wsdm_helpers.errors import SubmissionError
+
+
+def _members(tmp_path, n=600, folds=True):
+    """Two members, each informative on a different half of the rows (so the blend beats both)."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, n)
+    ids = np.array([f"r{i}" for i in range(n)])
+    paths = []
+    for m in range(2):
+        good = (np.arange(n) % 2) == m
+        p_b = np.where(good, np.where(y == 1, 0.8, 0.2), 0.5) + rng.normal(0, 0.05, n)
+        p_b = np.clip(p_b, 0.02, 0.98)
+        frame = pd.DataFrame({"id": ids, "winner_model_a": 1 - p_b, "winner_model_b": p_b, "label": y})
+        if folds:
+            frame["fold"] = np.arange(n) % 5
+        frame = frame.sample(frac=1, random_state=m)  # joined on id, not on position
+        paths.append(tmp_path / f"m{m}.parquet")
+        frame.to_parquet(paths[-1])
+    return paths
+
+
+def test_blend_weights_beat_each_member_with_a_bootstrap_interval(tmp_path):
+    paths = _members(tmp_path)
+    assert cli.main(["ensemble", "fit", *map(str, paths), "--out", str(tmp_path / "w.json")]) == 0
+    report = json.loads((tmp_path / "w.json").read_text())
+    assert report["blend"]["cross_fitted"] and report["rows"] == 600
+    assert sum(report["weights"]) == pytest.approx(1) and min(report["weights"]) > 0.3
+    assert report["blend"]["log_loss"] < min(m["log_loss"] for m in report["members"]) - 0.01
+    gain = report["gain_over_best"]
+    assert gain["ci95"][0] < gain["mean"] < gain["ci95"][1] and gain["ci95"][0] > 0
+    (tmp_path / "nofold").mkdir()
+    without = fit_oof_files(_members(tmp_path / "nofold", folds=False))
+    assert not without["blend"]["cross_fitted"]
+
+
+def test_members_must_agree_on_labels_and_ids(tmp_path):
+    a, b = _members(tmp_path)
+    other = pd.read_parquet(b)
+    other.loc[other["id"] == "r3", "label"] = 1 - other.loc[other["id"] == "r3", "label"]
+    other.to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(SubmissionError, match="disagree on the label of 1 id.*r3"):
+        fit_oof_files([a, tmp_path / "bad.parquet"])
+    pd.read_parquet(b).iloc[:-1].to_parquet(tmp_path / "short.parquet")
+    with pytest.raises(SubmissionError, match="no prediction"):
+        fit_oof_files([a, tmp_path / "short.parquet"])
+    assert cli.main(["ensemble", "fit", str(a), "--out", str(tmp_path / "w.json")]) == 2
+
+
+def test_fit_on_two_baseline_cv_outputs(tmp_path):
+    frame = make_demo_frame(160, seed=4)
+    write_canonical(frame, tmp_path / "train.parquet")
+    cfg = DataConfig(train_path=str(tmp_path / "train.parquet"), n_folds=4)
+    run_baseline_cv(cfg, tmp_path / "logreg", "logreg")
+    run_baseline_cv(cfg, tmp_path / "hgb", "hgb")
+    report = fit_oof_files([tmp_path / "logreg" / "oof.parquet", tmp_path / "hgb" / "oof.parquet"],
+                           metric="accuracy")
+    assert report["rows"] == 160 and report["blend"]["cross_fitted"]
+    assert report["gain_over_best"]["ci95"][0] <= report["gain_over_best"]["mean"] <= report["gain_over_best"]["ci95"][1]
