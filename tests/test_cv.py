@@ -155,3 +155,17 @@ def test_killed_cv_resumes_at_the_fold_and_step_where_it_stopped(demo, tiny_mode
     # evaluations up to the checkpoint ran in the killed process (no wall time in this one): resumed, not restarted
     assert all(walls[s] is None for s in walls if s <= step) and all(walls[s] is not None for s in walls if s > step)
     assert len(pd.read_parquet(out / "oof.parquet")) == 120
+
+
+def test_cli_cv_baseline_and_its_argument_errors(demo, tmp_path, capsys):
+    from wsdm_helpers import cli
+
+    base = ["cv", "--baseline", "logreg", "--data", str(demo / "train.parquet"), "--set", "data.n_folds=3"]
+    assert cli.main([*base, "--out", str(tmp_path / "cv"), "--folds", "0,1"]) == 0
+    assert "still to train [2]" in capsys.readouterr().out and not (tmp_path / "cv" / "oof.parquet").exists()
+    assert cli.main([*base, "--out", str(tmp_path / "cv"), "--folds", "2"]) == 0
+    assert "all" in capsys.readouterr().out and (tmp_path / "cv" / "oof.parquet").is_file()
+    assert cli.main([*base, "--out", str(tmp_path / "cv"), "--folds", "7"]) == 2
+    assert "between 0 and data.n_folds-1=2" in capsys.readouterr().err
+    assert cli.main([*base]) == 2 and "--out DIR" in capsys.readouterr().err
+    assert cli.main(["cv", "--data", str(demo / "train.parquet")]) == 2 and "--config" in capsys.readouterr().err

@@ -80,7 +80,7 @@ def _cfg(setup, head, classes, out, *extra):
     root, _, models = setup
     return load_run_config(TINY_PRESET, parse_sets([
         f"data.train_path={root / 'train.parquet'}", f"model.source={models[head, classes]}", f"format.head={head}",
-        f"model.num_labels={classes}", f"train.output_dir={out}", f"train.distill.soft_labels={root / f'soft{classes}.parquet'}",
+        f"model.num_labels={classes}", f"train.output_dir={out}", f"train.distill.soft_labels=[{root / f'soft{classes}.parquet'}]",
         "train.distill.temperature=3", "train.distill.mix=0.4", "train.label_smoothing=0.1", *extra]))
 
 
@@ -143,6 +143,12 @@ def test_soft_label_file_problems_are_clear(setup, tmp_path):
     partial.to_parquet(tmp_path / "partial.parquet")
     with pytest.raises(DataError, match=f"15 unlabeled training row.*{frame['id'].iloc[45]}"):
         attach_soft_labels(frame, tmp_path / "partial.parquet", 2)
+    rest = pd.read_parquet(root / "soft2.parquet").iloc[45:]
+    rest.assign(label=0, fold=1).to_parquet(tmp_path / "rest.parquet")  # e.g. an oof.parquet: extra columns ignored
+    both = attach_soft_labels(frame, [tmp_path / "partial.parquet", tmp_path / "rest.parquet"], 2)
+    assert not both[["soft_a", "soft_b"]].isna().any().any()
+    with pytest.raises(DataError, match="already have a soft label in .*partial.parquet"):
+        attach_soft_labels(frame, [tmp_path / "partial.parquet", root / "soft2.parquet"], 2)
     joined = attach_soft_labels(frame, root / "soft2.parquet", 2).set_index("id")
     assert np.allclose(joined.loc[frame["id"], "soft_b"], pd.read_parquet(root / "soft2.parquet").set_index("id").loc[
         frame["id"], "winner_model_b"])
@@ -174,9 +180,9 @@ def test_pseudo_labels_for_unlabelled_pairs_then_a_distilled_student(setup, tmp_
     data.write_canonical(labelled, tmp_path / "labelled.parquet")
     pd.DataFrame({"id": unlabelled["id"], **{c: unlabelled[c].str[0] for c in ("prompt", "response_a", "response_b")},
                   "model_a": "x", "model_b": "y", "language": unlabelled["language"]}).to_parquet(tmp_path / "extra.parquet")
-    teacher = load_run_config(TINY_PRESET, [f"data.train_path={tmp_path / 'labelled.parquet'}", "data.fold=-1",
+    teacher = load_run_config(TINY_PRESET, parse_sets([f"data.train_path={tmp_path / 'labelled.parquet'}", "data.fold=-1",
                                             f"model.source={models['classifier', 2]}", f"train.output_dir={tmp_path / 't'}",
-                                            "train.max_steps=2", "train.save_steps=2"])
+                                            "train.max_steps=2", "train.save_steps=2"]))
     train(teacher)
     assert cli.main(["pseudo-label", "--run", str(tmp_path / "t"), "--data", str(tmp_path / "extra.parquet"),
                      "--out", str(tmp_path / "soft.parquet")]) == 0
@@ -186,10 +192,10 @@ def test_pseudo_labels_for_unlabelled_pairs_then_a_distilled_student(setup, tmp_
     assert (extra["label"] == -1).all()
     again = predict_proba(tmp_path / "t", extra, load_run_config(tmp_path / "t" / "config.yaml").inference)  # swap TTA
     assert np.allclose(soft.set_index("id").loc[again["id"], "winner_model_a"], again["winner_model_a"], atol=1e-6)
-    student = load_run_config(TINY_PRESET, [
+    student = load_run_config(TINY_PRESET, parse_sets([
         f"data.train_path={tmp_path / 'labelled.parquet'}", f"data.extra_train_paths=[{tmp_path / 'extra.parquet'}]",
         f"model.source={models['classifier', 2]}", f"train.output_dir={tmp_path / 's'}", "train.max_steps=2",
-        "train.eval_steps=2", "train.save_steps=2", f"train.distill.soft_labels={tmp_path / 'soft.parquet'}"])
+        "train.eval_steps=2", "train.save_steps=2", f"train.distill.soft_labels=[{tmp_path / 'soft.parquet'}]"]))
     result = train(student)
     oof = pd.read_parquet(tmp_path / "s" / "oof.parquet")
     assert set(oof["id"]) <= set(labelled["id"]) and result.metrics["train_rows"] == 2 * (60 - len(oof))

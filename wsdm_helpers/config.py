@@ -392,8 +392,9 @@ class LoraConfig(Section):
 
 @dataclasses.dataclass
 class DistillConfig(Section):
-    soft_labels: str = option("", help="soft-label file (id + winner_model_a, winner_model_b[, winner_tie]; "
-                              "wsdm pseudo-label or an oof.parquet) joined on id; empty = no distillation")
+    soft_labels: list[str] = option([], help="soft-label files (id + winner_model_a, winner_model_b[, winner_tie]: "
+                                    "wsdm pseudo-label output, a cv oof.parquet), joined on id; an id may be in "
+                                    "one file only; empty = no distillation")
     temperature: float = option(1.0, help="softmax temperature T applied to teacher and student")
     mix: float = option(0.5, help="loss = mix * T^2 * KL(teacher_T || student_T) + (1 - mix) * CE(hard label)")
 

@@ -1,7 +1,8 @@
 """Soft labels: attach a teacher's probabilities to training rows, the distillation loss, pseudo-labelling.
 
 A soft-label file is a predictions file (id, winner_model_a, winner_model_b[, winner_tie]): what
-``wsdm pseudo-label`` writes, or a cv ``oof.parquet``. :func:`attach_soft_labels` joins it on id onto
+``wsdm pseudo-label`` writes, or a cv ``oof.parquet``. :func:`attach_soft_labels` joins one or more
+(one soft label per id) on id onto
 the training frame as columns ``soft_a``, ``soft_b`` (, ``soft_tie``); ``formatting.swap_pairs``
 exchanges ``soft_a`` and ``soft_b`` with the responses, so swap augmentation flips the soft label
 with the pair. Rows without a soft label keep NaN there and train on their hard label alone; rows
@@ -37,23 +38,44 @@ def soft_columns(num_labels: int) -> list[str]:
     return SOFT_COLUMNS[:num_labels]
 
 
-def attach_soft_labels(frame: pd.DataFrame, path: str | Path, num_labels: int) -> pd.DataFrame:
-    """``frame`` with the soft labels of ``path`` joined on id (NaN where the file has no row).
+def read_soft_labels(paths: Sequence[str | Path], num_labels: int) -> pd.DataFrame:
+    """The soft labels of every file, indexed by id, columns ``soft_columns(num_labels)``.
 
-    Errors name the file: a class count different from ``num_labels``, training rows with neither a
-    hard nor a soft label. Soft-label ids absent from ``frame`` are logged, not an error (a file may
-    cover several data sets).
+    Errors name the file: a class count different from ``num_labels``, an id already given by an
+    earlier file (two teachers for one row: blend them first with ``wsdm pseudo-label --run A --run B``).
     """
-    import numpy as np
+    import pandas as pd
 
     from .submission import prob_columns, read_predictions
 
-    soft = read_predictions(path)
-    cols = prob_columns(soft)
-    if len(cols) != num_labels:
-        raise ConfigError(f"{path}: soft labels have {len(cols)} classes ({', '.join(cols)}) but "
-                          f"model.num_labels={num_labels}; use a teacher with the same classes")
-    table = soft.set_index("id")[cols].set_axis(soft_columns(num_labels), axis=1)
+    tables: list[pd.DataFrame] = []
+    for path in paths:
+        soft = read_predictions(path)
+        cols = prob_columns(soft)
+        if len(cols) != num_labels:
+            raise ConfigError(f"{path}: soft labels have {len(cols)} classes ({', '.join(cols)}) but "
+                              f"model.num_labels={num_labels}; use a teacher with the same classes")
+        table = soft.set_index("id")[cols].set_axis(soft_columns(num_labels), axis=1)
+        for earlier, seen in zip(paths, tables, strict=False):
+            twice = table.index.intersection(seen.index)
+            if len(twice):
+                raise DataError(f"{path}: {len(twice)} id(s) already have a soft label in {earlier}, e.g. "
+                                f"{', '.join(twice[:5])}; give each row one soft label (blend teachers first)")
+        tables.append(table)
+    return pd.concat(tables) if tables else pd.DataFrame(columns=soft_columns(num_labels))
+
+
+def attach_soft_labels(frame: pd.DataFrame, paths: Sequence[str | Path], num_labels: int) -> pd.DataFrame:
+    """``frame`` with the soft labels of ``paths`` joined on id (NaN where no file has the row).
+
+    Training rows with neither a hard nor a soft label are an error. Soft-label ids absent from
+    ``frame`` are logged, not an error (a file may cover several data sets, or other folds).
+    """
+    import numpy as np
+
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    table = read_soft_labels(paths, num_labels)
+    path = ", ".join(map(str, paths))
     ids = frame["id"].astype(str)
     out = frame.drop(columns=[c for c in SOFT_COLUMNS if c in frame.columns]).reset_index(drop=True)
     joined = table.reindex(ids.to_numpy())
