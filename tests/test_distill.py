@@ -88,17 +88,16 @@ def _cfg(setup, head, classes, out, *extra):
 def test_trainer_loss_on_a_fixed_batch_equals_the_hand_computation(setup, head, classes, tmp_path):
     """The PairTrainer's training loss on real tiny models of both heads, 2 and 3 classes."""
     from wsdm_helpers import training
-    from wsdm_helpers.modeling import answer_ids_for, class_logits, family_of_folder, load_tokenizer
+    from wsdm_helpers.modeling import answer_ids_for, class_logits, resolve_model
 
     cfg = _cfg(setup, head, classes, tmp_path / "run")
-    source = Path(cfg.model.source)
-    family = family_of_folder(source, cfg.model.family)
+    resolved = resolve_model(cfg)
+    family, tokenizer = resolved.family, resolved.tokenizer
     cfg = training.dataclasses.replace(cfg, format=training.dataclasses.replace(cfg.format, template=family.template))
-    tokenizer = load_tokenizer(source, family)
-    answer_ids = answer_ids_for(tokenizer, head, classes)
+    answer_ids = answer_ids_for(tokenizer, cfg.format, classes)
     train_frame, _ = training.split_data(cfg)
     dataset = training._train_dataset(train_frame, tokenizer, cfg, family.template)
-    trainer = training._make_trainer(cfg, tokenizer, family, answer_ids, dataset, None, tmp_path / "ck", [], 4, 1, True)
+    trainer = training._make_trainer(cfg, resolved, answer_ids, dataset, None, tmp_path / "ck", [], 4, 1, True)
     picks = [0, 1, len(dataset) - 1] + [i for i in range(len(dataset)) if dataset[i]["labels"] < 0][:3]
     batch = trainer.data_collator([dataset[i] for i in picks])
     model = trainer.model.train()
@@ -112,13 +111,13 @@ def test_trainer_loss_on_a_fixed_batch_equals_the_hand_computation(setup, head, 
 
 def test_swapped_rows_carry_flipped_soft_labels(setup, tmp_path):
     from wsdm_helpers import training
-    from wsdm_helpers.formatting import swap_pairs
-    from wsdm_helpers.modeling import family_of_folder, load_tokenizer
+    from wsdm_helpers.modeling import resolve_model
     from wsdm_helpers.tokenization import encode_pairs
+    from wsdm_helpers.tta import swap_pairs
 
     cfg = _cfg(setup, "classifier", 3, tmp_path / "run")
-    family = family_of_folder(Path(cfg.model.source), "auto")
-    tokenizer = load_tokenizer(Path(cfg.model.source), family)
+    resolved = resolve_model(cfg)
+    family, tokenizer = resolved.family, resolved.tokenizer
     train_frame, _ = training.split_data(cfg)
     dataset = training._train_dataset(train_frame, tokenizer, cfg, family.template)
     n = len(train_frame)
