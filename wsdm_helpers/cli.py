@@ -465,6 +465,7 @@ def _tiny_model(args: argparse.Namespace) -> int:
     from .tiny import build_tiny_model_from_file
 
     print(f"wrote {build_tiny_model_from_file(args.data, args.out, args.family, args.head)}")
+    return 0
 
 
 # ---- cross-validation, blend fitting, pseudo-labels (issue 14) -------------------------------------
