@@ -169,3 +169,16 @@ def test_cli_cv_baseline_and_its_argument_errors(demo, tmp_path, capsys):
     assert "between 0 and data.n_folds-1=2" in capsys.readouterr().err
     assert cli.main([*base]) == 2 and "--out DIR" in capsys.readouterr().err
     assert cli.main(["cv", "--data", str(demo / "train.parquet")]) == 2 and "--config" in capsys.readouterr().err
+
+
+def test_valid_from_train_path_keeps_extra_files_out_of_the_oof(demo, tmp_path):
+    frame = data.read_canonical(demo / "train.parquet")
+    data.write_canonical(frame.iloc[:80], tmp_path / "main.parquet")
+    data.write_canonical(frame.iloc[80:], tmp_path / "extra.parquet")
+    cfg = DataConfig(train_path=str(tmp_path / "main.parquet"), extra_train_paths=[str(tmp_path / "extra.parquet")],
+                     valid_from="train_path", n_folds=4)
+    run_baseline_cv(cfg, tmp_path / "cv")
+    oof = pd.read_parquet(tmp_path / "cv" / "oof.parquet")
+    assert sorted(oof["id"]) == sorted(frame["id"].iloc[:80])
+    assert all(json.loads((tmp_path / "cv" / f"fold-{k}" / "metrics.json").read_text())["train_rows"] ==
+               120 - (oof["fold"] == k).sum() for k in range(4))  # the extra rows train in every fold
