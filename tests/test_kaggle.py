@@ -411,7 +411,7 @@ def test_cli_bundle_adapter_kernel_and_check(tmp_path, capsys):
     assert json.loads((tmp_path / "a" / "dataset-metadata.json").read_text())["id"] == "tester/wsdm-adapter-tiny"
     notebook = _notebook(tmp_path / "inference.ipynb")
     assert main(["bundle", "kernel", "--notebook", str(notebook), "--out", str(tmp_path / "k"),
-                 "--dataset", "wsdm-adapter-tiny", "--username", "someone"]) == 0
+                 "--dataset", "wsdm-helpers-wheels", "--dataset", "wsdm-adapter-tiny", "--username", "someone"]) == 0
     out = capsys.readouterr().out
     assert "kaggle datasets create -p" in out and "--accelerator NvidiaTeslaT4" in out
     assert main(["bundle", "check", str(tmp_path / "k")]) == 0

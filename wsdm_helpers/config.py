@@ -365,6 +365,9 @@ class ModelConfig(Section):
     quantization: Quantization = option("none", help="4bit (QLoRA NF4) or 8bit: CUDA with bitsandbytes only")
     attn_implementation: Attention = option("auto", help="attention kernel (auto = the family's rule)")
     gradient_checkpointing: bool = option(False, help="trade compute for memory during training")
+    allow_pickled_weights: bool = option(False, help="also load pickled weights (pytorch_model.bin, "
+                                         "adapter_model.bin) when a folder has no safetensors; unpickling can "
+                                         "run code from the file, so only for checkpoints you trust")
 
     def check(self) -> list[str]:
         problems = []

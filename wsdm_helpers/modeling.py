@@ -241,7 +241,7 @@ def load_tokenizer(path: str | Path, family: ModelFamily):
 
     from .tokenization import ensure_pad_token
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     tokenizer.padding_side = family.padding_side
     ensure_pad_token(tokenizer)
     return tokenizer
@@ -300,6 +300,31 @@ def _load_kwargs(cfg: RunConfig, family: ModelFamily, dtype: torch.dtype, device
     return kwargs
 
 
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+NOT_WEIGHTS = ("training_args.bin",)
+
+
+def check_weight_files(folder: str | Path, what: str, allow_pickled: bool = False) -> bool:
+    """True when ``folder`` holds safetensors weights; refuse a folder whose weights are only pickles.
+
+    Unpickling runs code from the file, and torch's own guard (``weights_only``) tells the user to turn
+    it off. A pickle-only folder is loaded only with ``model.allow_pickled_weights=true`` (logged).
+    """
+    folder = Path(folder)
+    if any(folder.glob("*.safetensors")):
+        return True
+    pickled = sorted(p.name for pattern in PICKLED_WEIGHTS for p in folder.glob(pattern) if p.name not in NOT_WEIGHTS)
+    if pickled and not allow_pickled:
+        raise ConfigError(
+            f"{what} {folder} holds only pickled weights ({', '.join(pickled)}), no .safetensors; loading a pickle "
+            "can run code from the file. Fix: convert it once where you trust it (load it and call "
+            "save_pretrained(dir, safe_serialization=True)), or, for a checkpoint you trust, set "
+            "model.allow_pickled_weights=true")
+    if pickled:
+        log.warning("%s %s: loading pickled weights %s (model.allow_pickled_weights=true)", what, folder, pickled)
+    return False
+
+
 @dataclasses.dataclass(frozen=True)
 class ResolvedModel:
     """What ``cfg.model`` resolves to, worked out once: the folder, registry row, tokenizer and dtype."""
@@ -337,7 +362,9 @@ def load_model(cfg: RunConfig, device: str | torch.device = "cpu", training: boo
     family, tokenizer = resolved.family, resolved.tokenizer
     model_class = _model_class(family, cfg.format.head)
     kwargs = _load_kwargs(cfg, family, resolved.dtype, device, tokenizer.pad_token_id, device_map, max_memory)
-    model = model_class.from_pretrained(str(resolved.folder), **kwargs)
+    safe = check_weight_files(resolved.folder, "model.source", cfg.model.allow_pickled_weights)
+    model = model_class.from_pretrained(str(resolved.folder), use_safetensors=True if safe else None,
+                                        trust_remote_code=False, **kwargs)
     model.config.pad_token_id = tokenizer.pad_token_id
     if "device_map" not in kwargs:
         model.to(device)
@@ -352,7 +379,7 @@ def family_of_folder(path: Path, family: str = "auto") -> ModelFamily:
         return family_for(family)
     from transformers import AutoConfig
 
-    return family_for(AutoConfig.from_pretrained(str(path)).model_type)
+    return family_for(AutoConfig.from_pretrained(str(path), trust_remote_code=False).model_type)
 
 
 def prepare_for_training(model, cfg: RunConfig, family: ModelFamily, dtype: torch.dtype | None = None):
@@ -535,6 +562,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", base_sourc
     else:
         from peft import PeftModel
 
+        check_weight_files(run_dir / "adapter", "the run's adapter", cfg.model.allow_pickled_weights)
         base, _, family = load_model(cfg, device, device_map=device_map, max_memory=max_memory, fallback_dtype=True)
         model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
     tokenizer = load_tokenizer(run_dir / "tokenizer", family)

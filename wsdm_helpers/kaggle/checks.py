@@ -12,7 +12,9 @@ and the manifest itself excepted: the CLI reads the former and does not upload i
   as ``/home/...`` or ``/tmp/...``: they do not exist on Kaggle (``/kaggle/input/...`` is fine);
 - pickle files (``.bin``, ``.pt``, ``.pth``, ``.pkl``, ``.ckpt`` ...): loading one runs arbitrary
   code, so model weights travel as safetensors only;
-- a ``dataset-metadata.json`` or ``kernel-metadata.json`` the Kaggle CLI would refuse.
+- a ``dataset-metadata.json`` or ``kernel-metadata.json`` the Kaggle CLI would refuse;
+- a kernel whose ``dataset_sources`` lack the wheelhouse dataset: its install cell needs the wheels
+  offline and must never fall back to installing this package by name from an index.
 """
 from __future__ import annotations
 
@@ -220,6 +222,18 @@ def _run_source_problems(root: Path) -> list[str]:
             "backbone lies on Kaggle), or a packaged model pypi:NAME"]
 
 
+def wheelhouse_problems(meta: Any) -> list[str]:
+    """A kernel must attach the wheelhouse dataset (``<owner>/wsdm-helpers-wheels``)."""
+    from .wheels import DATASET
+
+    sources = meta.get("dataset_sources") if isinstance(meta, dict) else None
+    refs = sources if isinstance(sources, list) else []
+    if any(isinstance(r, str) and r.split("/")[-1] == DATASET for r in refs):
+        return []
+    return [f"dataset_sources {refs} lack the wheelhouse dataset {DATASET} (built by `wsdm bundle wheels`): the "
+            f"notebook installs wsdm_helpers offline from it. Add --dataset {DATASET}"]
+
+
 def _metadata_problems(root: Path) -> list[str]:
     problems = []
     for name, check in ((DATASET_METADATA, check_dataset_metadata), (KERNEL_METADATA, check_kernel_metadata)):
@@ -231,7 +245,7 @@ def _metadata_problems(root: Path) -> list[str]:
         except json.JSONDecodeError as exc:
             problems.append(f"{name} is not valid JSON (line {exc.lineno}: {exc.msg})")
             continue
-        found = check(meta, root) if name == KERNEL_METADATA else check(meta)
+        found = check(meta, root) + wheelhouse_problems(meta) if name == KERNEL_METADATA else check(meta)
         problems += [f"{name}: {p}" for p in found]
     if (root / DATASET_METADATA).exists() == (root / KERNEL_METADATA).exists():
         problems.append(f"the folder needs exactly one of {DATASET_METADATA} (a dataset) or "

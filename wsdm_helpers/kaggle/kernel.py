@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import BundleError
 from ..io import atomic_write_json
-from .checks import BundleReport, check_bundle, write_manifest
+from .checks import BundleReport, check_bundle, wheelhouse_problems, write_manifest
 from .common import staged_folder
 from .metadata import KERNEL_METADATA, kernel_metadata, resolve_username
 
@@ -47,6 +47,9 @@ def bundle_kernel(notebook: str | Path, out: str | Path, *, competitions: Iterab
     meta = kernel_metadata(resolve_username(username), title, notebook.name, competitions=competitions,
                            datasets=datasets, models=models, kernels=kernels, enable_gpu=enable_gpu,
                            is_private=is_private)
+    problems = wheelhouse_problems(meta)
+    if problems:
+        raise BundleError(problems[0])
     with staged_folder(out, replace) as stage:
         shutil.copy2(notebook, stage / notebook.name)
         atomic_write_json(stage / KERNEL_METADATA, meta)
