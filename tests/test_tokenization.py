@@ -201,3 +201,30 @@ def shared_data_or_demo():
     from wsdm_helpers.demo_data import make_demo_frame
 
     return make_demo_frame(200, seed=0)
+
+
+# ---- packed rows (prediction memory) ---------------------------------------------------------------
+def test_packed_rows_read_like_lists():
+    from wsdm_helpers.tokenization import PackedRows
+
+    rows = [[1, 2, 3], [], [70000, 5]]
+    packed = PackedRows.from_rows(rows)
+    assert len(packed) == 3 and packed[0] == [1, 2, 3] and packed[-1] == [70000, 5] and packed[1] == []
+    assert packed == rows and list(packed) == rows and packed[1:] == rows[1:]
+    assert packed.take([2, 0]) == [rows[2], rows[0]] and PackedRows.concat([packed, packed]) == rows + rows
+    with pytest.raises(IndexError):
+        packed[3]
+
+
+def test_block_encoding_matches_one_block(tok, monkeypatch):
+    """Rows are encoded ROW_BLOCK at a time; block edges change nothing."""
+    from wsdm_helpers import tokenization
+
+    frame = frame_from_records([{"id": f"r{i}", "prompt": SAMPLES[i % 8], "response_a": SAMPLES[(i + 1) % 8] * 3,
+                                 "response_b": [SAMPLES[(i + 2) % 8]], "label": i % 2} for i in range(10)])
+    whole = encode_pairs(frame, tok, FormatConfig(max_length=64), template="plain")
+    monkeypatch.setattr(tokenization, "ROW_BLOCK", 3)
+    blocks = encode_pairs(frame, tok, FormatConfig(max_length=64), template="plain")
+    assert blocks.input_ids == whole.input_ids and blocks.stats.equals(whole.stats)
+    assert blocks.lengths.tolist() == [len(x) for x in whole.input_ids]
+    assert blocks.select([4, 1]).input_ids == [whole.input_ids[4], whole.input_ids[1]]

@@ -28,6 +28,60 @@ from .errors import ConfigError, DataError
 from .formatting import FIELDS, TEMPLATES, Budget, Template, TemplateIds, fit_pair
 
 CHUNK = 4096  # texts per batched tokenizer call (bounds the memory of the Rust encodings)
+ROW_BLOCK = 1024  # rows encoded at a time: untruncated token lists exist for one block only
+
+
+class PackedRows(Sequence):
+    """Token id rows packed in one int32 array (4 bytes a token instead of a Python int list's 8-36).
+
+    Reads like ``list[list[int]]``: ``rows[i]`` is a new list of ints, made only when asked for, so a
+    whole test set's encoding stays small and each chunk materialises just its own rows.
+    """
+
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray):
+        self.flat, self.offsets = flat, offsets
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Sequence[int]]) -> PackedRows:
+        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(lengths.sum()))
+        return cls(flat, np.concatenate([[0], np.cumsum(lengths)]))
+
+    @classmethod
+    def concat(cls, parts: Sequence[PackedRows]) -> PackedRows:
+        if not parts:
+            return cls.from_rows([])
+        shifts = np.cumsum([0] + [len(p.flat) for p in parts[:-1]])
+        offsets = np.concatenate([[0]] + [p.offsets[1:] + s for p, s in zip(parts, shifts, strict=True)])
+        return cls(np.concatenate([p.flat for p in parts]), offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.flat[self.offsets[i]:self.offsets[i + 1]].tolist()
+
+    def take(self, indices: Sequence[int] | np.ndarray) -> PackedRows:
+        pieces = [self.flat[self.offsets[i]:self.offsets[i + 1]] for i in indices]
+        lengths = np.array([len(p) for p in pieces], dtype=np.int64)
+        flat = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
+        return PackedRows(flat, np.concatenate([[0], np.cumsum(lengths)]))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or len(other) != len(self):
+            return False
+        return all(list(a) == list(b) for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"PackedRows({len(self)} rows, {len(self.flat)} tokens)"
 _PLACEHOLDER = re.compile(r"(\{(?:bos|eos|cls|sep)\})")
 
 
@@ -40,7 +94,7 @@ class EncodedPairs:
     """
 
     ids: list[str]
-    input_ids: list[list[int]]
+    input_ids: Sequence[list[int]]  # PackedRows from encode_pairs; rows read as lists of ints
     labels: np.ndarray
     lengths: np.ndarray
     stats: pd.DataFrame
@@ -56,7 +110,8 @@ class EncodedPairs:
         return dataclasses.replace(
             self,
             ids=[self.ids[i] for i in idx],
-            input_ids=[self.input_ids[i] for i in idx],
+            input_ids=(self.input_ids.take(idx) if isinstance(self.input_ids, PackedRows)
+                       else [self.input_ids[i] for i in idx]),
             labels=self.labels[idx],
             lengths=self.lengths[idx],
             stats=self.stats.iloc[idx].reset_index(drop=True),
@@ -244,15 +299,21 @@ def encode_pairs(frame: pd.DataFrame, tokenizer: Any, fmt: FormatConfig | None =
         raise ConfigError(f"format.max_length={fmt.max_length} leaves no room for text: template '{template}' "
                           f"alone takes {parts.overhead(1)} tokens; raise max_length or shorten the question")
     budget = Budget(fmt.max_length, tuple(fmt.shares), fmt.min_field_tokens)
-    per_field = [_tokenize_field(tokenizer, rows, fmt.null_text) for rows in _turn_lists(frame)]
-    fits = [fit_pair(list(zip(*turns, strict=True)), parts, budget) for turns in zip(*per_field, strict=True)]
+    packed, stats = [], []
+    for start in range(0, len(frame), ROW_BLOCK):  # untruncated token lists live for one block at a time
+        block = frame.iloc[start:start + ROW_BLOCK]
+        per_field = [_tokenize_field(tokenizer, rows, fmt.null_text) for rows in _turn_lists(block)]
+        fits = [fit_pair(list(zip(*turns, strict=True)), parts, budget) for turns in zip(*per_field, strict=True)]
+        packed.append(PackedRows.from_rows([fit.input_ids for fit in fits]))
+        stats.append(_stats(block, fits))
+    input_ids = PackedRows.concat(packed)
     return EncodedPairs(
         ids=[str(i) for i in frame["id"]],
-        input_ids=[fit.input_ids for fit in fits],
+        input_ids=input_ids,
         labels=(frame["label"].to_numpy(dtype=np.int64) if "label" in frame.columns
                 else np.full(len(frame), -1, dtype=np.int64)),
-        lengths=np.array([len(fit.input_ids) for fit in fits], dtype=np.int64),
-        stats=_stats(frame, fits),
+        lengths=np.diff(input_ids.offsets),
+        stats=pd.concat(stats, ignore_index=True) if stats else _stats(frame, []),
         template=template,
         head=fmt.head,
     )
