@@ -1,4 +1,5 @@
-"""A real `wsdm predict` process killed mid-run (SIGKILL) resumes from its chunks to a byte-identical submission."""
+"""A real `wsdm predict --resume` process killed mid-run (SIGKILL) resumes from its chunks to a
+byte-identical submission."""
 from __future__ import annotations
 
 import os
@@ -29,9 +30,9 @@ def run_and_test(tmp_path_factory):
     frame = make_demo_frame(40, seed=5)
     write_canonical(frame, root / "train.parquet")
     model = build_tiny_model("llama", train_tokenizer(pair_texts(frame), vocab_size=400), root / "model")
-    cfg = load_run_config(REPO / "configs" / "tiny-test.yaml", [
-        f"data.train_path={root / 'train.parquet'}", f"model.source={model}", f"train.output_dir={root / 'run'}",
-        "train.max_steps=2", "train.eval_steps=2", "train.save_steps=2"])
+    cfg = load_run_config(REPO / "configs" / "tiny-test.yaml", {
+        "data.train_path": str(root / "train.parquet"), "model.source": str(model),
+        "train.output_dir": str(root / "run"), "train.max_steps": 2, "train.eval_steps": 2, "train.save_steps": 2})
     run = train(cfg).run_dir
     test = make_demo_frame(ROWS, seed=6)
     pd.DataFrame({"id": test["id"], **{c: [t[0] for t in test[c]] for c in ("prompt", "response_a", "response_b")}}
@@ -43,14 +44,14 @@ def _predict(root: Path, run: Path, out: str, work_dir: Path | None) -> list[str
     cmd = [sys.executable, "-m", "wsdm_helpers", "predict", "--run", str(run), "--test", str(root / "test.parquet"),
            "--out", str(root / out), "--probs-out", str(root / out.replace(".csv", ".parquet")), "--set", f"inference.chunk_rows={CHUNK_ROWS}", "--set", "inference.tta=swap",
            "--set", "inference.progress_bar=false"]
-    return cmd + (["--set", f"inference.work_dir={work_dir}"] if work_dir else [])
+    return cmd + (["--resume", "--work-dir", str(work_dir)] if work_dir else ["--no-resume"])
 
 
 def _wait_for_chunks(proc: subprocess.Popen, folder: Path, at_least: int, timeout: float = 300) -> int:
     """Poll the chunk folder (an event from the child, not a fixed sleep) until enough chunks exist."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = len(list(folder.glob("ab-*.parquet"))) if folder.is_dir() else 0
+        done = len(list(folder.rglob("ab-*.parquet"))) if folder.is_dir() else 0
         if done >= at_least:
             return done
         assert proc.poll() is None, f"predict ended before it could be killed: {proc.stderr.read().decode()}"
@@ -69,7 +70,7 @@ def test_sigkill_mid_predict_then_resume_is_byte_identical(run_and_test):
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL
     assert not (root / "killed.csv").exists(), "the killed run must not have written a submission"
-    saved = sorted(p.name for p in work.glob("*.parquet"))
+    saved = sorted(p.name for p in work.rglob("*.parquet"))
     assert done_before_kill <= len(saved) < 2 * ROWS // CHUNK_ROWS
 
     resumed = subprocess.run(_predict(root, run, "submission.csv", work), env=env, capture_output=True, text=True,

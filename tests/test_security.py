@@ -16,8 +16,8 @@ from wsdm_helpers.config import load_run_config  # noqa: E402
 from wsdm_helpers.data import write_canonical  # noqa: E402
 from wsdm_helpers.demo_data import make_demo_frame  # noqa: E402
 from wsdm_helpers.errors import ConfigError  # noqa: E402
-from wsdm_helpers.inference import predict_submission  # noqa: E402
 from wsdm_helpers.modeling import family_of_folder, load_model, load_run  # noqa: E402
+from wsdm_helpers.pipeline import submit  # noqa: E402
 from wsdm_helpers.tiny import build_tiny_model, pair_texts, train_tokenizer  # noqa: E402
 from wsdm_helpers.training import train  # noqa: E402
 
@@ -34,11 +34,11 @@ def demo(tmp_path_factory):
     return root, model
 
 
-def _cfg(demo, source, out, *extra):
+def _cfg(demo, source, out, **extra):
     root, _ = demo
-    return load_run_config(PRESET, [f"data.train_path={root / 'train.parquet'}", f"model.source={source}",
-                                    f"train.output_dir={out}", "train.max_steps=2", "train.eval_steps=2",
-                                    "train.save_steps=2", *extra])
+    return load_run_config(PRESET, {"data.train_path": str(root / "train.parquet"), "model.source": str(source),
+                                    "train.output_dir": str(out), "train.max_steps": 2, "train.eval_steps": 2,
+                                    "train.save_steps": 2, **{k.replace("__", "."): v for k, v in extra.items()}})
 
 
 class _Exploit:
@@ -71,7 +71,7 @@ def test_pickled_base_model_is_refused_without_running_it(demo, tmp_path):
     assert not marker.exists()
     # With the trust flag the load is attempted; torch's weights_only guard still stops this exploit.
     with pytest.raises(Exception):  # noqa: B017 (any failure: the point is the marker below)
-        load_model(_cfg(demo, source, tmp_path / "run", "model.allow_pickled_weights=true"))
+        load_model(_cfg(demo, source, tmp_path / "run", model__allow_pickled_weights=True))
     assert not marker.exists()
 
 
@@ -86,7 +86,7 @@ def test_trusted_pickled_checkpoint_loads_with_the_flag(demo, tmp_path):
     torch.save(load_file(str(demo[1] / "model.safetensors")), out / "pytorch_model.bin")
     with pytest.raises(ConfigError, match="only pickled weights"):
         load_model(_cfg(demo, out, tmp_path / "run"))
-    model, _, _ = load_model(_cfg(demo, out, tmp_path / "run", "model.allow_pickled_weights=true"))
+    model, _, _ = load_model(_cfg(demo, out, tmp_path / "run", model__allow_pickled_weights=True))
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
@@ -154,8 +154,8 @@ def test_train_and_predict_use_no_network(demo, tmp_path, no_sockets):
     pd.DataFrame({"id": frame["id"], "prompt": [t[0] for t in frame["prompt"]],
                   "response_a": [t[0] for t in frame["response_a"]],
                   "response_b": [t[0] for t in frame["response_b"]]}).to_parquet(test)
-    preds = predict_submission([run], test, tmp_path / "submission.csv")
-    assert len(preds) == 12 and (tmp_path / "submission.csv").is_file()
+    result = submit([run], test, tmp_path / "submission.csv")
+    assert len(result.predictions) == 12 and (tmp_path / "submission.csv").is_file()
     assert no_sockets == [], f"network calls: {no_sockets}"
     with pytest.raises(OSError, match="network use in a test"):  # the guard is live
         socket.create_connection(("127.0.0.1", 9))
@@ -166,7 +166,7 @@ def test_train_and_predict_use_no_network(demo, tmp_path, no_sockets):
 # ---- the install path: the wheelhouse, never a package index by name ------------------------------
 def _install_cell(name: str) -> str:
     nb = json.loads((PRESET.parents[1] / "notebooks" / f"{name}.ipynb").read_text())
-    return next("".join(c["source"]) for c in nb["cells"] if "pip" in "".join(c["source"]))
+    return next("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code" and "pip" in "".join(c["source"]))
 
 
 @pytest.mark.parametrize("name", ["inference", "train_gemma", "train_deberta", "ensemble_oof"])
