@@ -167,6 +167,42 @@ def test_nan_rows_of_one_run_are_filled_from_the_other_and_reported(runs, data, 
     assert result.report.rows_uniform == 0
 
 
+def test_a_failing_run_is_reported_and_its_rows_filled(runs, data, monkeypatch, tmp_path):
+    from wsdm_helpers.inference import Worker
+
+    alone = submit([runs["two1"]], data["wsdm_test"], tmp_path / "alone.csv", overrides=CPU).predictions
+    forward, first = Worker._forward, []
+
+    def first_run_breaks(self, rows):  # the first run's model fails on every batch
+        if not first:
+            first.append(self.scorer)
+        if self.scorer is first[0]:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return forward(self, rows)
+
+    monkeypatch.setattr(Worker, "_forward", first_run_breaks)
+    result = submit([runs["two0"], runs["two1"]], data["wsdm_test"], tmp_path / "submission.csv", overrides=CPU)
+    broken, fine = result.report.runs
+    assert broken.status == "failed" and "illegal memory access" in broken.note and broken.rows_filled == N_TEST
+    assert fine.status == "done" and fine.rows_filled == 0
+    np.testing.assert_allclose(result.predictions["winner_model_a"], alone["winner_model_a"])
+    assert "failed" in json.loads((tmp_path / REPORT_FILE).read_text())["runs"][0]["status"]
+
+
+def test_resume_reuses_chunks_only_for_the_same_submission(runs, data, tmp_path):
+    settings = {"resume": True, "work_dir": str(tmp_path / "chunks"), "time_budget_minutes": 600}
+    first = submit([runs["two0"]], data["wsdm_test"], tmp_path / "a.csv", overrides=CPU, settings=settings)
+    assert first.report.runs[0].chunks_resumed == 0
+    again = submit([runs["two0"]], data["wsdm_test"], tmp_path / "b.csv", overrides=CPU, settings=settings)
+    assert again.report.runs[0].chunks_resumed == 1
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    other = submit([runs["two0"]], data["wsdm_test"], tmp_path / "c.csv", overrides=CPU,
+                   settings={**settings, "time_budget_minutes": 300})  # another deadline: nothing reused
+    assert other.report.runs[0].chunks_resumed == 0
+    off = submit([runs["two0"]], data["wsdm_test"], tmp_path / "d.csv", overrides=CPU)  # off outside Kaggle
+    assert off.report.runs[0].chunks_resumed == 0 and not (tmp_path / ".wsdm-chunks").exists()
+
+
 def test_layout_follows_the_test_file_not_the_class_count(runs, data, tmp_path):
     three = submit([runs["three"]], data["wsdm_test"], tmp_path / "wsdm.csv", overrides=CPU)
     sub = _submission(tmp_path / "wsdm.csv")

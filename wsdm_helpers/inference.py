@@ -573,7 +573,7 @@ class InferenceReport:
     actual_seconds: float = 0.0
     planned_seconds: float | None = None  # from the start (loading included) to the planned end
     rows_predicted: int = 0  # rows the AB pass reached; fewer than rows when the time limit stopped the run
-    stopped: bool = False  # the time limit ended the run before every planned row was scored
+    stopped: bool = False  # the time limit ended the AB pass before every row was scored
 
     @property
     def padding_efficiency(self) -> float:
@@ -816,7 +816,7 @@ def run_prediction(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cf
     job.report.rows_predicted = len(frame) - (job.stop.unreached if job.stop else 0)
     if cfg.tta != "none" and not (job.stop and job.stop.hit):
         preds = _swap_pass(job, frame, preds, max_length, job.elapsed() - ab_started + job.report.tokenize_seconds)
-    job.report.stopped = bool(job.stop is not None and job.stop.hit)
+    job.report.stopped = job.report.rows_predicted < len(frame)  # a cut BA pass only loses TTA rows
     job.sync_tokens()
     job.report.rows = len(frame)
     job.report.actual_seconds = job.elapsed()

@@ -161,6 +161,7 @@ class RunReport:
     rows_predicted: int = 0
     nan_rows: int = 0  # rows the run returned as NaN or inf
     rows_filled: int = 0  # rows it did not deliver (not reached, NaN, failed), filled from the others
+    chunks_resumed: int = 0  # chunks read back from the resume folder instead of computed
     note: str = ""
 
 
@@ -226,13 +227,14 @@ def _predict_llm(member: Member, frame: pd.DataFrame, cfg: InferenceConfig, repo
     r = result.report
     report.actual_seconds, report.load_seconds = r.actual_seconds, r.load_seconds
     report.max_length, report.swapped_rows, report.rows_predicted = r.max_length, r.swapped_rows, r.rows_predicted
+    report.chunks_resumed = r.chunks_loaded
     if r.plan is not None:
         report.planned_swap_rows = r.plan.swap_rows
         report.planned_seconds = r.planned_seconds
     report.status = "stopped" if r.stopped else "done"
     if r.plan is not None and not r.plan.fits:
         report.note = "the shortest context did not fit its share: it took more" + (
-            ", and stopped at the deadline" if r.stopped else "")
+            ", up to the time left" if r.stopped else "")
     return result.predictions
 
 
@@ -320,6 +322,10 @@ def _combine(members: list[Member], preds: dict[int, pd.DataFrame], ids: list[st
     cols = list(blended.columns[1:])
     blended.loc[missing, cols] = 1.0 / len(cols)
     report.rows_uniform = int(missing.sum())
+    filled = {rr.run: rr.rows_filled for rr in report.runs if rr.rows_filled}
+    if filled or report.rows_uniform:
+        log.warning("submission: rows filled per run %s; %d from the fallback baseline, %d at 0.5", filled,
+                    report.rows_from_fallback, report.rows_uniform)
     return blended
 
 
