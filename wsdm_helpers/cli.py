@@ -265,7 +265,7 @@ def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("probs", help="predictions parquet/csv (id, winner_model_a, winner_model_b[, winner_tie])")
     submit.add_argument("--test", required=True, help="test file: its ids and layout decide the submission")
     submit.add_argument("--out", required=True, help="submission csv")
-    submit.add_argument("--task", default="auto", choices=["auto", "wsdm", "lmsys"],
+    submit.add_argument("--task", default="auto", choices=["auto", *choices(Task)],
                         help="submission layout (auto: the test file's layout)")
     submit.set_defaults(handler=_submit)
     ensemble = sub.add_parser("ensemble", help="blend prediction files joined on id; `wsdm ensemble fit OOF... "

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .clock import Deadline
-from .config import InferenceConfig, Section, from_dict, load_run_config, option, to_dict
+from .config import InferenceConfig, Section, Task, from_dict, load_run_config, option, to_dict
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ PIPELINE_KEYS = {"time_budget_minutes": "time_budget_minutes", "safety_minutes":
 
 @dataclasses.dataclass
 class PipelineConfig(Section):
-    task: Literal["auto", "wsdm", "lmsys"] = option("auto", help="submission layout: auto = the test file's "
+    task: Literal["auto", Task] = option("auto", help="submission layout: auto = the test file's "
                                                     "(WSDM test: id,winner; LMSYS test: id + three probabilities)")
     time_budget_minutes: float | None = option(None, help="the whole submission must be written within this, "
                                                "counted from the start (Kaggle: 720 for WSDM, 540 for LMSYS); "
