@@ -36,11 +36,11 @@ def main() -> int:
     parser.add_argument("--max-rows", type=int, default=0, help="use at most N validation rows (0 = all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from wsdm_helpers.formatting import swap_pairs
-    from wsdm_helpers.inference import computed_tokens, merge_swapped, run_prediction, select_uncertain
+    from wsdm_helpers.inference import computed_tokens, run_prediction
     from wsdm_helpers.modeling import load_run
     from wsdm_helpers.tokenization import encode_pairs
     from wsdm_helpers.training import split_data
+    from wsdm_helpers.tta import merge_swapped, select_uncertain, swap_pairs
 
     run = load_run(args.run)
     _, valid = split_data(run.config)

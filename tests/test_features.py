@@ -9,7 +9,7 @@ from wsdm_helpers.data import frame_from_records
 from wsdm_helpers.demo_data import make_demo_frame
 from wsdm_helpers.errors import DataError
 from wsdm_helpers.features import FeatureBaseline, pair_features, response_features
-from wsdm_helpers.formatting import swap_pairs
+from wsdm_helpers.tta import swap_pairs
 
 
 def test_response_features_count_structure():

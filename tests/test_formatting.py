@@ -15,9 +15,9 @@ from wsdm_helpers.formatting import (
     elide,
     fit_pair,
     latest_first,
-    swap_pairs,
     water_fill,
 )
+from wsdm_helpers.tta import swap_pairs
 
 SETTINGS = settings(max_examples=60, deadline=None)
 PARTS = TemplateIds(begin=[1, 2], headers=([3], [4, 4], [5, 5]), turn_sep=[6], end=[7, 8, 9], marker=[0, 0])

@@ -14,16 +14,13 @@ import torch
 
 from wsdm_helpers.config import FormatConfig, InferenceConfig, ModelConfig, RunConfig, save_yaml
 from wsdm_helpers.demo_data import make_demo_frame
-from wsdm_helpers.errors import SubmissionError
 from wsdm_helpers.inference import (
     ChunkEvent,
     computed_tokens,
     deal_by_tokens,
-    merge_swapped,
     plan_budget,
     predict_proba,
     run_prediction,
-    select_uncertain,
 )
 from wsdm_helpers.tiny import build_tiny_model, pair_texts, train_tokenizer
 
@@ -57,39 +54,6 @@ def test_deal_by_tokens_balances_tokens_not_rows():
     loads = [lengths[p].sum() for p in parts]
     assert loads == [1000, 1000]  # the long row alone on one device, the 100 short rows on the other
     assert all((np.diff(p) > 0).all() for p in parts)  # each part in original row order
-
-
-def _preds(ids, p_a):
-    p_a = np.asarray(p_a, dtype=float)
-    return pd.DataFrame({"id": ids, "winner_model_a": p_a, "winner_model_b": 1 - p_a})
-
-
-def test_merge_swapped_joins_on_id_and_keeps_unswapped_rows():
-    ab = _preds(["x", "y", "z"], [0.8, 0.5, 0.3])
-    ba = _preds(["z", "x"], [0.6, 0.4])  # swapped orientation: P(original b) for z is 0.6
-    merged = merge_swapped(ab, ba)
-    assert merged["id"].tolist() == ["x", "y", "z"]
-    np.testing.assert_allclose(merged["winner_model_a"], [(0.8 + 0.6) / 2, 0.5, (0.3 + 0.4) / 2])
-    np.testing.assert_allclose(merged[["winner_model_a", "winner_model_b"]].sum(axis=1), 1)
-
-
-def test_merge_swapped_three_classes_keeps_tie_column_in_place():
-    ab = pd.DataFrame({"id": ["x"], "winner_model_a": [0.5], "winner_model_b": [0.2], "winner_tie": [0.3]})
-    ba = pd.DataFrame({"id": ["x"], "winner_model_a": [0.3], "winner_model_b": [0.6], "winner_tie": [0.1]})
-    merged = merge_swapped(ab, ba)
-    np.testing.assert_allclose(merged.iloc[0, 1:].to_numpy(dtype=float), [0.55, 0.25, 0.2])
-
-
-def test_merge_swapped_rejects_unknown_ids():
-    with pytest.raises(SubmissionError, match="without an AB prediction: q"):
-        merge_swapped(_preds(["x"], [0.5]), _preds(["q"], [0.5]))
-
-
-def test_select_uncertain_band_and_cap():
-    preds = _preds(["a", "b", "c", "d"], [0.9, 0.55, 0.45, 0.62])
-    assert select_uncertain(preds, band=0.1) == ["b", "c"]  # ties in margin broken by id
-    assert select_uncertain(preds, band=None, max_rows=3) == ["b", "c", "d"]
-    assert select_uncertain(preds, band=0.15, max_rows=1) == ["b"]
 
 
 def test_plan_budget_keeps_context_and_cuts_tta_first():

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from wsdm_helpers.config import FormatConfig
 from wsdm_helpers.data import frame_from_records
 from wsdm_helpers.errors import ConfigError
-from wsdm_helpers.formatting import FIELDS, TEMPLATES, swap_pairs
+from wsdm_helpers.formatting import FIELDS, TEMPLATES
 from wsdm_helpers.tiny import train_tokenizer
 from wsdm_helpers.tokenization import (
     answer_token_ids,
@@ -21,6 +21,7 @@ from wsdm_helpers.tokenization import (
     length_table,
     template_ids,
 )
+from wsdm_helpers.tta import swap_pairs
 
 SAMPLES = ["Hello world, how are you today?", "你好，世界。这是一个测试。", "مرحبا بالعالم، كيف حالك؟",
            "שלום עולם", "Привет, мир!", "😀🎉👍🏽 emoji ✨", "नमस्ते दुनिया", "こんにちは世界", "", " ", "\n\n"]

@@ -91,3 +91,36 @@ def test_swap_augmentation_doubles_rows_flips_labels_keeps_ties():
     assert both.loc[2, "response_a"] == ["second"] and both.loc[2, "model_a"] == "m2"
     cfg.train.swap_augment = False
     assert len(augmented_frame(frame, cfg)) == 2
+
+
+def _two_class(ids, p_a):
+    p_a = np.asarray(p_a, dtype=float)
+    return pd.DataFrame({"id": ids, "winner_model_a": p_a, "winner_model_b": 1 - p_a})
+
+
+def test_merge_swapped_joins_on_id_and_keeps_unswapped_rows():
+    ab = _two_class(["x", "y", "z"], [0.8, 0.5, 0.3])
+    ba = _two_class(["z", "x"], [0.6, 0.4])  # swapped orientation: P(original b) for z is 0.6
+    merged = tta.merge_swapped(ab, ba)
+    assert merged["id"].tolist() == ["x", "y", "z"]
+    np.testing.assert_allclose(merged["winner_model_a"], [(0.8 + 0.6) / 2, 0.5, (0.3 + 0.4) / 2])
+    np.testing.assert_allclose(merged[["winner_model_a", "winner_model_b"]].sum(axis=1), 1)
+
+
+def test_merge_swapped_three_classes_keeps_tie_column_in_place():
+    ab = pd.DataFrame({"id": ["x"], "winner_model_a": [0.5], "winner_model_b": [0.2], "winner_tie": [0.3]})
+    ba = pd.DataFrame({"id": ["x"], "winner_model_a": [0.3], "winner_model_b": [0.6], "winner_tie": [0.1]})
+    merged = tta.merge_swapped(ab, ba)
+    np.testing.assert_allclose(merged.iloc[0, 1:].to_numpy(dtype=float), [0.55, 0.25, 0.2])
+
+
+def test_merge_swapped_rejects_unknown_ids():
+    with pytest.raises(SubmissionError, match="without an AB prediction: q"):
+        tta.merge_swapped(_two_class(["x"], [0.5]), _two_class(["q"], [0.5]))
+
+
+def test_select_uncertain_band_and_cap():
+    preds = _two_class(["a", "b", "c", "d"], [0.9, 0.55, 0.45, 0.62])
+    assert tta.select_uncertain(preds, band=0.1) == ["b", "c"]  # ties in margin broken by id
+    assert tta.select_uncertain(preds, band=None, max_rows=3) == ["b", "c", "d"]
+    assert tta.select_uncertain(preds, band=0.15, max_rows=1) == ["b"]

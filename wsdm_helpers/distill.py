@@ -3,7 +3,7 @@
 A soft-label file is a predictions file (id, winner_model_a, winner_model_b[, winner_tie]): what
 ``wsdm pseudo-label`` writes, or a cv ``oof.parquet``. :func:`attach_soft_labels` joins one or more
 (one soft label per id) on id onto
-the training frame as columns ``soft_a``, ``soft_b`` (, ``soft_tie``); ``formatting.swap_pairs``
+the training frame as columns ``soft_a``, ``soft_b`` (, ``soft_tie``); ``tta.swap_pairs``
 exchanges ``soft_a`` and ``soft_b`` with the responses, so swap augmentation flips the soft label
 with the pair. Rows without a soft label keep NaN there and train on their hard label alone; rows
 with neither (label -1 and no soft label) are an error.

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
+from .tta import flip_probs
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ def evaluate_predictions(predictions: str | Path, labels: str | Path, out_dir: s
     if swapped:
         swapped_preds = read_predictions(swapped)
         ba = align_to_ids(swapped_preds, frame["id"].astype(str), where=str(swapped))
-        ba = _flipped(ba[prob_columns(ba)].to_numpy())
+        ba = flip_probs(ba[prob_columns(ba)].to_numpy())
     tokenizer = None
     if tokenizer_path:
         from transformers import AutoTokenizer
@@ -228,12 +229,6 @@ def evaluate_predictions(predictions: str | Path, labels: str | Path, out_dir: s
     return report
 
 
-def _flipped(probs: np.ndarray) -> np.ndarray:
-    out = probs.copy()
-    out[:, [0, 1]] = probs[:, [1, 0]]
-    return out
-
-
 def evaluate_run(run_dir: str | Path, data: str | Path, out_dir: str | Path,
                  baseline_train: Sequence[str] = ()) -> dict[str, Any]:
     """``wsdm evaluate --run RUN --data FILE``: score FILE's labelled rows with the run in both
@@ -241,10 +236,10 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out_dir: str | Path,
     import dataclasses
 
     from .config import load_run_config
-    from .formatting import swap_pairs
     from .inference import predict_proba
     from .modeling import load_run
     from .submission import prob_columns
+    from .tta import swap_pairs
 
     cfg = load_run_config(Path(run_dir) / "config.yaml")
     frame = _labelled_rows(data, cfg.model.num_labels == 2)
@@ -255,6 +250,6 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out_dir: str | Path,
     cols, name = prob_columns(ab), Path(run_dir).name
     probs = ab[cols].to_numpy()
     methods = {name: probs, **references(frame, probs.shape[1], _baseline_frame(baseline_train))}
-    report = build_report(frame, methods, {name: _flipped(ba[cols].to_numpy())}, run.tokenizer)
+    report = build_report(frame, methods, {name: flip_probs(ba[cols].to_numpy())}, run.tokenizer)
     write_report(report, out_dir, f"Evaluation of run {Path(run_dir).name} on {Path(data).name}")
     return report

@@ -108,13 +108,6 @@ def _swapped(features: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _flip(probs: np.ndarray) -> np.ndarray:
-    """Class probabilities of the swapped pair mapped back: a<->b, tie kept."""
-    out = probs.copy()
-    out[:, [0, 1]] = probs[:, [1, 0]]
-    return out
-
-
 class FeatureBaseline:
     """Hand-made features + gradient boosting (``hgb``) or logistic regression (``logreg``).
 
@@ -163,14 +156,17 @@ class FeatureBaseline:
         if self.estimator is None:
             raise DataError("feature baseline: call fit() before predict()")
         features = pair_features(frame)
-        return (self.estimator.predict_proba(features) + _flip(self.estimator.predict_proba(_swapped(features)))) / 2
+        from .tta import average_orientations
+
+        return average_orientations(self.estimator.predict_proba(features),
+                                    self.estimator.predict_proba(_swapped(features)))
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        from .submission import PROB2, PROB3
+        from .tta import columns_for
 
         probs = self.predict_array(frame)
         out = frame[["id"]].astype({"id": str}).reset_index(drop=True)
-        out[PROB3 if self.num_classes == 3 else PROB2] = probs
+        out[columns_for(self.num_classes)] = probs
         return out
 
 

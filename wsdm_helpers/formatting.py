@@ -1,4 +1,4 @@
-"""Templates per model family, token-budget truncation of a pair, and the A/B swap.
+"""Templates per model family and token-budget truncation of a pair (the A/B swap is in ``tta``).
 
 A pair is laid out as (``Template`` documents the pieces)::
 
@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-
-import numpy as np
-import pandas as pd
 
 FIELDS = ("prompt", "response_a", "response_b")
 
@@ -225,16 +222,3 @@ def fit_pair(turns: Sequence[tuple[list[int], list[int], list[int]]], parts: Tem
     ids += parts.end
     original = tuple(sum(len(turn[f]) for turn in turns) for f in range(3))
     return RowFit(ids, original, tuple(kept), n_turns, k)
-
-
-# ---- swap -----------------------------------------------------------------------------------------
-def swap_pairs(frame: pd.DataFrame) -> pd.DataFrame:
-    """The same rows with A and B exchanged: responses, models, labels 0 <-> 1 (ties and -1 kept), same ids."""
-    out = frame.copy()
-    for left, right in (("response_a", "response_b"), ("model_a", "model_b")):
-        if left in out.columns and right in out.columns:
-            out[left], out[right] = frame[right].to_numpy(), frame[left].to_numpy()
-    if "label" in out.columns:
-        labels = frame["label"].to_numpy()
-        out["label"] = np.where(labels == 0, 1, np.where(labels == 1, 0, labels)).astype(labels.dtype)
-    return out

@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING, Any
 from .batching import plan_batches
 from .clock import Clock, SystemClock
 from .config import InferenceConfig, load_run_config, to_dict
-from .errors import ConfigError, DataError, SubmissionError
+from .errors import ConfigError, DataError
 from .io import atomic_write_json, atomic_write_parquet
-from .submission import PROB2, PROB3, check_predictions, prob_columns
+from .tta import columns_for, merge_swapped, prob_columns, select_uncertain, selection, swap_pairs, swap_rows_wanted
 
 if TYPE_CHECKING:
     import numpy as np
@@ -76,48 +76,6 @@ def computed_tokens(lengths: Sequence[int], cfg: InferenceConfig) -> int:
 
     lengths = np.asarray(lengths)
     return int(sum(len(b) * lengths[b].max() for b in plan_batches(lengths, cfg) if len(b)))
-
-
-# ---- TTA ------------------------------------------------------------------------------------------
-def flip_swapped(pred_ba: pd.DataFrame) -> pd.DataFrame:
-    """Predictions made on swapped pairs, mapped back to the original orientation (a <-> b, tie kept)."""
-    out = pred_ba.copy()
-    out["winner_model_a"], out["winner_model_b"] = pred_ba["winner_model_b"], pred_ba["winner_model_a"]
-    return out
-
-
-def merge_swapped(pred_ab: pd.DataFrame, pred_ba: pd.DataFrame) -> pd.DataFrame:
-    """Average AB predictions with flipped-back BA predictions, joined on id.
-
-    ``pred_ba`` may cover a subset of the ids (selective TTA); the other rows keep their AB values.
-    The result has ``pred_ab``'s row order.
-    """
-    ab = check_predictions(pred_ab, "AB predictions").set_index("id")
-    ba = flip_swapped(check_predictions(pred_ba, "BA predictions")).set_index("id")
-    cols = prob_columns(ab.reset_index())
-    if prob_columns(ba.reset_index()) != cols:
-        raise SubmissionError(f"AB predictions have {cols} but BA predictions {prob_columns(ba.reset_index())}")
-    extra = ba.index.difference(ab.index)
-    if len(extra):
-        raise SubmissionError(f"BA predictions have {len(extra)} id(s) without an AB prediction: "
-                              f"{', '.join(extra[:5])}")
-    ab.loc[ba.index, cols] = (ab.loc[ba.index, cols].to_numpy() + ba[cols].to_numpy()) / 2
-    return ab.reset_index()
-
-
-def select_uncertain(preds: pd.DataFrame, band: float | None = None, max_rows: int | None = None) -> list[str]:
-    """Ids of the rows worth a swap pass: |P(a) - P(b)| <= 2 * band (for two classes: P(a) within
-    0.5 +- band), at most ``max_rows`` of them, most uncertain first (ties broken by id)."""
-    import numpy as np
-
-    margin = np.round((preds["winner_model_a"] - preds["winner_model_b"]).abs().to_numpy(), 9)  # float noise
-    ids = preds["id"].astype(str).to_numpy()
-    order = np.lexsort((ids, margin))
-    if band is not None:
-        order = order[margin[order] <= 2 * band + 1e-12]
-    if max_rows is not None:
-        order = order[:max(0, max_rows)]
-    return ids[order].tolist()
 
 
 # ---- resumable chunk store ------------------------------------------------------------------------
@@ -522,7 +480,7 @@ def _frame(ids: Sequence[str], probs: np.ndarray) -> pd.DataFrame:
     import pandas as pd
 
     out = pd.DataFrame({"id": list(ids)})
-    out[PROB3 if probs.shape[1] == 3 else PROB2] = probs
+    out[columns_for(probs.shape[1])] = probs
     return out
 
 
@@ -709,7 +667,7 @@ class _Job:
             log.info("time budget: reusing the saved plan %s", plan)
             return plan
         rate = self.pilot(encoded)
-        wanted = {"none": 0, "swap": n_rows}.get(self.cfg.tta, round(n_rows * (self.cfg.tta_share or 1.0)))
+        wanted = swap_rows_wanted(self.cfg.tta, n_rows, self.cfg.tta_share)
         plan = plan_budget(encoded.lengths, max_length, self.cfg, rate, stop_at - self.clock.now(),
                            self.report.tokenize_seconds / max(n_rows, 1), wanted)
         log.info("time budget plan: max_length=%d, up to %d swapped rows, predicted %.0fs of the %.0fs left "
@@ -721,8 +679,7 @@ class _Job:
     def swap_ids(self, preds: pd.DataFrame, ab_seconds: float) -> list[str]:
         """Rows for the BA pass: all (swap) or the uncertain ones (selective), capped by the time left."""
         n = len(preds)
-        band = self.cfg.tta_band if self.cfg.tta == "selective" else None
-        cap = round(n * self.cfg.tta_share) if self.cfg.tta == "selective" and self.cfg.tta_share is not None else None
+        band, cap = selection(self.cfg.tta, n, self.cfg.tta_band, self.cfg.tta_share)
         if self.stop is not None:
             left = self.stop.stop_at - self.clock.now()
             affordable = int(max(left, 0) // max(ab_seconds / max(n, 1), 1e-9))
@@ -835,7 +792,6 @@ def _swap_pass(job: _Job, frame: pd.DataFrame, preds: pd.DataFrame, max_length: 
     BA rows the time limit cut off keep their AB value."""
     import pandas as pd
 
-    from .formatting import swap_pairs
 
     good = _finite(preds)
     swap_ids = job.swap_ids(preds[good], ab_seconds)

@@ -333,7 +333,7 @@ def _empty(ids: list[str], task: str) -> pd.DataFrame:
     import numpy as np
     import pandas as pd
 
-    from .submission import PROB2, PROB3
+    from .tta import PROB2, PROB3
 
     cols = PROB3 if task == "lmsys" else PROB2
     out = pd.DataFrame({"id": ids})

@@ -20,20 +20,14 @@ from typing import TYPE_CHECKING
 from .config import Task
 from .errors import SubmissionError
 from .io import atomic_write_csv, atomic_write_parquet
+from .tta import PROB2, PROB3, prob_columns
 
 if TYPE_CHECKING:
     import pandas as pd
 
-PROB2 = ["winner_model_a", "winner_model_b"]
-PROB3 = ["winner_model_a", "winner_model_b", "winner_tie"]
 TASKS = typing.get_args(Task)
 SUM_TOLERANCE = 1e-4
 SHOWN_IDS = 5
-
-
-def prob_columns(preds: pd.DataFrame) -> list[str]:
-    """The probability columns of a predictions frame (two or three classes)."""
-    return PROB3 if "winner_tie" in preds.columns else PROB2
 
 
 def _first(ids: Iterable) -> str:

@@ -49,7 +49,6 @@ from .io import atomic_write_json, atomic_write_parquet, check_output_dir, fresh
 
 log = logging.getLogger(__name__)
 
-PROB_COLUMNS = ["winner_model_a", "winner_model_b", "winner_tie"]
 
 
 @dataclasses.dataclass
@@ -110,8 +109,8 @@ class EvalSet:
     def __init__(self, frame, tokenizer, cfg: RunConfig, template: str, swap: bool):
         import pandas as pd
 
-        from .formatting import swap_pairs
         from .tokenization import encode_pairs
+        from .tta import swap_pairs
 
         self.frame = frame.reset_index(drop=True)
         self.n = len(self.frame)
@@ -122,6 +121,7 @@ class EvalSet:
 
     def compute_metrics(self, prediction) -> dict[str, float]:
         from . import metrics
+        from .tta import flip_probs
 
         logits = np.asarray(prediction.predictions, dtype=np.float64)
         if not np.isfinite(logits).all():
@@ -136,8 +136,7 @@ class EvalSet:
         self.probs_ab = probs[: self.n]
         result = {"accuracy": metrics.accuracy(labels, self.probs_ab), "log_loss": metrics.log_loss(labels, self.probs_ab)}
         if len(probs) == 2 * self.n:
-            probs_ba = probs[self.n:].copy()
-            probs_ba[:, [0, 1]] = probs_ba[:, [1, 0]]  # back to the AB orientation
+            probs_ba = flip_probs(probs[self.n:])  # back to the AB orientation
             result["flip_rate"] = metrics.flip_rate(self.probs_ab, probs_ba)
             result["accuracy_swap_tta"] = metrics.accuracy(labels, (self.probs_ab + probs_ba) / 2)
         return {k: float(v) for k, v in result.items()}
@@ -145,8 +144,10 @@ class EvalSet:
     def oof_frame(self):
         import pandas as pd
 
+        from .tta import columns_for
+
         out = pd.DataFrame({"id": self.frame["id"].astype(str)})
-        for j, column in enumerate(PROB_COLUMNS[: self.probs_ab.shape[1]]):
+        for j, column in enumerate(columns_for(self.probs_ab.shape[1])):
             out[column] = self.probs_ab[:, j]
         out["label"] = self.frame["label"].to_numpy()
         out["language"] = self.frame["language"].to_numpy()
