@@ -95,3 +95,23 @@ def test_run_folder_with_a_symlinked_dir_is_refused_before_copying(tmp_path):
         bundle_adapter(run, tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists()
     assert (outside / "x.json").read_text() == '{"path": "/home/alice/x"}'
+
+
+def test_atomic_dir_publishes_only_a_complete_folder(tmp_path):
+    from wsdm_helpers.io import atomic_dir
+
+    target = tmp_path / "run" / "adapter"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("v1")
+    assert (target / "weights").read_text() == "v1"
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("killed half-way")
+    assert (target / "weights").read_text() == "v1"  # the old folder stays whole
+    with atomic_dir(target) as tmp:
+        (tmp / "other").write_text("v2")
+    assert sorted(p.name for p in target.iterdir()) == ["other"]  # replaced, no stale files mixed in
+    with atomic_dir(target, replace=False) as tmp:  # someone else's complete copy wins
+        (tmp / "mine").write_text("v3")
+    assert sorted(p.name for p in target.iterdir()) == ["other"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["adapter"]  # no temporary folders left

@@ -1,4 +1,4 @@
-"""Output files: atomic writes (a temporary sibling renamed into place), umask permissions, early checks.
+"""Output files and folders: atomic writes (a temporary sibling renamed into place), umask permissions, early checks.
 
 ``tempfile.mkstemp`` / ``mkdtemp`` create private (0600 / 0700) entries, and a rename keeps the mode, so
 every temporary file or folder made here is given the mode a plain ``open`` / ``mkdir`` would have
@@ -72,6 +72,27 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextmanager
+def atomic_dir(path: str | Path, suffix: str = "", replace: bool = True) -> Iterator[Path]:
+    """Yield a fresh hidden sibling folder; on success it takes the place of ``path``, else it is deleted.
+
+    With ``replace=False`` a ``path`` that exists by then (another process finished first) is kept and
+    the new copy dropped.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = fresh_dir(path.parent, path.name, suffix)
+    try:
+        yield tmp
+        if path.exists() and not replace:
+            return
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import FormatConfig, Head, RunConfig, load_run_config
 from .errors import ConfigError, MissingResourceError
-from .io import fresh_dir
+from .io import atomic_dir
 
 if TYPE_CHECKING:
     import torch
@@ -157,9 +157,9 @@ def _packaged_model(alias: str) -> Path:
 
 def _convert_gguf(package: str, gguf_name: str, target: Path) -> None:
     """Dequantize a packaged GGUF checkpoint into an fp32 HF folder, written atomically (temp + rename)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fresh_dir(target.parent, target.name)
-    try:
+    if target.exists() and not (target / _COMPLETE_MARKER).is_file():
+        shutil.rmtree(target)  # a half-written folder from an older, interrupted version
+    with atomic_dir(target, replace=False) as tmp:  # another process may finish first: its copy is kept
         gguf_dir = _package_dir(package)
         if not (gguf_dir / gguf_name).is_file():  # shipped in chunks: assemble into the temp folder
             import importlib
@@ -170,15 +170,6 @@ def _convert_gguf(package: str, gguf_name: str, target: Path) -> None:
         _dequantize_to_folder(gguf_dir, gguf_name, tmp)
         (tmp / gguf_name).unlink(missing_ok=True)
         (tmp / _COMPLETE_MARKER).write_text("ok\n")
-        if target.exists() and not (target / _COMPLETE_MARKER).is_file():
-            shutil.rmtree(target)  # a half-written folder from an older, interrupted version
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first; its folder is complete
-            if not (target / _COMPLETE_MARKER).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _dequantize_to_folder(gguf_dir: Path, gguf_name: str, out: Path) -> None:

@@ -28,16 +28,14 @@ run stops before training and lists each changed key with its old and new value.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import json
 import logging
 import math
-import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +43,7 @@ import numpy as np
 
 from .config import BITSANDBYTES_OPTIMIZERS, HIGHER_IS_BETTER, RunConfig, device_problems, save_yaml, to_dict
 from .errors import ConfigError, NumericalError
-from .io import atomic_write_json, atomic_write_parquet, check_output_dir, fresh_dir
+from .io import atomic_dir, atomic_write_json, atomic_write_parquet, check_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -638,11 +636,11 @@ def _final_metrics(trainer, evals, retries, n_train_rows: int) -> dict[str, Any]
 def _write_run(run_dir: Path, cfg: RunConfig, trainer, tokenizer, evals, metrics: dict[str, Any]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     weights = "adapter" if cfg.lora.enabled else "model"
-    with _atomic_dir(run_dir / weights) as tmp:
+    with atomic_dir(run_dir / weights) as tmp:
         trainer.model.save_pretrained(str(tmp))
         if not cfg.lora.enabled:
             tokenizer.save_pretrained(str(tmp))
-    with _atomic_dir(run_dir / "tokenizer") as tmp:
+    with atomic_dir(run_dir / "tokenizer") as tmp:
         tokenizer.save_pretrained(str(tmp))
     save_yaml(cfg, run_dir / "config.yaml")
     atomic_write_json(run_dir / "log_history.json", trainer.state.log_history)
@@ -651,16 +649,3 @@ def _write_run(run_dir: Path, cfg: RunConfig, trainer, tokenizer, evals, metrics
         atomic_write_parquet(evals[1].oof_frame(), run_dir / "oof.parquet")
     if not cfg.train.keep_checkpoints:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _atomic_dir(path: Path) -> Iterator[Path]:
-    """Write a folder in a temporary sibling, then swap it in place of ``path``."""
-    tmp = fresh_dir(path.parent, path.name)
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

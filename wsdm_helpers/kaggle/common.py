@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..errors import BundleError
-from ..io import atomic_write_json, fresh_dir
+from ..io import atomic_dir, atomic_write_json
 from .checks import MANIFEST, UNLISTED
 from .metadata import DATASET_METADATA, USERNAME_PLACEHOLDER, check_dataset_metadata, read_metadata, resolve_username
 
@@ -107,13 +106,5 @@ def staged_folder(out: str | Path, replace: bool = False) -> Iterator[Path]:
         if not replace:
             raise BundleError(f"--out {out} holds an earlier bundle; pass --replace (replace=True) to rebuild it, "
                               "or choose a new folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = fresh_dir(out.parent, out.name, suffix=".partial")
-    try:
+    with atomic_dir(out, suffix=".partial") as stage:
         yield stage
-        if out.exists():
-            shutil.rmtree(out)
-        stage.rename(out)
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage)
