@@ -312,9 +312,9 @@ def test_time_limit_stops_with_a_checkpoint_when_the_next_step_might_not_fit():
 
     from transformers import TrainerControl
 
-    from wsdm_helpers.training import time_limit
+    from wsdm_helpers.trainer import TimeLimit
 
-    limit = time_limit(55, clock=_Clock(10))
+    limit = TimeLimit(55, clock=_Clock(10))
     args, state, control = SimpleNamespace(world_size=1), SimpleNamespace(global_step=0, max_steps=100), TrainerControl()
     limit.on_train_begin(args, state, control)  # start 10, last 20
     for step in range(1, 4):
@@ -323,7 +323,7 @@ def test_time_limit_stops_with_a_checkpoint_when_the_next_step_might_not_fit():
         # after step k: elapsed 10k, longest step 10 -> stops once 10k + 20 >= 55, i.e. after step 3 (not 1, 2)
         assert control.should_training_stop == control.should_save == (step == 3)
     assert limit.stopped_at == 3
-    last = time_limit(1, clock=_Clock(10))
+    last = TimeLimit(1, clock=_Clock(10))
     last.on_train_begin(args, SimpleNamespace(global_step=0, max_steps=1), TrainerControl())
     assert not last.on_step_end(args, SimpleNamespace(global_step=1, max_steps=1), TrainerControl()).should_save
 
@@ -339,14 +339,15 @@ class _Steps(TrainerCallback):
 def test_max_hours_saves_a_checkpoint_and_the_next_session_resumes(tmp_path, frame, tokenizer):
     from wsdm_helpers.config import load_run_config
     from wsdm_helpers.data import write_canonical
-    from wsdm_helpers.training import time_limit, train
+    from wsdm_helpers.trainer import TimeLimit
+    from wsdm_helpers.training import train
 
     data = tmp_path / "train.parquet"
     write_canonical(make_demo_frame(60, seed=1), data)
     model = build_tiny_model("llama", tokenizer, tmp_path / "model")
     cfg = load_run_config(TINY_PRESET, {"data.train_path": str(data), "model.source": str(model),
                                         "train.output_dir": str(tmp_path / "run")})
-    first = train(cfg, callbacks=[time_limit(55, clock=_Clock(10))])  # stops after step 3 of 6
+    first = train(cfg, callbacks=[TimeLimit(55, clock=_Clock(10))])  # stops after step 3 of 6
     assert first.metrics["stopped"] == "max_hours" and first.metrics["global_step"] == 3
     assert first.metrics["checkpoint"].endswith("checkpoint-3")  # saved although save_steps=2
     assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "adapter").exists()

@@ -1,0 +1,108 @@
+"""The HF Trainer pieces of training: the pair trainer and its callbacks.
+
+A module of its own because it imports transformers and torch at the top; ``training`` imports it
+only inside the functions that train, so ``import wsdm_helpers`` stays fast. The classes are defined
+once here, not rebuilt on every out-of-memory retry.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from .distill import pair_loss
+from .modeling import class_logits
+
+
+class StepTimer(TrainerCallback):
+    """Sums the wall time of optimizer steps only (evaluations and saves excluded), and notes the wall
+    time since the start of training at every evaluation (time to accuracy)."""
+
+    def __init__(self):
+        self.seconds, self.begin, self.eval_wall = 0.0, time.perf_counter(), {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.begin = time.perf_counter()
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.eval_wall[state.global_step] = round(time.perf_counter() - self.begin, 1)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # kernels run ahead of the host: count them in their step
+        self.seconds += time.perf_counter() - self._started
+
+
+class TimeLimit(TrainerCallback):
+    """``train.max_hours``: saves a checkpoint and stops training once another step might not end within
+    ``seconds`` of the start: elapsed + 2 x the longest step so far (its evaluation and checkpoint
+    included) >= ``seconds``. The next session resumes from that checkpoint. In several processes rank
+    0's clock decides for all, so they stop at the same step. ``clock``: injectable."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic):
+        self.seconds, self.clock = seconds, clock
+        self.start: float | None = None  # kept over an out-of-memory restart: the session's clock
+        self.last, self.longest, self.stopped_at = 0.0, 0.0, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = self.clock() if self.start is None else self.start
+        self.last = self.clock()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = self.clock()
+        self.longest, self.last = max(self.longest, now - self.last), now
+        stop = now - self.start + 2 * self.longest >= self.seconds and state.global_step < state.max_steps
+        if args.world_size > 1:
+            flag = torch.tensor([float(stop)], device=args.device)
+            torch.distributed.broadcast(flag, src=0)
+            stop = bool(flag.item())
+        if stop:
+            control.should_save = control.should_training_stop = True
+            self.stopped_at = state.global_step
+        return control
+
+
+class PairTrainer(Trainer):
+    """Trainer whose loss is over the class logits only (both heads): cross-entropy, or the
+    distillation loss of distill.pair_loss when the batch carries soft labels."""
+
+    loss_is_scaled_for_ga = False  # per-batch mean; the Trainer divides by the accumulation steps
+
+    def __init__(self, *args, head: str, answer_ids: list[int], head_lr: float | None = None,
+                 head_modules: tuple[str, ...] = (), loss_options: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.head, self.answer_ids = head, answer_ids
+        self.head_lr, self.head_modules = head_lr, head_modules
+        self.loss_options = loss_options or {}  # temperature, mix, label_smoothing
+        self.train_tokens = 0  # real (non-pad) tokens of this process's training batches
+        self.step_timer = StepTimer()
+        self.add_callback(self.step_timer)
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, with the head's weights moved to a group of their own at head_lr."""
+        optimizer = super().create_optimizer(model)
+        if self.head_lr is None:
+            return optimizer
+        head = {id(p) for n, p in self.model.named_parameters()
+                if p.requires_grad and set(n.split(".")) & set(self.head_modules)}
+        for group in list(optimizer.param_groups):
+            moved = [p for p in group["params"] if id(p) in head]
+            if moved:
+                group["params"] = [p for p in group["params"] if id(p) not in head]
+                optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"},
+                                           "params": moved, "lr": self.head_lr})
+        optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+        return optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:  # a device tensor: counting adds no host sync per step
+            self.train_tokens = self.train_tokens + inputs["attention_mask"].sum().detach()
+        logits = class_logits(model, self.head, self.answer_ids, inputs["input_ids"], inputs["attention_mask"])
+        options = self.loss_options if model.training else {}  # evaluation: the plain cross-entropy
+        loss = pair_loss(logits, inputs["labels"], inputs.get("soft") if model.training else None, **options)
+        return (loss, {"logits": logits}) if return_outputs else loss
