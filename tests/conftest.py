@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from wsdm_helpers.runtime import sleeping_threads
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Busy-waiting OpenMP threads slow steps several-fold on a shared 2-core machine.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sleeping_threads()  # busy-waiting OpenMP threads slow steps several-fold on a shared 2-core machine
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

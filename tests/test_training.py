@@ -332,3 +332,24 @@ def test_extra_files_stay_in_training_with_valid_from_train_path(demo, tmp_path)
     assert train_rows["id"].str.startswith("extra-").sum() == 40
     assert len(train_rows) + len(valid) == 80 + 40
 
+
+
+def test_plain_progress_gives_the_trainer_text_bars(demo, tiny_model, tmp_path, monkeypatch, capsys):
+    """Under the notebook runner (WSDM_PROGRESS=plain) the Trainer draws tqdm.std bars (text that papermill
+    streams, not widgets); with the variable unset the Trainer keeps its own default callback."""
+    from wsdm_helpers.trainer import TextProgress
+
+    started = []
+    original = TextProgress.on_train_begin
+
+    def spy(self, *args, **kwargs):
+        started.append(type(self))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TextProgress, "on_train_begin", spy)
+    monkeypatch.setenv("WSDM_PROGRESS", "plain")
+    train(tiny_cfg(demo, tiny_model("qwen2"), tmp_path / "plain", {"train.max_steps": 2, "data.fold": -1}))
+    assert started == [TextProgress] and "2/2" in capsys.readouterr().err
+    monkeypatch.delenv("WSDM_PROGRESS")
+    train(tiny_cfg(demo, tiny_model("qwen2"), tmp_path / "default", {"train.max_steps": 2, "data.fold": -1}))
+    assert started == [TextProgress]

@@ -356,10 +356,10 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     import json
-    import os
 
-    # Sleeping (not spinning) OpenMP workers: on a shared CPU, spinning threads made steps ~6x slower.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .runtime import sleeping_threads
+
+    sleeping_threads()  # before torch loads
     from .config import load_run_config
     from .notebook import resolve_preset
     from .training import train
@@ -495,9 +495,10 @@ def _add_cv_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cv(args: argparse.Namespace) -> int:
-    import os
 
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .runtime import sleeping_threads
+
+    sleeping_threads()  # before torch loads
     from .config import DataConfig, apply_overrides, from_dict, load_run_config, load_yaml
     from .cv import parse_folds, run_baseline_cv, run_cv
     from .notebook import resolve_preset

@@ -563,13 +563,13 @@ class PredictionResult:
 
 
 class _RowBar:
-    """A tqdm.auto progress bar over the rows of one pass (a widget in Jupyter, text in logs), updated
-    from the worker threads after every batch."""
+    """A progress bar over the rows of one pass (runtime.progress_bar), updated from the worker threads
+    after every batch."""
 
     def __init__(self, total: int, desc: str, enabled: bool):
-        from tqdm.auto import tqdm
+        from .runtime import progress_bar
 
-        self.bar = tqdm(total=total, desc=desc, unit="row", disable=not enabled, dynamic_ncols=True)
+        self.bar = progress_bar(total=total, desc=desc, unit="row", disable=not enabled, dynamic_ncols=True)
         self.lock = threading.Lock()
 
     def update(self, rows: int) -> None:

@@ -26,10 +26,10 @@ from typing import Any
 
 import yaml
 
+from . import runtime
 from .errors import ConfigError, DataError, MissingResourceError, WsdmError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
-PLAIN_PROGRESS_ENV = "WSDM_PROGRESS"
 LOG = logging.getLogger("papermill")
 WINNER_LABELS = {"model_a": 0, "model_b": 1, "tie": 2}
 
@@ -221,8 +221,7 @@ def kernel_env() -> Iterator[None]:
     ``OMP_WAIT_POLICY=PASSIVE`` must be set before torch loads; on a shared CPU, spinning OpenMP
     workers made training steps in the kernel ~3x slower than the same run from ``wsdm train``.
     """
-    wanted = {PLAIN_PROGRESS_ENV: "plain", "TQDM_MININTERVAL": os.environ.get("TQDM_MININTERVAL", "5"),
-              "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    wanted = runtime.kernel_environment()
     saved = {key: os.environ.get(key) for key in wanted}
     os.environ.update(wanted)
     try:
@@ -244,22 +243,13 @@ def configure_output() -> None:
     text bars are switched on instead. The package's INFO log lines (inference time plans, blend
     weights) are shown either way.
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as in kernel_env(); too late once torch is loaded
+    runtime.sleeping_threads()  # too late once torch is loaded: the runner's kernels have it already
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     package_log = logging.getLogger(__package__)
     package_log.handlers[:] = [handler]
     package_log.setLevel(logging.INFO)
-    if os.environ.get(PLAIN_PROGRESS_ENV) != "plain":
-        return
-    import tqdm.auto
-    import tqdm.autonotebook
-    import tqdm.std
-    import transformers.utils
-
-    tqdm.auto.tqdm = tqdm.autonotebook.tqdm = tqdm.std.tqdm
-    tqdm.auto.trange = tqdm.autonotebook.trange = tqdm.std.trange
-    transformers.utils.is_in_notebook = lambda: False
+    runtime.plain_library_progress()
 
 
 def resolve_preset(config: str | Path) -> Path:

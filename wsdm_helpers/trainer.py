@@ -10,10 +10,14 @@ import time
 from collections.abc import Callable
 
 import torch
-from transformers import Trainer, TrainerCallback
+from tqdm.std import tqdm as text_bar
+from transformers import ProgressCallback, Trainer, TrainerCallback
+from transformers.trainer import DEFAULT_PROGRESS_CALLBACK
+from transformers.trainer_utils import has_length
 
 from .distill import pair_loss
 from .modeling import class_logits
+from .runtime import plain_progress
 
 
 class StepTimer(TrainerCallback):
@@ -36,6 +40,22 @@ class StepTimer(TrainerCallback):
         if torch.cuda.is_available():
             torch.cuda.synchronize()  # kernels run ahead of the host: count them in their step
         self.seconds += time.perf_counter() - self._started
+
+
+class TextProgress(ProgressCallback):
+    """The Trainer's progress callback with text bars (tqdm.std): inside a kernel the default one draws
+    HTML or widgets, which papermill's log cannot show (see runtime.py)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.training_bar = text_bar(total=state.max_steps, dynamic_ncols=True)
+        self.current_step = 0
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        if state.is_world_process_zero and self.prediction_bar is None and has_length(eval_dataloader):
+            self.prediction_bar = text_bar(total=len(eval_dataloader), leave=self.training_bar is None,
+                                           dynamic_ncols=True)
+        super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
 
 
 class TimeLimit(TrainerCallback):
@@ -82,6 +102,9 @@ class PairTrainer(Trainer):
         self.train_tokens = 0  # real (non-pad) tokens of this process's training batches
         self.step_timer = StepTimer()
         self.add_callback(self.step_timer)
+        if plain_progress() and not self.args.disable_tqdm:
+            self.pop_callback(DEFAULT_PROGRESS_CALLBACK)
+            self.add_callback(TextProgress)
 
     def create_optimizer(self, model=None):
         """The Trainer's optimizer, with the head's weights moved to a group of their own at head_lr."""
