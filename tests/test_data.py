@@ -342,3 +342,15 @@ def test_bad_input_errors(tmp_path, name, filename, content, kwargs, expected):
     for fragment in expected:
         assert fragment in message, f"{fragment!r} not in {message!r}"
     assert isinstance(info.value, (DataError, ConfigError))
+
+
+def test_read_labels_takes_label_or_winner_columns_and_names_the_fix(tmp_path):
+    import pandas as pd
+
+    from wsdm_helpers.data import read_labels
+
+    pd.DataFrame({"id": [1, 2, 3], "winner": ["model_a", "model_b", "tie"]}).to_csv(tmp_path / "w.csv", index=False)
+    assert read_labels(tmp_path / "w.csv").to_dict("list") == {"id": ["1", "2", "3"], "label": [0, 1, 2]}
+    pd.DataFrame({"id": ["x"], "label": ["yes"]}).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"bad.parquet: needs an id column and a label column .* Fix:"):
+        read_labels(tmp_path / "bad.parquet")

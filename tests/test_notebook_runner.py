@@ -11,7 +11,7 @@ import yaml
 
 from wsdm_helpers import cli
 from wsdm_helpers.errors import ConfigError
-from wsdm_helpers.notebook import (
+from wsdm_helpers.notebook_runner import (
     NotebookFailed,
     RawValue,
     check_parameters,

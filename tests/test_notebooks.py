@@ -136,7 +136,7 @@ def demo(tiny_models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def deberta_run(demo, tiny_models, tmp_path_factory) -> Path:
-    from wsdm_helpers.notebook import run_notebook
+    from wsdm_helpers.notebook_runner import run_notebook
 
     out, _ = demo
     run = run_notebook("train_deberta", {
@@ -182,7 +182,7 @@ def test_demo_trains_with_lora_and_writes_a_valid_submission(demo):
 
 @pytest.mark.slow
 def test_encoder_notebook_ensemble_weights_and_blended_submission(demo, deberta_run, tmp_path):
-    from wsdm_helpers.notebook import run_notebook
+    from wsdm_helpers.notebook_runner import run_notebook
 
     out, summary = demo
     assert (deberta_run / "adapter" / "adapter_model.safetensors").is_file()

@@ -260,7 +260,7 @@ def test_baseline_run_folder_round_trip_and_wsdm_submit(runs, data, tmp_path):
 
 def test_notebook_and_wsdm_predict_write_byte_identical_submissions(runs, data, tmp_path):
     from wsdm_helpers.cli import main
-    from wsdm_helpers.notebook import run_notebook
+    from wsdm_helpers.notebook_runner import run_notebook
 
     members = [str(runs["two0"]), str(runs["three"]), str(runs["baseline"])]
     cli_out = tmp_path / "cli" / "submission.csv"

@@ -200,7 +200,7 @@ def _add_notebook_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_notebook(args: argparse.Namespace) -> int:
-    from .notebook import parse_cli_parameters, run_notebook
+    from .notebook_runner import parse_cli_parameters, run_notebook
 
     run = run_notebook(args.name, parse_cli_parameters(args.parameter, args.params_file),
                        out_root=args.out_root, kernel_name=args.kernel)
@@ -210,7 +210,7 @@ def _run_notebook(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
-    from .notebook import parse_cli_parameters
+    from .notebook_runner import parse_cli_parameters
 
     summary = run_demo(args.out, config=args.config, train_parameters=parse_cli_parameters(args.parameter))
     print(summary.to_text())
@@ -360,8 +360,7 @@ def _train(args: argparse.Namespace) -> int:
     from .runtime import sleeping_threads
 
     sleeping_threads()  # before torch loads
-    from .config import load_run_config
-    from .notebook import resolve_preset
+    from .config import load_run_config, resolve_preset
     from .training import train
 
     result = train(load_run_config(resolve_preset(args.config), parse_sets(args.overrides)))
@@ -449,8 +448,7 @@ def _add_config_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _config_show(args: argparse.Namespace) -> int:
-    from .config import annotated_yaml, build_run_config
-    from .notebook import resolve_preset
+    from .config import annotated_yaml, build_run_config, resolve_preset
 
     cfg, problems = build_run_config(resolve_preset(args.preset) if args.preset else None, parse_sets(args.overrides))
     print(annotated_yaml(cfg))
@@ -499,9 +497,8 @@ def _cv(args: argparse.Namespace) -> int:
     from .runtime import sleeping_threads
 
     sleeping_threads()  # before torch loads
-    from .config import DataConfig, apply_overrides, from_dict, load_run_config, load_yaml
+    from .config import DataConfig, apply_overrides, from_dict, load_run_config, load_yaml, resolve_preset
     from .cv import parse_folds, run_baseline_cv, run_cv
-    from .notebook import resolve_preset
 
     given = {"data.train_path": args.data, "train.output_dir": args.out, "data.folds_file": args.folds_file}
     overrides = {**parse_sets(args.overrides), **{k: v for k, v in given.items() if v}}

@@ -577,6 +577,19 @@ def build_run_config(path: str | Path | None = None,
     return cfg, problems + collect_problems(cfg)
 
 
+def resolve_preset(config: str | Path) -> Path:
+    """A preset path as given, else ``configs/<name>.yaml`` beside the package or in the working folder."""
+    path = Path(config)
+    if path.is_file():
+        return path
+    name = path.name if path.suffix else f"{path.name}.yaml"
+    for folder in (Path(__file__).resolve().parents[1] / "configs", Path(__file__).resolve().parent / "configs", Path.cwd() / "configs"):
+        if (folder / name).is_file():
+            return folder / name
+    raise ConfigError(f"config preset '{config}' not found as a file nor in configs/; "
+                      "give a YAML path or one of the names in the repository's configs/ folder")
+
+
 def load_run_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
     """Load a YAML preset, apply typed dotted overrides (``{"train.max_steps": 100}``), check, raise once."""
     cfg, problems = build_run_config(path, overrides)

@@ -103,6 +103,8 @@ REQUIRED_COLUMNS = {
 }
 DEFAULT_WINNER_VALUES = {"winner_a": ("model_a", "a", "response_a"), "winner_b": ("model_b", "b", "response_b"),
                          "winner_tie": ("tie", "tie (bothbad)", "winner_tie")}
+# winner names -> labels (model_a -> 0, a -> 0, ..., tie -> 2)
+WINNER_LABELS = {name: label for label, key in enumerate(DEFAULT_WINNER_VALUES) for name in DEFAULT_WINNER_VALUES[key]}
 COLUMN_MAP_KEYS = ("id", "prompt", "response_a", "response_b", "winner", "chosen", "rejected", "language",
                    "model_a", "model_b", *DEFAULT_WINNER_VALUES)
 
@@ -151,6 +153,21 @@ def file_kind(path: str | Path) -> str:
         raise _fail(path, f"unsupported file extension '{Path(path).suffix}'",
                     f"save it as one of {supported} (optionally gzipped, e.g. .jsonl.gz)")
     return kind
+
+
+def read_labels(path: str | Path) -> pd.DataFrame:
+    """``id``, ``label`` (0 = a, 1 = b, 2 = tie) and ``language`` when present, from a labels file with a
+    ``label`` column or a ``winner`` column (model_a / model_b / tie), any format :func:`read_table` reads."""
+    labels = read_table(path)
+    if "label" not in labels.columns and "winner" in labels.columns:
+        labels["label"] = labels["winner"].astype(str).map(WINNER_LABELS)
+    label = pd.to_numeric(labels["label"], errors="coerce") if "label" in labels.columns else None
+    if "id" not in labels.columns or label is None or label.isna().any() or not label.isin([0, 1, 2]).all():
+        raise _fail(path, f"needs an id column and a label column (0 = a, 1 = b, 2 = tie) or a winner column "
+                          f"({', '.join(WINNER_LABELS)}); got columns {list(labels.columns)}",
+                    "write one label per row, or the winner names above")
+    labels["label"], labels["id"] = label.astype("int64"), labels["id"].astype(str)
+    return labels[[c for c in ("id", "label", "language") if c in labels.columns]]
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

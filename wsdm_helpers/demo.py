@@ -5,7 +5,7 @@
 3. run ``notebooks/inference.ipynb`` on the demo test set with the trained run;
 4. print where everything is, the validation accuracy and the test accuracy against the held-back labels.
 
-Both notebooks run in a real Jupyter kernel through :func:`wsdm_helpers.notebook.run_notebook`, with
+Both notebooks run in a real Jupyter kernel through :func:`wsdm_helpers.notebook_runner.run_notebook`, with
 their cell output (text progress bars included) streaming to the terminal as it happens.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .notebook import run_notebook
+from .notebook_runner import run_notebook
 
 
 @dataclass
