@@ -233,3 +233,25 @@ def test_saved_plan_is_not_reused_for_another_test_set_or_budget(run_dir, frame,
     run_prediction(run_dir, frame, dataclasses.replace(cfg, time_budget_minutes=30))
     assert len(list((tmp_path / "work").glob("plan-*.json"))) == 3
     assert first.report.rows_predicted == len(frame) and not first.report.stopped
+
+
+def test_each_worker_batches_for_its_own_device():
+    """In a mixed device list a CPU worker keeps CPU-sized batches: the job hands workers the batching
+    values as given (null = per device), not values already resolved for the first device."""
+    import torch
+
+    from wsdm_helpers.inference import Worker
+
+    seen = []
+
+    def scorer(input_ids, attention_mask):
+        seen.append(input_ids.numel())
+        return torch.zeros(input_ids.shape[0], 2)
+
+    worker = Worker(scorer=scorer, device=torch.device("cpu"), pad_id=0, padding_side="left")
+    rows = [[1] * 500 for _ in range(40)]  # 20,000 tokens
+    worker.score(rows, InferenceConfig(max_batch_size=64))
+    assert max(seen) <= 2048  # CPU budget, although a GPU job would resolve 16,384
+    seen.clear()
+    worker.score(rows, InferenceConfig(max_batch_size=64).for_device("cuda"))
+    assert max(seen) > 2048  # values a caller resolved are kept, as before

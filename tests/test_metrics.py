@@ -50,10 +50,3 @@ def test_flip_rate_counts_changed_verdicts():
     assert metrics.flip_rate(ab, ab) == 0.0
 
 
-def test_summarize():
-    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
-    result = metrics.summarize([0, 1, 1], probs, languages=["en", "de", "de"], probs_ba=probs[:, ::-1])
-    assert result["rows"] == 3 and result["accuracy"] == pytest.approx(2 / 3)
-    assert result["predicted_a_share"] == pytest.approx(2 / 3) and result["flip_rate"] == 1.0
-    assert result["per_language"] == {"de": {"rows": 2, "accuracy": 0.5}, "en": {"rows": 1, "accuracy": 1.0}}
-    assert result["log_loss"] == pytest.approx(metrics.log_loss([0, 1, 1], probs))

@@ -106,18 +106,6 @@ def add_field_argument(parser: Any, flag: str, cls: type, name: str, **kwargs: A
     return parser.add_argument(flag, help=f"{field_help(cls, name)} (default: %(default)s)", **kwargs)
 
 
-def describe(cls: type) -> str:
-    """A help table of a config dataclass: one line per field with its default, choices and help text."""
-    lines = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
-        allowed = field_choices(cls, f.name)
-        one_of = f" [one of {', '.join(map(str, allowed))}]" if allowed else ""
-        lines.append(f"{f.name} = {default!r}: {f.metadata.get('help', '')}{one_of}")
-    return "\n".join(lines)
-
-
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

@@ -24,9 +24,6 @@ from collections.abc import Sequence
 
 FIELDS = ("prompt", "response_a", "response_b")
 
-# Special tokens a template may name; tokenization replaces them with the tokenizer's own ids.
-PLACEHOLDERS = ("{bos}", "{eos}", "{cls}", "{sep}")
-
 
 @dataclasses.dataclass(frozen=True)
 class Template:

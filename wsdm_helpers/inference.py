@@ -590,6 +590,7 @@ class _Job:
                  progress: Callable[[ChunkEvent], None] | None, clock: Clock, started: float):
         self.run, self.cfg, self.store, self.progress = runs[0], cfg, store, progress
         self.workers = [_worker(r) for r in runs]
+        self.planning = cfg.for_device(self.workers[0].device.type)  # pilot and time plan: the first device
         self.clock, self.start = clock, started
         self.stop: StopRule | None = None
         self.report = InferenceReport(devices=[str(w.device) for w in self.workers], tta=cfg.tta)
@@ -651,7 +652,7 @@ class _Job:
         import numpy as np
 
         worker = self.workers[0]
-        batches = plan_batches(encoded.lengths, self.cfg)
+        batches = plan_batches(encoded.lengths, self.planning)
         picks = sorted({int(i) for i in np.linspace(0, len(batches) - 1, min(self.cfg.pilot_batches, len(batches)))})
         worker.score_batch([encoded.input_ids[i] for i in batches[-1]])  # warm-up, not timed
         before, started = worker.computed_tokens, self.clock.now()
@@ -668,7 +669,7 @@ class _Job:
             return plan
         rate = self.pilot(encoded)
         wanted = swap_rows_wanted(self.cfg.tta, n_rows, self.cfg.tta_share)
-        plan = plan_budget(encoded.lengths, max_length, self.cfg, rate, stop_at - self.clock.now(),
+        plan = plan_budget(encoded.lengths, max_length, self.planning, rate, stop_at - self.clock.now(),
                            self.report.tokenize_seconds / max(n_rows, 1), wanted)
         log.info("time budget plan: max_length=%d, up to %d swapped rows, predicted %.0fs of the %.0fs left "
                  "(%.0f tokens/s on %d device(s))", plan.max_length, plan.swap_rows, plan.predicted_seconds,
@@ -746,8 +747,7 @@ def run_prediction(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cf
     order = _check_frame(frame)
     runs = load_runs(model_source, cfg)
     cfg = cfg or runs[0].config.inference
-    cfg.validate("inference.")
-    cfg = cfg.for_device(_model_device(runs[0].model).type)
+    cfg.validate("inference.")  # batching values stay as given: each worker resolves them for its device
     if stop_at is None and cfg.time_budget_minutes:
         stop_at = started + (cfg.time_budget_minutes - cfg.safety_minutes) * 60
     store = ChunkStore(cfg.work_dir or None, _job_key(runs[0], cfg, frame, store_key))

@@ -73,15 +73,3 @@ def flip_rate(probs_ab: Any, probs_ba: Any) -> float:
     return float(np.mean(ab.argmax(axis=1) != ba.argmax(axis=1))) if len(ab) else float("nan")
 
 
-def summarize(labels: Any, probs: Any, languages: Any = None, probs_ba: Any = None) -> dict:
-    """rows, accuracy, log_loss, share predicted a, (per-language accuracy), (flip_rate) as a plain dict."""
-    labels, probs = _check(labels, probs)
-    result = {"rows": int(len(labels)), "accuracy": accuracy(labels, probs), "log_loss": log_loss(labels, probs),
-              "predicted_a_share": float(np.mean(probs.argmax(axis=1) == 0)) if len(labels) else float("nan")}
-    if languages is not None:
-        table = per_language_accuracy(languages, labels, probs)
-        result["per_language"] = {r.language: {"rows": int(r.rows), "accuracy": float(r.accuracy)}
-                                  for r in table.itertuples()}
-    if probs_ba is not None:
-        result["flip_rate"] = flip_rate(probs, probs_ba)
-    return result

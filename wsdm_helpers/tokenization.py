@@ -331,15 +331,3 @@ def _stats(frame: pd.DataFrame, fits: list) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
-def length_table(enc: EncodedPairs) -> pd.DataFrame:
-    """Per field: token lengths before truncation (median, p90, max), median kept, share of rows truncated."""
-    rows = {}
-    for field in FIELDS:
-        tokens, kept = enc.stats[f"{field}_tokens"], enc.stats[f"{field}_kept"]
-        rows[field] = {"median": tokens.median(), "p90": tokens.quantile(0.9), "max": tokens.max(),
-                       "median_kept": kept.median(), "share_truncated": enc.stats[f"{field}_truncated"].mean()}
-    length = enc.stats["length"]
-    rows["sequence"] = {"median": length.median(), "p90": length.quantile(0.9), "max": length.max(),
-                        "median_kept": length.median(),
-                        "share_truncated": enc.stats[[f"{f}_truncated" for f in FIELDS]].any(axis=1).mean()}
-    return pd.DataFrame(rows).T.rename_axis("field")

@@ -7,7 +7,6 @@ Where am I (used by the notebooks):
 - :func:`input_dir` / :func:`working_dir`: ``/kaggle/input`` and ``/kaggle/working`` on Kaggle,
   ``/content`` on Colab, the current folder locally; ``$WSDM_INPUT_DIR`` / ``$WSDM_WORKING_DIR``
   override them anywhere;
-- :func:`find_wheelhouse` finds the attached ``wsdm-helpers-wheels`` dataset under the input folder.
 
 The bundle (``wsdm bundle wheels|adapter|kernel|check``), each folder ready for the Kaggle CLI:
 
@@ -36,13 +35,12 @@ from .wheels import build_wheelhouse, default_packages, offline_install_command
 __all__ = [
     "BundleReport", "build_wheelhouse", "bundle_adapter", "bundle_kernel", "check_bundle",
     "check_dataset_metadata", "check_kernel_metadata", "default_packages", "environment",
-    "find_wheelhouse", "input_dir", "offline_install_command", "working_dir",
+    "input_dir", "offline_install_command", "working_dir",
 ]
 
 KAGGLE_INPUT = Path("/kaggle/input")
 KAGGLE_WORKING = Path("/kaggle/working")
 COLAB_CONTENT = Path("/content")
-WHEELHOUSE_SEARCH_DEPTH = 3
 
 
 def environment() -> str:
@@ -75,15 +73,3 @@ def working_dir() -> Path:
     return {"kaggle": KAGGLE_WORKING, "colab": COLAB_CONTENT}.get(environment(), Path.cwd())
 
 
-def find_wheelhouse(root: str | Path | None = None) -> Path | None:
-    """The folder under ``root`` (default :func:`input_dir`) holding the wsdm_helpers wheel, or None.
-
-    Kaggle mounts an attached dataset at ``/kaggle/input/<slug>`` (and in some layouts deeper), so
-    the search goes a few levels down; the shallowest match wins.
-    """
-    root = Path(root) if root is not None else input_dir()
-    for depth in range(WHEELHOUSE_SEARCH_DEPTH + 1):
-        found = sorted(root.glob("/".join(["*"] * depth + ["wsdm_helpers-*.whl"])))
-        if found:
-            return found[0].parent
-    return None

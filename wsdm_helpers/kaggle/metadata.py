@@ -81,21 +81,6 @@ def _ref_problems(ref: Any, field: str, parts: int, slug_lengths: tuple[int, int
     return problems
 
 
-def dataset_metadata(username: str, slug: str, title: str, license_name: str = "apache-2.0",
-                     subtitle: str | None = None, description: str | None = None,
-                     keywords: Iterable[str] = ()) -> dict[str, Any]:
-    """A ``dataset-metadata.json`` dict; raises ``BundleError`` when a field breaks the CLI's rules."""
-    meta: dict[str, Any] = {"title": title, "id": f"{username}/{slug}", "licenses": [{"name": license_name}]}
-    if subtitle:
-        meta["subtitle"] = subtitle
-    if description:
-        meta["description"] = description
-    if keywords:
-        meta["keywords"] = list(keywords)
-    _raise_if(check_dataset_metadata(meta), DATASET_METADATA)
-    return meta
-
-
 def check_dataset_metadata(meta: Any) -> list[str]:
     """Problems of a ``dataset-metadata.json`` dict (empty when Kaggle's CLI would accept it)."""
     if not isinstance(meta, dict):
