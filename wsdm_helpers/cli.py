@@ -177,7 +177,7 @@ def _bundle_check(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- notebooks and the demo (helper F) -------------------------------------------------------------
+# ---- notebooks and the demo ---------------------------------------------------------------------
 def _add_notebook_commands(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run-notebook", help="run notebooks/NAME.ipynb through papermill with checked parameters",
                          description="Executes the notebook in a Jupyter kernel into OUT_ROOT/NAME-TIMESTAMP/ "
@@ -322,7 +322,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _ensemble(args: argparse.Namespace) -> int:
-    if args.predictions[0] == "fit":  # wsdm ensemble fit OOF... --out weights.json (issue 14)
+    if args.predictions[0] == "fit":  # wsdm ensemble fit OOF... --out weights.json
         return _ensemble_fit(args)
     from .ensemble import blend_files
 
@@ -428,7 +428,7 @@ class _SubParsers(argparse._SubParsersAction):
         return parser
 
 
-# ---- configs (issue 12) ---------------------------------------------------------------------------
+# ---- configs ------------------------------------------------------------------------------------
 def _add_config_commands(sub: argparse._SubParsersAction) -> None:
     from .config import FormatConfig, add_field_argument
 
@@ -466,7 +466,7 @@ def _tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- cross-validation, blend fitting, pseudo-labels (issue 14) -------------------------------------
+# ---- cross-validation, blend fitting, pseudo-labels ----------------------------------------------
 def _add_cv_commands(sub: argparse._SubParsersAction) -> None:
     cv = sub.add_parser("cv", help="k-fold cross-validation: a run folder per fold, oof.parquet, CV report",
                         description="Trains every fold (or --folds) into OUTPUT/fold-K/ (OUTPUT = train.output_dir "

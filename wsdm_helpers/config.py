@@ -423,7 +423,7 @@ class TrainConfig(Section):
     eval_swap: bool = option(True, help="also evaluate the A/B-swapped validation rows (flip rate, swap-TTA accuracy)")
     best_metric: BestMetric = option("log_loss", help="checkpoint selection metric")
     keep_checkpoints: bool = option(False, help="keep output_dir/checkpoints after a finished run")
-    # the score head's start and step size (issue 15): null keeps the model's init and learning_rate
+    # the score head's start and step size: null keeps the model's init and learning_rate
     head_init_std: float | None = option(None, help="classifier head: redraw its weights from N(0, std) before "
                                          "training; null = the model's init (0.02: class logits of +-3..6 on "
                                          "Gemma 3's ~115-norm hidden states)")
