@@ -51,7 +51,7 @@ def test_convert_with_a_column_map(tmp_path, capsys):
     assert "wrote 2 rows" in capsys.readouterr().out
     frame = data.read_canonical(out)
     assert frame["label"].tolist() == [0, 1] and frame["prompt"].tolist() == [["2+2?"], ["3+3?"]]
-    assert cli.main(["data", "convert", str(src), "--out", str(out), "--map", "prompt"]) == 2
+    assert cli.main(["data", "convert", str(src), "--out", str(tmp_path / "other.parquet"), "--map", "prompt"]) == 2
     assert "--map values must look like KEY=COLUMN" in capsys.readouterr().err
 
 
@@ -64,3 +64,12 @@ def test_cli_and_data_modules_do_not_import_torch():
     help_run = subprocess.run([sys.executable, "-m", "wsdm_helpers", "--help"], capture_output=True, text=True,
                               timeout=120)
     assert help_run.returncode == 0 and "demo-data" in help_run.stdout
+
+
+def test_convert_never_overwrites_a_file_unless_asked(demo_dir, tmp_path, capsys):
+    out = tmp_path / "mine.parquet"
+    out.write_bytes(b"a file the user made")
+    assert cli.main(["data", "convert", str(demo_dir / "train.parquet"), "--out", str(out)]) == 2
+    assert "exists already" in capsys.readouterr().err and out.read_bytes() == b"a file the user made"
+    assert cli.main(["data", "convert", str(demo_dir / "train.parquet"), "--out", str(out), "--overwrite"]) == 0
+    assert out.read_bytes() != b"a file the user made"

@@ -36,7 +36,8 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
         dest="data_command", required=True)
     validate = data.add_parser("validate", help="read a file, print a summary; exit 2 with the reason on bad input")
     convert = data.add_parser("convert", help="convert a file to the canonical parquet layout")
-    convert.add_argument("--out", required=True, help="output .parquet path")
+    convert.add_argument("--out", required=True, help="output .parquet path (a new file unless --overwrite)")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     from .config import DataConfig, add_field_argument
 
     for parser, handler in ((validate, _data_validate), (convert, _data_convert)):
@@ -72,7 +73,7 @@ def _data_validate(args: argparse.Namespace) -> int:
 def _data_convert(args: argparse.Namespace) -> int:
     from .data import check_canonical_out, write_canonical
 
-    check_canonical_out(args.out, args.path)
+    check_canonical_out(args.out, args.path, overwrite=args.overwrite)
     frame, report = _read_for_cli(args)
     write_canonical(frame, args.out)
     print(report.to_text())

@@ -761,8 +761,9 @@ def frame_from_records(records: list[dict], source: str = "records") -> pd.DataF
     return _assemble({"id": ids, **parts, "label": labels, **side}, source, source)
 
 
-def check_canonical_out(path: str | Path, source: str | Path | None = None) -> Path:
-    """The output path of a canonical file: a ``.parquet``/``.pq`` name that is not the input ``source``."""
+def check_canonical_out(path: str | Path, source: str | Path | None = None, overwrite: bool = True) -> Path:
+    """The output path of a canonical file: a ``.parquet``/``.pq`` name that is not the input ``source``
+    and, unless ``overwrite``, not an existing file."""
     path = Path(path)
     if path.suffix.lower() not in (".parquet", ".pq"):
         raise _fail(path, f"canonical files are parquet, but the name ends in '{path.suffix}'",
@@ -770,6 +771,8 @@ def check_canonical_out(path: str | Path, source: str | Path | None = None) -> P
     if source is not None and path.exists() and path.resolve() == Path(source).resolve():
         raise _fail(path, "is the input file: converting it onto itself would replace it (and drop any column "
                           "the canonical layout lacks)", "write to a new file")
+    if not overwrite and path.exists():
+        raise _fail(path, "exists already", "choose a new name, or pass --overwrite to replace it")
     return path
 
 
