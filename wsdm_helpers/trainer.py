@@ -106,9 +106,10 @@ class PairTrainer(Trainer):
             self.pop_callback(DEFAULT_PROGRESS_CALLBACK)
             self.add_callback(TextProgress)
 
-    def create_optimizer(self, model=None):
-        """The Trainer's optimizer, with the head's weights moved to a group of their own at head_lr."""
-        optimizer = super().create_optimizer(model)
+    def create_optimizer(self, *args, **kwargs):
+        """The Trainer's optimizer, with the head's weights moved to a group of their own at head_lr.
+        (Arguments passed through: transformers 5.2 takes none, later versions take the model.)"""
+        optimizer = super().create_optimizer(*args, **kwargs)
         if self.head_lr is None:
             return optimizer
         head = {id(p) for n, p in self.model.named_parameters()
