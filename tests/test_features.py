@@ -72,3 +72,18 @@ def test_wsdm_baseline_command(tmp_path, demo):
     out = tmp_path / "preds.parquet"
     assert main(["baseline", "--train", str(train), "--test", str(test), "--out", str(out)]) == 0
     assert len(pd.read_parquet(out)) == 100
+
+
+def test_baseline_file_of_other_model_inputs_is_refused(tmp_path, demo):
+    """A baseline.json fitted before the asinh input (no "transform") would load and predict wrong numbers."""
+    import json
+
+    from wsdm_helpers.features import BASELINE_FILE, load_baseline, save_baseline
+
+    path = save_baseline(FeatureBaseline().fit(demo.iloc[:200]), tmp_path, train_rows=200)
+    assert load_baseline(tmp_path).predict(demo.iloc[200:210])["winner_model_a"].between(0, 1).all()
+    data = json.loads(path.read_text())
+    del data["transform"]
+    (tmp_path / BASELINE_FILE).write_text(json.dumps(data))
+    with pytest.raises(DataError, match="asinh transform.*wsdm baseline --train"):
+        load_baseline(tmp_path)

@@ -6,6 +6,11 @@ with the prompt. A pair is described by A's features, B's features, their differ
 ratio. Training adds every row again with A and B swapped, and prediction averages both
 orientations, so the baseline has no position bias. It is a usable model alone (length alone is
 right on about 60% of Arena votes) and a cheap ensemble member.
+
+The model reads every feature through asinh (about log(2x) for large x, linear near 0). Raw counts
+are heavy-tailed, and the scaled raw count of one very long response made the logistic regression
+certain: out-of-fold log loss 0.693 at 0.640 accuracy on Arena votes without a tie, against 0.642 at
+0.660 with asinh (``benchmarks/quality.py --no-llm``).
 """
 from __future__ import annotations
 
@@ -41,6 +46,14 @@ COUNT_FEATURES = ["chars", "words", "lines", *_PATTERNS, "null_turns", "distinct
 RATIO_FEATURES = ["digit_share", "upper_share", "distinct_share", "prompt_coverage", "prompt_jaccard", "empty"]
 RESPONSE_FEATURES = COUNT_FEATURES + RATIO_FEATURES
 MODELS = ("logreg", "hgb")
+TRANSFORM = "asinh"  # recorded in baseline.json: a file fitted on other inputs must not load
+
+
+def _model_input(features: pd.DataFrame) -> pd.DataFrame:
+    """What the estimator reads: asinh of every feature (monotone, so the trees see the same splits)."""
+    import numpy as np
+
+    return np.arcsinh(features)
 
 
 def _join(turns: Any) -> str:
@@ -148,7 +161,7 @@ class FeatureBaseline:
         self.num_classes = 3 if (y == 2).any() else 2
         swapped_y = np.where(y == 2, 2, 1 - y)
         x = pd.concat([features, _swapped(features)], ignore_index=True)
-        self.estimator = self._make_estimator().fit(x, np.concatenate([y, swapped_y]))
+        self.estimator = self._make_estimator().fit(_model_input(x), np.concatenate([y, swapped_y]))
         return self
 
     def predict_array(self, frame: pd.DataFrame) -> np.ndarray:
@@ -158,8 +171,8 @@ class FeatureBaseline:
         features = pair_features(frame)
         from .tta import average_orientations
 
-        return average_orientations(self.estimator.predict_proba(features),
-                                    self.estimator.predict_proba(_swapped(features)))
+        return average_orientations(self.estimator.predict_proba(_model_input(features)),
+                                    self.estimator.predict_proba(_model_input(_swapped(features))))
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         from .tta import columns_for
@@ -186,7 +199,7 @@ def save_baseline(baseline: FeatureBaseline, run_dir: str | Path, train_rows: in
         raise DataError(f"feature baseline: only a fitted logreg baseline can be saved as a run folder "
                         f"(got model={baseline.model!r}); use --model logreg, or --out for hgb predictions")
     scaler, logreg = baseline.estimator[0], baseline.estimator[-1]
-    data = {"kind": "feature_baseline", "model": "logreg", "num_classes": baseline.num_classes,
+    data = {"kind": "feature_baseline", "model": "logreg", "transform": TRANSFORM, "num_classes": baseline.num_classes,
             "train_rows": train_rows, "features": [str(f) for f in scaler.feature_names_in_],
             "scaler": {k: getattr(scaler, k).tolist() for k in _SCALER},
             "logreg": {k: getattr(logreg, k).tolist() for k in _LOGREG}, "params": baseline.params}
@@ -202,6 +215,7 @@ def load_baseline(run_dir: str | Path) -> FeatureBaseline:
     path = Path(run_dir) / BASELINE_FILE
     try:
         data = json.loads(path.read_text())
+        transform = data.get("transform")
         baseline = FeatureBaseline("logreg", **data["params"])
         baseline.num_classes = int(data["num_classes"])
         baseline.estimator = baseline._make_estimator()
@@ -212,9 +226,13 @@ def load_baseline(run_dir: str | Path) -> FeatureBaseline:
             obj.n_features_in_ = len(data["features"])
         scaler.feature_names_in_ = np.asarray(data["features"], dtype=object)  # the scaler passes arrays on
         scaler.n_samples_seen_ = int(data["train_rows"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"{path}: not a feature-baseline run folder ({exc}); write it with "
                         "`wsdm baseline --train TRAIN --run-dir DIR`") from None
+    if transform != TRANSFORM:
+        raise DataError(f"{path}: fitted on features without this version's {TRANSFORM} transform "
+                        f"(transform={transform!r}), so it would predict wrong probabilities. Fix: refit it with "
+                        "`wsdm baseline --train TRAIN --run-dir DIR`")
     return baseline
 
 
