@@ -50,6 +50,20 @@ def _accuracy(run_dir: Path, frame, tta: str) -> np.ndarray:
     return (preds[["winner_model_a", "winner_model_b"]].to_numpy().argmax(axis=1) == frame["label"].to_numpy())
 
 
+def _finished(run_dir: Path, steps: int) -> bool:
+    """A finished run of ``steps`` steps with its soft labels beside it (a rerun with other student
+    steps reuses the teacher; any other teacher folder is an error, not silently replaced)."""
+    if not run_dir.exists():
+        return False
+    from wsdm_helpers.config import load_run_config
+
+    done = (run_dir / "metrics.json").is_file() and (run_dir.parent / "soft.parquet").is_file()
+    if not done or load_run_config(run_dir / "config.yaml").train.max_steps != steps:
+        raise SystemExit(f"error: {run_dir} is not a finished {steps}-step teacher with soft.parquet beside it. "
+                         "Fix: pass another --out, or delete that folder")
+    return True
+
+
 def _split(train, share: float, seed: int):
     """(labelled share, the rest with labels hidden) by a seeded permutation."""
     order = np.random.default_rng(seed).permutation(len(train))
@@ -63,11 +77,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: 200 rows, 16/8 steps of 4 rows, 80 "
                         "held-out rows (minutes on 2 free cores; far too short to learn the demo task)")
-    parser.add_argument("--n-train", type=int, default=1000, help="demo training rows (10%% keep their labels)")
+    parser.add_argument("--n-train", type=int, default=2000, help="demo training rows, as in make demo (10%% keep "
+                        "their labels)")
     parser.add_argument("--n-test", type=int, default=300, help="held-out rows scored")
     parser.add_argument("--label-share", type=float, default=0.1)
-    parser.add_argument("--teacher-steps", type=int, default=100)
-    parser.add_argument("--student-steps", type=int, default=50)
+    parser.add_argument("--teacher-steps", type=int, default=160, help="the demo's 160")
+    parser.add_argument("--student-steps", type=int, default=100)
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--mix", type=float, default=0.5)
     parser.add_argument("--tta", default="none", help="TTA of pseudo-labels and scoring (none halves the CPU time)")
@@ -111,15 +126,20 @@ def main() -> int:
         print(f"{name}: {seconds[name]:.0f} s", flush=True)
         return result
 
-    stage("teacher", lambda: train(_config(out / "teacher", out / "labelled.parquet", args.teacher_steps, args)))
-    stage("pseudo_label", lambda: pseudo_label([out / "teacher"], out / "hidden.parquet", out / "soft.parquet"))
-    stage("student_hard", lambda: train(_config(out / "student-hard", out / "labelled.parquet", args.student_steps, args)))
+    hard, distilled = f"student-hard-{args.student_steps}", f"student-distilled-{args.student_steps}"
+    if not _finished(out / "teacher", args.teacher_steps):
+        stage("teacher", lambda: train(_config(out / "teacher", out / "labelled.parquet", args.teacher_steps, args)))
+        stage("pseudo_label", lambda: pseudo_label([out / "teacher"], out / "hidden.parquet", out / "soft.parquet"))
+    else:
+        print(f"reusing the finished teacher in {out / 'teacher'} and its soft labels", flush=True)
+    stage("student_hard", lambda: train(_config(out / hard, out / "labelled.parquet", args.student_steps, args)))
     stage("student_distilled", lambda: train(_config(
-        out / "student-distilled", out / "labelled.parquet", args.student_steps, args,
+        out / distilled, out / "labelled.parquet", args.student_steps, args,
         [f"data.extra_train_paths=[{out / 'hidden.parquet'}]", f"train.distill.soft_labels=[{out / 'soft.parquet'}]",
          f"train.distill.temperature={args.temperature}", f"train.distill.mix={args.mix}"])))
-    correct = {name: stage(f"score_{name}", lambda name=name: _accuracy(out / name, test, args.tta))
-               for name in ("teacher", "student-hard", "student-distilled")}
+    names = {"teacher": "teacher", "student-hard": hard, "student-distilled": distilled}
+    correct = {name: stage(f"score_{name}", lambda folder=folder: _accuracy(out / folder, test, args.tta))
+               for name, folder in names.items()}
     hidden_truth = train_frame.set_index("id").loc[hidden["id"], "label"].to_numpy()
     soft = pd_read(out / "soft.parquet").set_index("id").loc[hidden["id"]]
     pseudo_accuracy = float((soft[["winner_model_a", "winner_model_b"]].to_numpy().argmax(axis=1) == hidden_truth).mean())
