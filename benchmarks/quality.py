@@ -10,7 +10,8 @@ predicts the held-out rows:
 - feature baseline: features.FeatureBaseline (logistic regression); "baseline, arena only" is the same
   fitted on the other Arena folds alone (what the extra sets do to it)
 - Gemma 3 270M LoRA: ``wsdm train`` with the preset (``configs/cpu-real-gemma3-270m.yaml``), one run
-  per fold, its oof.parquet; ``--no-llm`` leaves it out (and the blend then mixes the others)
+  per fold, its oof.parquet (the held-out rows under the preset's inference TTA, as its submission
+  would score them); ``--no-llm`` leaves it out (and the blend then mixes the others)
 - blend: probability weights fitted (ensemble.fit_weights, --blend-metric) on the other folds' out-of-fold
   predictions of the methods above, applied to the held-out fold (nested: no row fits its own weights)
 

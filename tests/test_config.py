@@ -113,7 +113,7 @@ def test_choice_lists_are_derived_from_the_literals():
     assert (validate.layout, validate.ties) == (DataConfig().layout, DataConfig().ties)  # one default
     with pytest.raises(SystemExit):
         parser.parse_args(["data", "validate", "x.csv", "--ties", "sometimes"])
-    assert "[one of log_loss, accuracy, accuracy_swap_tta, flip_rate]" in annotated_yaml(RunConfig())
+    assert "[one of log_loss, accuracy, log_loss_swap_tta, accuracy_swap_tta, flip_rate]" in annotated_yaml(RunConfig())
 
 
 def test_schedule_and_optimizer_choices_exist_in_transformers():

@@ -63,7 +63,7 @@ def test_qlora_4bit_trains_and_the_adapter_reloads_on_a_quantized_base(family, d
     assert metrics["global_step"] == 6 and metrics["peak_cuda_memory_gib"] > 0
     assert metrics["train_tokens_per_s"] > 0
     frame, oof = _oof_frame(demo, tmp_path / "q4")
-    cfg = InferenceConfig(devices=["cuda:0"], tta="none", progress_bar=False)
+    cfg = InferenceConfig(devices=["cuda:0"], tta="swap", progress_bar=False)  # the policy oof.parquet used
     again = predict_proba(tmp_path / "q4", frame, cfg)  # base re-quantized from config.yaml + adapter
     assert again["id"].tolist() == oof["id"].tolist()
     np.testing.assert_allclose(again["winner_model_a"], oof["winner_model_a"], atol=2e-2)

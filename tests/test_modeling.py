@@ -147,6 +147,30 @@ def test_scorer_reads_the_same_token_with_and_without_padding(family, head, tiny
     assert torch.allclose(probs[0], scorer(**alone)[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["gemma3", "llama"])
+def test_mean_pooling_is_the_score_of_the_mean_hidden_state_of_the_real_tokens(family, tiny_models):
+    model, tokenizer, fam = load_model(run_config(tiny_models[family]), "cpu")
+    model.eval()
+    scorer = PairScorer(model, "classifier", pooling="mean")
+    short, long = TEXTS[4], TEXTS[0] + " " + TEXTS[1]
+    batch = _batch(tokenizer, [short, long], fam.padding_side)
+    with torch.no_grad():
+        hidden = model.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        by_hand = model.score((hidden * mask).sum(1) / mask.sum(1))
+    assert torch.allclose(scorer.logits(**batch), by_hand, atol=1e-5)
+    alone = _batch(tokenizer, [short], fam.padding_side)  # padding does not enter the mean
+    assert torch.allclose(scorer.logits(**alone)[0], scorer.logits(**batch)[0], atol=1e-5)
+    assert not torch.allclose(scorer.logits(**batch), PairScorer(model, "classifier").logits(**batch))
+
+
+def test_mean_pooling_is_refused_where_there_is_no_score_layer(tiny_models):
+    model, tokenizer, fam = load_model(run_config(tiny_models["deberta-v2"]), "cpu")
+    with pytest.raises(ConfigError, match="format.pooling=mean needs a decoder classifier"):
+        PairScorer(model.eval(), "classifier", pooling="mean")(**_batch(tokenizer, TEXTS[:1], fam.padding_side))
+    assert "pooling=mean is for the classifier head" in " ".join(FormatConfig(head="mcq", pooling="mean").check())
+
+
 def test_three_class_mcq_reads_three_answer_tokens(tiny_models):
     cfg = run_config(tiny_models["qwen2"], head="mcq")
     cfg.model.num_labels = 3

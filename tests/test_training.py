@@ -25,6 +25,7 @@ from wsdm_helpers.modeling import load_run  # noqa: E402
 from wsdm_helpers.tiny import build_tiny_model, pair_texts, train_tokenizer  # noqa: E402
 from wsdm_helpers.tokenization import encode_pairs  # noqa: E402
 from wsdm_helpers.training import halve_batch, train  # noqa: E402
+from wsdm_helpers.tta import average_orientations, swap_pairs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_PRESET = REPO / "configs" / "tiny-test.yaml"
@@ -71,13 +72,19 @@ class Snapshot(TrainerCallback):
 
 
 def rescore(run_dir: Path, demo) -> pd.DataFrame:
-    """Validation rows of a saved run scored again from disk, in the predictions layout."""
+    """Validation rows of a saved run scored again from disk, as given and swapped, under the run's TTA
+    (the default, swap: the mean of both), in the predictions layout."""
     loaded = load_run(run_dir)
+    assert loaded.config.inference.tta == "swap"
     oof = pd.read_parquet(run_dir / "oof.parquet")
     frame = pd.read_parquet(demo[0]).set_index("id").loc[oof["id"]].reset_index()
-    encoded = encode_pairs(frame, loaded.tokenizer, loaded.config.format, loaded.config.format.template)
-    batch = collate(encoded.input_ids, loaded.tokenizer.pad_token_id, loaded.family.padding_side)
-    probs = loaded.scorer(**batch).numpy()
+
+    def score(rows):
+        encoded = encode_pairs(rows, loaded.tokenizer, loaded.config.format, loaded.config.format.template)
+        return loaded.scorer(**collate(encoded.input_ids, loaded.tokenizer.pad_token_id,
+                                       loaded.family.padding_side)).numpy()
+
+    probs = average_orientations(score(frame), score(swap_pairs(frame)))
     return pd.DataFrame({"id": oof["id"], "winner_model_a": probs[:, 0], "winner_model_b": probs[:, 1]})
 
 
@@ -315,6 +322,29 @@ def test_head_start_and_learning_rate_of_its_own(demo, tiny_model, tmp_path):
     assert sum(n for lr, n in tuned.groups if lr == 1e-2) == total - head_size
     assert 0.5e-4 < float(torch.cat([p.flatten() for p in tuned.head]).std()) < 2e-4
     assert float(torch.cat([p.flatten() for p in default.head]).std()) > 1e-3
+
+
+def test_swap_in_batch_trains_on_whole_pairs(demo, tiny_model, tmp_path, monkeypatch):
+    from wsdm_helpers.trainer import PairTrainer
+
+    batches = []
+    compute_loss = PairTrainer.compute_loss
+
+    def recording(self, model, inputs, *args, **kwargs):
+        if model.training:
+            batches.append((inputs["row_index"].tolist(), inputs["labels"].tolist()))
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(PairTrainer, "compute_loss", recording)
+    result = train(tiny_cfg(demo, tiny_model("gemma3"), tmp_path / "run", {"train.swap_in_batch": True}))
+    n = result.metrics["train_rows"] // 2  # rows as given; their swaps follow them in the dataset
+    assert len(batches) == 6
+    for rows, labels in batches:
+        assert len(rows) == 4 and rows[1::2] == [r + n for r in rows[::2]]  # each row beside its own swap
+        assert labels[1::2] == [1 - y for y in labels[::2]]
+    with pytest.raises(ConfigError, match="swap_in_batch=true needs swap_augment=true and an even"):
+        tiny_cfg(demo, tiny_model("gemma3"), tmp_path / "odd", {"train.swap_in_batch": True,
+                                                                "train.per_device_batch_size": 3})
 
 
 def test_extra_files_stay_in_training_with_valid_from_train_path(demo, tmp_path):

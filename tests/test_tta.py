@@ -124,3 +124,35 @@ def test_select_uncertain_band_and_cap():
     assert tta.select_uncertain(preds, band=0.1) == ["b", "c"]  # ties in margin broken by id
     assert tta.select_uncertain(preds, band=None, max_rows=3) == ["b", "c", "d"]
     assert tta.select_uncertain(preds, band=0.15, max_rows=1) == ["b"]
+
+
+def test_apply_policy_scores_what_each_tta_policy_would_submit():
+    ab = pd.DataFrame({"id": ["r0", "r1", "r2", "r3"], "winner_model_a": [0.9, 0.55, 0.48, 0.2],
+                       "winner_model_b": [0.1, 0.45, 0.52, 0.8]})
+    ba = ab.iloc[::-1].assign(winner_model_a=[0.4, 0.3, 0.65, 0.7])  # mapped back to AB, other row order
+    ba["winner_model_b"] = 1 - ba["winner_model_a"]
+    assert tta.apply_policy(ab, ba, "none").equals(ab)
+    swap = tta.apply_policy(ab, ba, "swap")
+    assert list(swap["id"]) == list(ab["id"])  # joined on id, AB's order
+    assert np.allclose(swap["winner_model_a"], [0.8, 0.6, 0.39, 0.3])
+    selective = tta.apply_policy(ab, ba, "selective", band=0.1, share=None)  # only r1 and r2 are uncertain
+    assert np.allclose(selective["winner_model_a"], [0.9, 0.6, 0.39, 0.2])
+    capped = tta.apply_policy(ab, ba, "selective", band=0.1, share=0.25)  # one row: the most uncertain, r2
+    assert np.allclose(capped["winner_model_a"], [0.9, 0.55, 0.39, 0.2])
+
+
+@pytest.mark.parametrize("by_length", [True, False])
+def test_swap_pair_sampler_keeps_each_row_beside_its_swap(by_length):
+    from wsdm_helpers.trainer import SwapPairSampler
+
+    lengths = np.tile(np.arange(40) % 7 + 5, 2)  # rows [0, 40) and their swaps [40, 80): the same lengths
+    sampler = SwapPairSampler(lengths, batch_size=8, seed=3, group_by_length=by_length)
+    first, second = list(sampler), list(sampler)
+    assert sorted(first) == list(range(80)) and len(sampler) == 80
+    assert all(b == a + 40 for a, b in zip(first[::2], first[1::2], strict=True))  # every batch of 8: 4 whole pairs
+    assert first != second  # a new order each pass ...
+    assert list(SwapPairSampler(lengths, 8, seed=3, group_by_length=by_length)) == first  # ... replayed from the seed
+    if by_length:  # within a megabatch, longest first
+        assert [lengths[i] for i in first[::2]] == sorted((lengths[i] for i in first[::2]), reverse=True)
+    with pytest.raises(ValueError, match="even number of rows"):
+        SwapPairSampler(lengths[:-1], 8, seed=0)

@@ -259,6 +259,7 @@ Layout = Literal["auto", "wsdm", "lmsys", "chosen_rejected", "oasst", "columns",
 Ties = Literal["keep", "drop", "split"]
 ValidFrom = Literal["all", "train_path"]  # which rows the held-out fold is drawn from
 Head = Literal["classifier", "mcq"]
+Pooling = Literal["last", "mean"]  # which tokens the classifier head reads
 NumLabels = Literal[2, 3]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 InferenceDtype = Literal["run", "auto", "float32", "bfloat16", "float16"]  # run: the run's own model.dtype
@@ -274,7 +275,7 @@ Optimizer = Literal["auto", "adamw_torch", "adamw_torch_fused", "adafactor", "sg
                     "paged_lion_8bit", "paged_lion_32bit"]
 BITSANDBYTES_OPTIMIZERS = tuple(o for o in typing.get_args(Optimizer) if "8bit" in o or "32bit" in o)
 Tta = Literal["none", "swap", "selective"]
-BestMetric = Literal["log_loss", "accuracy", "accuracy_swap_tta", "flip_rate"]
+BestMetric = Literal["log_loss", "accuracy", "log_loss_swap_tta", "accuracy_swap_tta", "flip_rate"]
 HIGHER_IS_BETTER = ("accuracy", "accuracy_swap_tta")  # the other best_metric values are minimised
 Task = Literal["wsdm", "lmsys"]  # submission layout: winner model_a/model_b, or the three lmsys probabilities
 BlendMetric = Literal["log_loss", "accuracy"]  # what ensemble weights are fitted to
@@ -318,6 +319,8 @@ class DataConfig(Section):
 class FormatConfig(Section):
     template: str = option("auto", help="prompt template name (auto = the model family's template)")
     head: Head = option("classifier", help="classifier (sequence classification) or mcq (answer-token logits)")
+    pooling: Pooling = option("last", help="classifier head of a decoder: the last token (transformers' pooling) "
+                              "or the mean over the pair's tokens (the score of the mean hidden state)")
     max_length: int = option(1024, help="token budget per pair, special tokens included")
     shares: list[float] = option([0.2, 0.4, 0.4], help="budget shares of prompt, response_a, response_b")
     min_field_tokens: int = option(16, help="tokens each non-empty field keeps when the budget allows")
@@ -339,6 +342,8 @@ class FormatConfig(Section):
             problems.append(f"shares={self.shares} must be three non-negative numbers (prompt, a, b)")
         if self.min_field_tokens < 0:
             problems.append(f"min_field_tokens={self.min_field_tokens} must be zero or more")
+        if self.pooling == "mean" and self.head != "classifier":
+            problems.append("pooling=mean is for the classifier head; the mcq head reads the answer token (pooling=last)")
         if self.head == "mcq" and not self.answer_prefix.strip():
             problems.append("answer_prefix is empty; the mcq head needs a text such as 'Answer:' before the answer")
         return problems
@@ -412,6 +417,9 @@ class TrainConfig(Section):
     optimizer: Optimizer = option("auto", help="auto (8-bit AdamW on CUDA with bitsandbytes, else AdamW) or a "
                                   "transformers optim name")
     swap_augment: bool = option(True, help="add every training row again with A and B swapped")
+    swap_in_batch: bool = option(False, help="with swap_augment: each batch holds both orientations of its pairs "
+                                 "(an even per_device_batch_size), so a position bias gets no gradient from the "
+                                 "batch's label mix and the updates follow the content")
     eval_steps: int = option(50, help="evaluate every N steps")
     save_steps: int = option(50, help="checkpoint every N steps (a multiple of eval_steps)")
     logging_steps: int = option(10, help="log loss every N steps")
@@ -437,10 +445,14 @@ class TrainConfig(Section):
 
     def check(self) -> list[str]:
         problems = []
-        if self.best_metric in ("flip_rate", "accuracy_swap_tta") and not self.eval_swap:
+        if self.best_metric in ("flip_rate", "accuracy_swap_tta", "log_loss_swap_tta") and not self.eval_swap:
             problems.append(f"best_metric={self.best_metric} needs eval_swap=true")
         if self.gradient_accumulation < 1:
             problems.append(f"gradient_accumulation={self.gradient_accumulation} must be at least 1")
+        if self.swap_in_batch and (not self.swap_augment or self.per_device_batch_size % 2):
+            problems.append(f"swap_in_batch=true needs swap_augment=true and an even per_device_batch_size (got "
+                            f"swap_augment={str(self.swap_augment).lower()}, {self.per_device_batch_size}); set "
+                            "swap_in_batch=false or fix those")
         if not 0 <= self.warmup_ratio < 1:
             problems.append(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
         if self.max_steps == 0 or (self.max_steps < 0 and self.num_epochs <= 0):

@@ -177,6 +177,7 @@ def assemble(out_dir: Path, frame, folds, n_folds: int, tta: InferenceConfig) ->
 
     from . import metrics
     from .submission import prob_columns
+    from .tta import apply_policy
 
     labelled = frame.assign(fold=folds, id=frame["id"].astype(str)).set_index("id")
     parts, per_fold = [], []
@@ -188,7 +189,7 @@ def assemble(out_dir: Path, frame, folds, n_folds: int, tta: InferenceConfig) ->
                 raise ConfigError(f"{fold_dir(out_dir, k) / name} does not hold exactly the {len(expected)} held-out "
                                   f"rows of fold {k} (the data or folds changed); delete {fold_dir(out_dir, k)} "
                                   f"and run wsdm cv --folds {k} again")
-        merged = apply_tta(ab, ba, tta)
+        merged = apply_policy(ab, ba, tta.tta, tta.tta_band, tta.tta_share)
         parts.append((merged.assign(fold=k), ab, ba))
         per_fold.append({"fold": k, **_scores(labelled, merged, ab, ba)})
     oof = pd.concat([p[0] for p in parts], ignore_index=True)
@@ -208,24 +209,6 @@ def assemble(out_dir: Path, frame, folds, n_folds: int, tta: InferenceConfig) ->
     atomic_write_parquet(oof, out_dir / OOF_FILE)
     atomic_write_json(out_dir / REPORT_FILE, report)
     return report
-
-
-def apply_tta(ab, ba, cfg: InferenceConfig):
-    """The inference section's TTA on the two passes (``ba`` already mapped back to AB), joined on id:
-    none (AB), swap (mean of both), selective (mean on the uncertain rows inference would swap)."""
-    from .tta import prob_columns, select_uncertain
-
-    out = ab.assign(id=ab["id"].astype(str)).set_index("id")
-    if cfg.tta == "none":
-        return out.reset_index()
-    chosen = out.index
-    if cfg.tta == "selective":
-        cap = round(len(ab) * cfg.tta_share) if cfg.tta_share is not None else None
-        chosen = select_uncertain(out.reset_index(), cfg.tta_band, cap)
-    cols = prob_columns(ab)
-    other = ba.assign(id=ba["id"].astype(str)).set_index("id").loc[chosen, cols]
-    out.loc[chosen, cols] = (out.loc[chosen, cols].to_numpy() + other.to_numpy()) / 2
-    return out.reset_index()
 
 
 def _scores(labelled, merged, ab, ba) -> dict[str, Any]:

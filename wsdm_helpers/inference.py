@@ -375,7 +375,8 @@ def _copy_run(run: LoadedRun, device: str) -> LoadedRun:
     from .modeling import PairScorer
 
     model = copy.deepcopy(run.model).to(device)
-    return dataclasses.replace(run, model=model, scorer=PairScorer(model, run.scorer.head, run.scorer.answer_ids))
+    scorer = PairScorer(model, run.scorer.head, run.scorer.answer_ids, run.scorer.pooling)
+    return dataclasses.replace(run, model=model, scorer=scorer)
 
 
 # Share of each GPU's free memory a model-parallel placement may fill with weights; the rest is for the

@@ -87,6 +87,45 @@ class TimeLimit(TrainerCallback):
         return control
 
 
+class SwapPairSampler(torch.utils.data.Sampler):
+    """Order of a swap-augmented training set (rows ``[0, n)`` as given, ``[n, 2n)`` their swaps) in
+    which each row is followed by its swap, so a batch of even size holds whole pairs.
+
+    In such a batch the gradient of a logit shift shared by both orientations (a position bias) is
+    zero whenever the shift is zero, whatever the labels; in a random batch it follows the batch's label
+    mix, and on weak-signal data that noise can swamp the content signal (issue 15: runs on Arena votes
+    without it kept flip rates of 0.83-1.0). ``group_by_length``: pairs of similar length are batched
+    together (megabatches of 50 batches sorted by length, as transformers' LengthGroupedSampler does).
+    Each pass draws a new order from ``seed`` and the pass number, so a resumed run replays the same
+    batches.
+    """
+
+    MEGABATCH = 50
+
+    def __init__(self, lengths, batch_size: int, seed: int, group_by_length: bool = True):
+        if len(lengths) % 2:
+            raise ValueError(f"a swap-augmented set has an even number of rows, not {len(lengths)}")
+        self.lengths = torch.as_tensor(lengths[: len(lengths) // 2])
+        self.pairs_per_batch = max(1, batch_size // 2)
+        self.seed, self.group_by_length, self.passes = seed, group_by_length, 0
+
+    def __len__(self) -> int:
+        return 2 * len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.passes)
+        self.passes += 1
+        order = torch.randperm(len(self.lengths), generator=generator)
+        if self.group_by_length:
+            size = self.MEGABATCH * self.pairs_per_batch
+            order = torch.cat([mega[self.lengths[mega].argsort(descending=True, stable=True)]
+                               for mega in order.split(size)])
+        n = len(self.lengths)
+        for i in order.tolist():
+            yield i
+            yield i + n
+
+
 class PairTrainer(Trainer):
     """Trainer whose loss is over the class logits only (both heads): cross-entropy, or the
     distillation loss of distill.pair_loss when the batch carries soft labels."""
@@ -94,9 +133,10 @@ class PairTrainer(Trainer):
     loss_is_scaled_for_ga = False  # per-batch mean; the Trainer divides by the accumulation steps
 
     def __init__(self, *args, head: str, answer_ids: list[int], head_lr: float | None = None,
-                 head_modules: tuple[str, ...] = (), loss_options: dict | None = None, **kwargs):
+                 head_modules: tuple[str, ...] = (), loss_options: dict | None = None,
+                 swap_in_batch: bool = False, pooling: str = "last", **kwargs):
         super().__init__(*args, **kwargs)
-        self.head, self.answer_ids = head, answer_ids
+        self.head, self.answer_ids, self.pooling, self.swap_in_batch = head, answer_ids, pooling, swap_in_batch
         self.head_lr, self.head_modules = head_lr, head_modules
         self.loss_options = loss_options or {}  # temperature, mix, label_smoothing
         self.train_tokens = 0  # real (non-pad) tokens of this process's training batches
@@ -105,6 +145,14 @@ class PairTrainer(Trainer):
         if plain_progress() and not self.args.disable_tqdm:
             self.pop_callback(DEFAULT_PROGRESS_CALLBACK)
             self.add_callback(TextProgress)
+
+    def _get_train_sampler(self, *args, **kwargs):
+        """:class:`SwapPairSampler` when ``swap_in_batch``, else the Trainer's own (random or by length)."""
+        if not self.swap_in_batch:
+            return super()._get_train_sampler(*args, **kwargs)
+        return SwapPairSampler(self.train_dataset.encoded.lengths[self.train_dataset.rows],
+                               self.args.per_device_train_batch_size, self.args.seed,
+                               self.args.train_sampling_strategy == "group_by_length")
 
     def create_optimizer(self, *args, **kwargs):
         """The Trainer's optimizer, with the head's weights moved to a group of their own at head_lr.
@@ -126,7 +174,8 @@ class PairTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:  # a device tensor: counting adds no host sync per step
             self.train_tokens = self.train_tokens + inputs["attention_mask"].sum().detach()
-        logits = class_logits(model, self.head, self.answer_ids, inputs["input_ids"], inputs["attention_mask"])
+        logits = class_logits(model, self.head, self.answer_ids, inputs["input_ids"], inputs["attention_mask"],
+                              self.pooling)
         options = self.loss_options if model.training else {}  # evaluation: the plain cross-entropy
         loss = pair_loss(logits, inputs["labels"], inputs.get("soft") if model.training else None, **options)
         return (loss, {"logits": logits}) if return_outputs else loss

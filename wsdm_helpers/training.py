@@ -18,7 +18,8 @@ Run folder::
     tokenizer/        tokenizer with its pad token
     metrics.json      final validation metrics, per-language accuracy, curve, OOM retries
     log_history.json  the Trainer's log (loss, learning rate, evaluations)
-    oof.parquet       validation predictions: id, winner_model_a, winner_model_b(, winner_tie), label, language
+    oof.parquet       validation predictions under the inference section's TTA (tta.apply_policy): id,
+                      winner_model_a, winner_model_b(, winner_tie), label, language
     checkpoints/      Trainer checkpoints (resume) and settings.json, the training settings they were made
                       with; removed at the end unless train.keep_checkpoints
 
@@ -39,7 +40,15 @@ from typing import Any
 
 import numpy as np
 
-from .config import BITSANDBYTES_OPTIMIZERS, HIGHER_IS_BETTER, RunConfig, device_problems, save_yaml, to_dict
+from .config import (
+    BITSANDBYTES_OPTIMIZERS,
+    HIGHER_IS_BETTER,
+    InferenceConfig,
+    RunConfig,
+    device_problems,
+    save_yaml,
+    to_dict,
+)
 from .errors import ConfigError, NumericalError
 from .io import atomic_dir, atomic_write_json, atomic_write_parquet, check_output_dir
 
@@ -114,6 +123,7 @@ class EvalSet:
         self.encoded = encode_pairs(both, tokenizer, cfg.format, template)
         self.dataset = PairDataset(self.encoded)
         self.probs_ab: np.ndarray | None = None
+        self.probs_ba: np.ndarray | None = None  # the swapped pass, mapped back to AB
 
     def compute_metrics(self, prediction) -> dict[str, float]:
         from . import metrics
@@ -132,22 +142,31 @@ class EvalSet:
         self.probs_ab = probs[: self.n]
         result = {"accuracy": metrics.accuracy(labels, self.probs_ab), "log_loss": metrics.log_loss(labels, self.probs_ab)}
         if len(probs) == 2 * self.n:
-            probs_ba = flip_probs(probs[self.n:])  # back to the AB orientation
-            result["flip_rate"] = metrics.flip_rate(self.probs_ab, probs_ba)
-            result["accuracy_swap_tta"] = metrics.accuracy(labels, (self.probs_ab + probs_ba) / 2)
+            self.probs_ba = flip_probs(probs[self.n:])  # back to the AB orientation
+            swapped = (self.probs_ab + self.probs_ba) / 2
+            result["flip_rate"] = metrics.flip_rate(self.probs_ab, self.probs_ba)
+            result["accuracy_swap_tta"] = metrics.accuracy(labels, swapped)
+            result["log_loss_swap_tta"] = metrics.log_loss(labels, swapped)
         return {k: float(v) for k, v in result.items()}
 
-    def oof_frame(self):
+    def oof_frame(self, icfg: InferenceConfig):
+        """The held-out rows' predictions under the inference section's TTA (what a submission of this run
+        would give them; without the swapped pass, the rows as given), with label and language."""
+        from .tta import apply_policy
+
+        ab, ba = (self._predictions(p) for p in (self.probs_ab, self.probs_ba))
+        out = ab if ba is None else apply_policy(ab, ba, icfg.tta, icfg.tta_band, icfg.tta_share)
+        return out.assign(label=self.frame["label"].to_numpy(), language=self.frame["language"].to_numpy())
+
+    def _predictions(self, probs: np.ndarray | None):
         import pandas as pd
 
         from .tta import columns_for
 
-        out = pd.DataFrame({"id": self.frame["id"].astype(str)})
-        for j, column in enumerate(columns_for(self.probs_ab.shape[1])):
-            out[column] = self.probs_ab[:, j]
-        out["label"] = self.frame["label"].to_numpy()
-        out["language"] = self.frame["language"].to_numpy()
-        return out
+        if probs is None:
+            return None
+        columns = columns_for(probs.shape[1])
+        return pd.DataFrame({"id": self.frame["id"].astype(str), **{c: probs[:, j] for j, c in enumerate(columns)}})
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -481,6 +500,7 @@ def _make_trainer(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, c
         processing_class=tokenizer, callbacks=list(callbacks), head=cfg.format.head, answer_ids=answer_ids,
         head_lr=cfg.train.head_learning_rate if cfg.format.head == "classifier" else None,
         head_modules=family.head_modules, loss_options=loss_options(cfg),
+        swap_in_batch=cfg.train.swap_in_batch, pooling=cfg.format.pooling,
     )
 
 
@@ -532,6 +552,6 @@ def _write_run(run_dir: Path, cfg: RunConfig, trainer, tokenizer, evals, metrics
     atomic_write_json(run_dir / "log_history.json", trainer.state.log_history)
     atomic_write_json(run_dir / "metrics.json", metrics)
     if evals is not None:
-        atomic_write_parquet(evals[1].oof_frame(), run_dir / "oof.parquet")
+        atomic_write_parquet(evals[1].oof_frame(cfg.inference), run_dir / "oof.parquet")
     if not cfg.train.keep_checkpoints:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)

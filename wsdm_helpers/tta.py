@@ -99,6 +99,24 @@ def select_uncertain(preds: pd.DataFrame, band: float | None = None, max_rows: i
     return ids[order].tolist()
 
 
+def apply_policy(pred_ab: pd.DataFrame, pred_ba: pd.DataFrame, tta: TTA, band: float = 0.15,
+                 share: float | None = 0.5) -> pd.DataFrame:
+    """A TTA policy applied to two full passes over the same rows (``pred_ba`` already mapped back to
+    AB), joined on id, in ``pred_ab``'s order: none (AB), swap (mean of both), selective (the mean on
+    the rows inference would swap, :func:`selection`). Out-of-fold files use it, so they score what a
+    submission with that policy would get."""
+    out = pred_ab.astype({"id": str}).set_index("id")
+    if tta == "none":
+        return out.reset_index()
+    chosen = out.index
+    if tta == "selective":
+        chosen = select_uncertain(out.reset_index(), *selection(tta, len(out), band, share))
+    cols = prob_columns(pred_ab)
+    other = pred_ba.astype({"id": str}).set_index("id").loc[chosen, cols]
+    out.loc[chosen, cols] = (out.loc[chosen, cols].to_numpy() + other.to_numpy()) / 2
+    return out.reset_index()
+
+
 def swap_rows_wanted(tta: TTA, n_rows: int, share: float | None) -> int:
     """How many rows a TTA policy would swap if time allowed."""
     if tta == "none":
