@@ -451,9 +451,8 @@ class TrainConfig(Section):
             problems.append(f"gradient_accumulation={self.gradient_accumulation} must be at least 1")
         if self.swap_in_batch and (not self.swap_augment or self.per_device_batch_size % 2):
             problems.append(f"swap_in_batch=true needs swap_augment=true and an even per_device_batch_size (got "
-                            f"swap_augment={str(self.swap_augment).lower()}, per_device_batch_size={self.per_device_batch_size}); "
-                            "set "
-                            "swap_in_batch=false or fix those")
+                            f"swap_augment={str(self.swap_augment).lower()}, "
+                            f"per_device_batch_size={self.per_device_batch_size}); set swap_in_batch=false or fix those")
         if not 0 <= self.warmup_ratio < 1:
             problems.append(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
         if self.max_steps == 0 or (self.max_steps < 0 and self.num_epochs <= 0):

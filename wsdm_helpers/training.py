@@ -127,7 +127,7 @@ class EvalSet:
 
     def compute_metrics(self, prediction) -> dict[str, float]:
         from . import metrics
-        from .tta import flip_probs
+        from .tta import average_orientations, flip_probs
 
         logits = np.asarray(prediction.predictions, dtype=np.float64)
         if not np.isfinite(logits).all():
@@ -143,7 +143,7 @@ class EvalSet:
         result = {"accuracy": metrics.accuracy(labels, self.probs_ab), "log_loss": metrics.log_loss(labels, self.probs_ab)}
         if len(probs) == 2 * self.n:
             self.probs_ba = flip_probs(probs[self.n:])  # back to the AB orientation
-            swapped = (self.probs_ab + self.probs_ba) / 2
+            swapped = average_orientations(self.probs_ab, probs[self.n:])
             result["flip_rate"] = metrics.flip_rate(self.probs_ab, self.probs_ba)
             result["accuracy_swap_tta"] = metrics.accuracy(labels, swapped)
             result["log_loss_swap_tta"] = metrics.log_loss(labels, swapped)
