@@ -164,6 +164,20 @@ def test_mean_pooling_is_the_score_of_the_mean_hidden_state_of_the_real_tokens(f
     assert not torch.allclose(scorer.logits(**batch), PairScorer(model, "classifier").logits(**batch))
 
 
+@pytest.mark.parametrize("family", ["gemma3", "llama"])
+def test_pooled_hidden_states_are_what_the_score_layer_reads(family, tiny_models):
+    from wsdm_helpers.modeling import pooled_hidden_states
+
+    model, tokenizer, fam = load_model(run_config(tiny_models[family]), "cpu")
+    model.eval()
+    batch = _batch(tokenizer, [TEXTS[4], TEXTS[0] + " " + TEXTS[1]], fam.padding_side)
+    with torch.no_grad():
+        for pooling in ("last", "mean"):
+            pooled = pooled_hidden_states(model, batch["input_ids"], batch["attention_mask"], pooling)
+            logits = PairScorer(model, "classifier", pooling=pooling).logits(**batch)
+            assert torch.allclose(model.score(pooled), logits, atol=1e-5), pooling
+
+
 def test_mean_pooling_is_refused_where_there_is_no_score_layer(tiny_models):
     model, tokenizer, fam = load_model(run_config(tiny_models["deberta-v2"]), "cpu")
     with pytest.raises(ConfigError, match="format.pooling=mean needs a decoder classifier"):

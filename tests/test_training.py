@@ -324,7 +324,8 @@ def test_head_start_and_learning_rate_of_its_own(demo, tiny_model, tmp_path):
     assert float(torch.cat([p.flatten() for p in default.head]).std()) > 1e-3
 
 
-def test_swap_in_batch_trains_on_whole_pairs(demo, tiny_model, tmp_path, monkeypatch):
+@pytest.mark.parametrize("swap_loss", [False, True])  # swap_loss checks every training batch's pairs itself
+def test_swap_in_batch_trains_on_whole_pairs(demo, tiny_model, tmp_path, monkeypatch, swap_loss):
     from wsdm_helpers.trainer import PairTrainer
 
     batches = []
@@ -336,7 +337,8 @@ def test_swap_in_batch_trains_on_whole_pairs(demo, tiny_model, tmp_path, monkeyp
         return compute_loss(self, model, inputs, *args, **kwargs)
 
     monkeypatch.setattr(PairTrainer, "compute_loss", recording)
-    result = train(tiny_cfg(demo, tiny_model("gemma3"), tmp_path / "run", {"train.swap_in_batch": True}))
+    result = train(tiny_cfg(demo, tiny_model("gemma3"), tmp_path / "run",
+                            {"train.swap_in_batch": True, "train.swap_loss": swap_loss}))
     n = result.metrics["train_rows"] // 2  # rows as given; their swaps follow them in the dataset
     assert len(batches) == 6
     for rows, labels in batches:
@@ -345,6 +347,38 @@ def test_swap_in_batch_trains_on_whole_pairs(demo, tiny_model, tmp_path, monkeyp
     with pytest.raises(ConfigError, match="swap_in_batch=true needs swap_augment=true and an even"):
         tiny_cfg(demo, tiny_model("gemma3"), tmp_path / "odd", {"train.swap_in_batch": True,
                                                                 "train.per_device_batch_size": 3})
+
+
+def test_probe_head_starts_training_from_the_fitted_probe(demo, tiny_model, tmp_path, caplog):
+    from wsdm_helpers.modeling import load_model, pooled_hidden_states
+    from wsdm_helpers.probe import fit_pair_probe
+    from wsdm_helpers.training import _train_dataset, split_data
+
+    snapshot = Snapshot()
+    cfg = tiny_cfg(demo, tiny_model("gemma3"), tmp_path / "run", {"train.probe_head": True, "format.pooling": "mean"})
+    result = train(cfg, callbacks=[snapshot])
+    n = result.metrics["train_rows"] // 2
+    head = next(v for k, v in snapshot.before.items() if "score" in k.split("."))
+    assert torch.allclose(head[0], -head[1]) and head.abs().sum() > 0
+    probe = result.metrics["probe"]
+    assert probe["rows"] == n and probe["l2"] == cfg.train.probe_l2
+    assert result.metrics["curve"][0]["step"] == 0 and result.metrics["curve"][0]["accuracy"] == probe["valid"]["accuracy"]
+    # the same fit by hand: the frozen model's mean hidden states of each pair minus its swap
+    model, tokenizer, family = load_model(cfg, "cpu")
+    encoded = _train_dataset(split_data(cfg)[0], tokenizer, cfg, "gemma").encoded
+    from wsdm_helpers.batching import collate
+
+    batch = collate([encoded.input_ids[i] for i in range(len(encoded))], tokenizer.pad_token_id, family.padding_side)
+    with torch.no_grad():
+        pooled = pooled_hidden_states(model.eval(), batch["input_ids"], batch["attention_mask"], "mean").numpy()
+    w = fit_pair_probe(pooled[:n] - pooled[n:], encoded.labels[:n] == 0, cfg.train.probe_l2)
+    assert np.allclose(head[0].numpy(), w, atol=1e-4)
+    # such a run is for swap TTA; predicting one orientation alone says so
+    from wsdm_helpers.config import InferenceConfig
+    from wsdm_helpers.inference import run_prediction
+
+    run_prediction(result.run_dir, split_data(cfg)[1], InferenceConfig(tta="none", devices=["cpu"], progress_bar=False))
+    assert "use inference.tta=swap" in caplog.text
 
 
 def test_extra_files_stay_in_training_with_valid_from_train_path(demo, tmp_path):

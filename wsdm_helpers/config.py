@@ -420,6 +420,9 @@ class TrainConfig(Section):
     swap_in_batch: bool = option(False, help="with swap_augment: each batch holds both orientations of its pairs "
                                  "(an even per_device_batch_size), so a position bias gets no gradient from the "
                                  "batch's label mix and the updates follow the content")
+    swap_loss: bool = option(False, help="with swap_in_batch: each pair's loss is the cross-entropy of its "
+                             "swap-TTA logits (the mean of its logits as given and of its swap's, mapped back), "
+                             "what a submission with inference.tta=swap scores; a position bias costs nothing")
     eval_steps: int = option(50, help="evaluate every N steps")
     save_steps: int = option(50, help="checkpoint every N steps (a multiple of eval_steps)")
     logging_steps: int = option(10, help="log loss every N steps")
@@ -437,6 +440,11 @@ class TrainConfig(Section):
                                          "Gemma 3's ~115-norm hidden states)")
     head_learning_rate: float | None = option(None, help="classifier head's peak learning rate (its own "
                                               "optimizer group); null = learning_rate")
+    probe_head: bool = option(False, help="classifier head: before training, fit it as a linear probe of the "
+                              "frozen model (linear probe, then fine-tune): an L2 logistic regression on the pooled "
+                              "features of each training pair minus those of its swap; needs swap_augment and 2 labels")
+    probe_l2: float = option(5.0, help="probe_head: L2 penalty on the weights over standardized features "
+                             "(larger = a more cautious head)")
     max_grad_norm: float = option(1.0, help="clip the global gradient norm to this (0 = no clipping)")
     max_hours: float | None = option(None, help="stop training with a checkpoint before this many hours of it "
                                      "(e.g. 11 in a 12 h Kaggle session); the same command then resumes it")
@@ -459,6 +467,15 @@ class TrainConfig(Section):
             problems.append("set max_steps > 0 or num_epochs > 0")
         if self.learning_rate <= 0:
             problems.append(f"learning_rate={self.learning_rate} must be positive")
+        if self.swap_loss and not self.swap_in_batch:
+            problems.append("swap_loss=true pairs each row with its swap in the batch; set swap_in_batch=true")
+        if self.probe_head and not self.swap_augment:
+            problems.append("probe_head=true fits the head on each pair minus its swap; set swap_augment=true")
+        if self.probe_head and self.head_init_std is not None:
+            problems.append(f"probe_head=true sets the head itself; head_init_std={self.head_init_std} would be "
+                            "overwritten, set it to null")
+        if self.probe_l2 <= 0:
+            problems.append(f"probe_l2={self.probe_l2} must be positive")
         for name in ("head_init_std", "head_learning_rate"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 problems.append(f"{name}={getattr(self, name)} must be positive (or null)")
@@ -566,6 +583,17 @@ class RunConfig(Section):
     lora: LoraConfig = option(default_factory=LoraConfig, help="LoRA adapters")
     train: TrainConfig = option(default_factory=TrainConfig, help="training loop")
     inference: InferenceConfig = option(default_factory=InferenceConfig, help="prediction")
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.train.probe_head and (self.format.head != "classifier" or self.model.num_labels != 2):
+            problems.append(f"train.probe_head=true fits a two-class classifier head; got format.head="
+                            f"{self.format.head}, model.num_labels={self.model.num_labels}: set train.probe_head=false")
+        if (self.train.probe_head or self.train.swap_loss) and self.inference.tta != "swap":
+            problems.append(f"train.probe_head and train.swap_loss train for swap-TTA predictions (one orientation "
+                            f"alone keeps a position bias); inference.tta={self.inference.tta} would not cancel it: "
+                            "set inference.tta=swap")
+        return problems
 
 
 def build_run_config(path: str | Path | None = None,

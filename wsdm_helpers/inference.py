@@ -749,6 +749,11 @@ def run_prediction(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cf
     runs = load_runs(model_source, cfg)
     cfg = cfg or runs[0].config.inference
     cfg.validate("inference.")  # batching values stay as given: each worker resolves them for its device
+    trained = runs[0].config.train
+    if (trained.probe_head or trained.swap_loss) and cfg.tta != "swap":
+        log.warning("inference.tta=%s on a run trained for swap TTA (train.probe_head / train.swap_loss): one "
+                    "orientation alone keeps a position bias, so these predictions lean to one side; use "
+                    "inference.tta=swap", cfg.tta)
     if stop_at is None and cfg.time_budget_minutes:
         stop_at = started + (cfg.time_budget_minutes - cfg.safety_minutes) * 60
     store = ChunkStore(cfg.work_dir or None, _job_key(runs[0], cfg, frame, store_key))

@@ -472,13 +472,29 @@ def init_head(model, family: ModelFamily, std: float) -> None:
     import torch
 
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if not param.requires_grad or family.head_modules[0] not in name.split("."):
-                continue
+        for name, param in _head_parameters(model, family):
             if name.endswith("weight"):
                 param.normal_(0.0, std)
             else:
                 param.zero_()
+
+
+def set_head_weight(model, family: ModelFamily, weight) -> None:
+    """Copy ``weight`` [C, hidden] into the trainable output layer of the head, biases zero."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in _head_parameters(model, family):
+            if name.endswith("weight"):
+                param.copy_(weight.to(param.dtype))
+            else:
+                param.zero_()
+
+
+def _head_parameters(model, family: ModelFamily):
+    """(name, parameter) of the trainable output layer of the head (``head_modules[0]``)."""
+    return [(name, param) for name, param in model.named_parameters()
+            if param.requires_grad and family.head_modules[0] in name.split(".")]
 
 
 def answer_ids_for(tokenizer, fmt: FormatConfig, num_labels: int) -> list[int]:
@@ -516,18 +532,42 @@ def mean_pooled_logits(model, input_ids, attention_mask):
     (figures in that issue's closing note).
     """
 
-    score = next((m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] == "score"), None)
-    if score is None:
-        raise ConfigError("format.pooling=mean needs a decoder classifier (a 'score' layer); this model has "
-                          "none: use format.pooling=last")
     seen: dict[str, torch.Tensor] = {}
-    handle = score.register_forward_hook(lambda module, args, output: seen.setdefault("logits", output))
+    handle = score_layer(model, "format.pooling=mean", "use format.pooling=last").register_forward_hook(
+        lambda module, args, output: seen.setdefault("logits", output))
     try:
         model(input_ids=input_ids, attention_mask=attention_mask)
     finally:
         handle.remove()
     mask = attention_mask.unsqueeze(-1).to(seen["logits"].dtype)
     return ((seen["logits"] * mask).sum(1) / mask.sum(1).clamp(min=1)).float()
+
+
+def score_layer(model, needed_by: str, fix: str):
+    """The ``score`` layer of a decoder classifier (under peft: its modules_to_save wrapper)."""
+    score = next((m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] == "score"), None)
+    if score is None:
+        raise ConfigError(f"{needed_by} needs a decoder classifier (a 'score' layer); this model has none: {fix}")
+    return score
+
+
+def pooled_hidden_states(model, input_ids, attention_mask, pooling: str):
+    """The final hidden states a decoder classifier's score layer reads, pooled as ``pooling`` pools its
+    logits: the last real token (transformers' rule) or the mean over the real tokens. [n, hidden], fp32."""
+    import torch
+
+    seen: dict[str, torch.Tensor] = {}
+    handle = score_layer(model, "train.probe_head", "set train.probe_head=false").register_forward_hook(
+        lambda module, args, output: seen.setdefault("hidden", args[0]))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask)
+    finally:
+        handle.remove()
+    hidden, mask = seen["hidden"].float(), attention_mask.to(torch.float32)
+    if pooling == "mean":
+        return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+    last = mask.shape[1] - 1 - mask.flip(1).argmax(1)
+    return hidden[torch.arange(len(hidden)), last]
 
 
 class PairScorer:

@@ -134,9 +134,10 @@ class PairTrainer(Trainer):
 
     def __init__(self, *args, head: str, answer_ids: list[int], head_lr: float | None = None,
                  head_modules: tuple[str, ...] = (), loss_options: dict | None = None,
-                 swap_in_batch: bool = False, pooling: str = "last", **kwargs):
+                 swap_in_batch: bool = False, swap_loss: bool = False, pooling: str = "last", **kwargs):
         super().__init__(*args, **kwargs)
         self.head, self.answer_ids, self.pooling, self.swap_in_batch = head, answer_ids, pooling, swap_in_batch
+        self.swap_loss = swap_loss
         self.head_lr, self.head_modules = head_lr, head_modules
         self.loss_options = loss_options or {}  # temperature, mix, label_smoothing
         self.train_tokens = 0  # real (non-pad) tokens of this process's training batches
@@ -177,5 +178,29 @@ class PairTrainer(Trainer):
         logits = class_logits(model, self.head, self.answer_ids, inputs["input_ids"], inputs["attention_mask"],
                               self.pooling)
         options = self.loss_options if model.training else {}  # evaluation: the plain cross-entropy
-        loss = pair_loss(logits, inputs["labels"], inputs.get("soft") if model.training else None, **options)
+        labels, soft = inputs["labels"], inputs.get("soft") if model.training else None
+        if model.training and self.swap_loss:
+            pairs = pair_rows(inputs["row_index"], len(self.train_dataset) // 2)
+            labels, soft = labels[pairs], None if soft is None else soft[pairs]
+            loss = pair_loss(swap_tta_logits(logits, pairs), labels, soft, **options)
+        else:
+            loss = pair_loss(logits, labels, soft, **options)
         return (loss, {"logits": logits}) if return_outputs else loss
+
+
+def pair_rows(row_index, n: int):
+    """Positions of the rows as given in a :class:`SwapPairSampler` batch (each followed by its swap,
+    dataset row ``r + n``); anything else is a bug, not data to train on."""
+    given = row_index[0::2]
+    if len(row_index) % 2 or not bool((row_index[1::2] == given + n).all()):
+        raise RuntimeError("train.swap_loss needs every row followed by its swap in the batch "
+                           f"(SwapPairSampler), got dataset rows {row_index.tolist()}")
+    return torch.arange(0, len(row_index), 2, device=row_index.device)
+
+
+def swap_tta_logits(logits, pairs):
+    """Per pair, the mean of its class logits as given and of its swap's, mapped back (a <-> b; a tie
+    stays): the logits a swap-TTA submission averages, so a position bias cancels out of the loss."""
+    classes = list(range(logits.shape[1]))
+    classes[:2] = [1, 0]
+    return (logits[pairs] + logits[pairs + 1][:, classes]) / 2

@@ -463,6 +463,10 @@ def _fit(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, callbacks,
                                 callbacks, batch, accumulation, clear=resume_from is None)
         try:
             _reset_peak_memory()
+            if trainer.probe is not None and evals is not None and cfg.train.eval_steps > 0:
+                # the curve's step 0: the probe alone
+                scores = trainer.evaluate(eval_dataset=evals[0].dataset)
+                trainer.probe["valid"] = {k.removeprefix("eval_"): v for k, v in scores.items()}
             trainer.train(resume_from_checkpoint=resume_from)
             return trainer, retries
         except torch.cuda.OutOfMemoryError:
@@ -492,7 +496,13 @@ def _make_trainer(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, c
                 shutil.rmtree(checkpoint_dir)
             atomic_write_json(checkpoint_dir / SETTINGS_FILE, training_settings(cfg))
     model, _, _ = load_model(cfg, args.device, training=True, resolved=resolved)
-    return PairTrainer(
+    probe = None
+    if clear and cfg.train.probe_head:  # a resumed run's head comes from its checkpoint
+        from .probe import probe_head
+
+        probe = probe_head(model, family, train_set.encoded, tokenizer.pad_token_id, cfg.format.pooling,
+                           cfg.train.probe_l2, 2 * batch)
+    trainer = PairTrainer(
         model=model, args=args, train_dataset=train_set,
         eval_dataset=evals[0].dataset if evals else None,
         compute_metrics=evals[0].compute_metrics if evals else None,
@@ -500,8 +510,10 @@ def _make_trainer(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, c
         processing_class=tokenizer, callbacks=list(callbacks), head=cfg.format.head, answer_ids=answer_ids,
         head_lr=cfg.train.head_learning_rate if cfg.format.head == "classifier" else None,
         head_modules=family.head_modules, loss_options=loss_options(cfg),
-        swap_in_batch=cfg.train.swap_in_batch, pooling=cfg.format.pooling,
+        swap_in_batch=cfg.train.swap_in_batch, swap_loss=cfg.train.swap_loss, pooling=cfg.format.pooling,
     )
+    trainer.probe = probe
+    return trainer
 
 
 def loss_options(cfg: RunConfig) -> dict[str, float]:
@@ -514,13 +526,15 @@ def loss_options(cfg: RunConfig) -> dict[str, float]:
 def _final_metrics(trainer, evals, retries, n_train_rows: int) -> dict[str, Any]:
     """Evaluate the selected (best) model on the full validation set; add the curve and run facts."""
     state = trainer.state
+    probe_point = [{**trainer.probe["valid"], "step": 0}] if trainer.probe and "valid" in trainer.probe else []
     result: dict[str, Any] = {
         "global_step": state.global_step, "train_rows": n_train_rows, "world_size": trainer.args.world_size,
         "best_checkpoint": state.best_model_checkpoint, "best_metric": state.best_metric,
         "oom_retries": retries,
-        "curve": [{**{k.replace("eval_", ""): v for k, v in entry.items()},
-                   "wall_s": trainer.step_timer.eval_wall.get(entry["step"])}
-                  for entry in state.log_history if "eval_accuracy" in entry],
+        "probe": trainer.probe,
+        "curve": probe_point + [{**{k.replace("eval_", ""): v for k, v in entry.items()},
+                                 "wall_s": trainer.step_timer.eval_wall.get(entry["step"])}
+                                for entry in state.log_history if "eval_accuracy" in entry],
         **_throughput(trainer),
     }
     if evals is None:
