@@ -532,15 +532,8 @@ def mean_pooled_logits(model, input_ids, attention_mask):
     (figures in that issue's closing note).
     """
 
-    seen: dict[str, torch.Tensor] = {}
-    handle = score_layer(model, "format.pooling=mean", "use format.pooling=last").register_forward_hook(
-        lambda module, args, output: seen.setdefault("logits", output))
-    try:
-        model(input_ids=input_ids, attention_mask=attention_mask)
-    finally:
-        handle.remove()
-    mask = attention_mask.unsqueeze(-1).to(seen["logits"].dtype)
-    return ((seen["logits"] * mask).sum(1) / mask.sum(1).clamp(min=1)).float()
+    _, logits = _score_layer_io(model, input_ids, attention_mask, "format.pooling=mean", "use format.pooling=last")
+    return _masked_mean(logits, attention_mask).float()
 
 
 def score_layer(model, needed_by: str, fix: str):
@@ -556,18 +549,33 @@ def pooled_hidden_states(model, input_ids, attention_mask, pooling: str):
     logits: the last real token (transformers' rule) or the mean over the real tokens. [n, hidden], fp32."""
     import torch
 
-    seen: dict[str, torch.Tensor] = {}
-    handle = score_layer(model, "train.probe_head", "set train.probe_head=false").register_forward_hook(
-        lambda module, args, output: seen.setdefault("hidden", args[0]))
+    hidden, _ = _score_layer_io(model, input_ids, attention_mask, "train.probe_head", "set train.probe_head=false")
+    hidden = hidden.float()
+    if pooling == "mean":
+        return _masked_mean(hidden, attention_mask)
+    last = attention_mask.shape[1] - 1 - attention_mask.flip(1).argmax(1)
+    return hidden[torch.arange(len(hidden)), last]
+
+
+def _score_layer_io(model, input_ids, attention_mask, needed_by: str, fix: str):
+    """(input, output) of the score layer in one forward pass: the per-token hidden states and logits."""
+    seen: dict[str, Any] = {}
+
+    def keep(module, args, output) -> None:  # returns None: the forward's output stays as it is
+        seen["io"] = (args[0], output)
+
+    handle = score_layer(model, needed_by, fix).register_forward_hook(keep)
     try:
         model(input_ids=input_ids, attention_mask=attention_mask)
     finally:
         handle.remove()
-    hidden, mask = seen["hidden"].float(), attention_mask.to(torch.float32)
-    if pooling == "mean":
-        return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-    last = mask.shape[1] - 1 - mask.flip(1).argmax(1)
-    return hidden[torch.arange(len(hidden)), last]
+    return seen["io"]
+
+
+def _masked_mean(values, attention_mask):
+    """Mean of ``values`` [n, T, d] over the real tokens of each row."""
+    mask = attention_mask.unsqueeze(-1).to(values.dtype)
+    return (values * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
 class PairScorer:
