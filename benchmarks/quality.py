@@ -1,26 +1,28 @@
-"""Out-of-fold quality on real Arena votes: constant, longer-wins, feature baseline, Gemma 3 270M LoRA, blend.
+"""Out-of-fold quality on real Arena votes: constant, longer-wins, feature baseline, Gemma 3 270M (the preset), blend.
 
 Rows: the LMSYS Arena sample without a tie (692). Folds: data.assign_folds (grouped by prompt, label
 stratified; the same folds ``wsdm train`` holds out with data.n_folds/fold). For each fold, every
-method is trained on the other folds plus the preset's other real sets (its extra_train_paths) and
-predicts the held-out rows:
+method is trained on the other folds (plus the real sets that help it) and predicts the held-out rows:
 
 - constant: P = 0.5 (the argmax is always "a")
 - longer-wins: P = 0.6 for the response with more characters
-- feature baseline: features.FeatureBaseline (logistic regression); "baseline, arena only" is the same
-  fitted on the other Arena folds alone (what the extra sets do to it)
-- Gemma 3 270M LoRA: ``wsdm train`` with the preset (``configs/cpu-real-gemma3-270m.yaml``), one run
-  per fold, its oof.parquet (the held-out rows under the preset's inference TTA, as its submission
-  would score them); ``--no-llm`` leaves it out (and the blend then mixes the others)
+- feature baseline: features.FeatureBaseline (logistic regression), with the other Arena folds and the
+  sets of --baseline-extras (default: the four LLMBar sets that help it most, see BASELINE_EXTRAS);
+  "baseline, arena only" is the same fitted on the other Arena folds alone
+- Gemma 3 270M: ``wsdm train`` with the preset (``configs/cpu-real-gemma3-270m.yaml``, its own data
+  section: its extra_train_paths), one run per fold, its oof.parquet (the held-out rows under the
+  preset's inference TTA, as its submission would score them); ``--no-llm`` leaves it out (and the
+  blend then mixes the others)
 - blend: probability weights fitted (ensemble.fit_weights, --blend-metric) on the other folds' out-of-fold
   predictions of the methods above, applied to the held-out fold (nested: no row fits its own weights)
 
-Accuracy carries a bootstrap 95% interval over rows, and the difference to the feature baseline a
-paired one. Writes quality.md / quality.json and the evaluate report of all methods (PNG plots)
-into --out.
+Accuracy carries a bootstrap 95% interval over rows, and its difference to the feature baseline a
+paired one; so does the log loss difference (what LMSYS scores; below 0 = better than the baseline).
+Writes quality.md / quality.json and the evaluate report of all methods (PNG plots) into --out.
 
     python benchmarks/quality.py [--quick] [--folds 5] [--no-llm] [--set train.max_steps=60 ...]
     python benchmarks/quality.py --mix [FILE ...]   # which extra sets help the baseline on Arena votes
+                                                    # (default: BASELINE_EXTRAS)
 
 ``--quick``: 2 folds. The last line is one JSON object.
 """
@@ -37,6 +39,12 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET = REPO / "configs" / "cpu-real-gemma3-270m.yaml"
+# The real sets the feature baseline trains with besides the Arena folds. Chosen with --mix (5 folds, the
+# other Arena folds + one set): none 0.640, + MT-Bench 0.656, + LLMEval2 0.645, + FairEval 0.642,
+# + Natural 0.640, + oasst1 pairs 0.613, + hh-rlhf 0.556, + KUDGE 0.481 (objective correctness, not a taste
+# vote); all four kept together 0.660.
+BASELINE_EXTRAS = [str(REPO.parent / "shared" / "data" / "llmbar" / name) for name in (
+    "Processed_MT-Bench.json", "Processed_LLMEval2.json", "Processed_FairEval.json", "LLMBar_Natural.json")]
 BOOTSTRAP = 2000
 
 
@@ -110,40 +118,48 @@ def table(oof: dict[str, np.ndarray], labels: np.ndarray) -> list[dict]:
     from wsdm_helpers import metrics
 
     base = oof["feature baseline"].argmax(axis=1) == labels
+    base_loss = metrics.row_log_loss(labels, oof["feature baseline"])
     rows = []
     for name, probs in oof.items():
         correct = probs.argmax(axis=1) == labels
+        loss_diff = metrics.row_log_loss(labels, probs) - base_loss
         low, high = bootstrap_interval(correct.astype(float))
-        d_low, d_high = bootstrap_interval(correct.astype(float) - base)
         rows.append({"method": name, "accuracy": float(correct.mean()), "ci_low": low, "ci_high": high,
                      "log_loss": metrics.log_loss(labels, probs), "vs_baseline": float(correct.mean() - base.mean()),
-                     "vs_baseline_ci": [d_low, d_high]})
+                     "vs_baseline_ci": list(bootstrap_interval(correct.astype(float) - base)),
+                     "log_loss_vs_baseline": float(loss_diff.mean()),
+                     "log_loss_vs_baseline_ci": list(bootstrap_interval(loss_diff))})
     return rows
 
 
 def to_text(rows: list[dict], n: int, folds: int) -> str:
     lines = [f"out-of-fold on {n} LMSYS Arena rows without a tie, {folds} prompt-grouped folds",
-             f"{'method':<20} {'accuracy':>8}  {'95% interval':<15} {'log loss':>8}  {'vs baseline (95%)':<24}",
-             "-" * 82]
+             f"{'method':<20} {'accuracy':>8}  {'95% interval':<15} {'vs baseline (95%)':<24} {'log loss':>8}  "
+             f"{'vs baseline (95%)':<24}",
+             "-" * 107]
     for r in rows:
         lines.append(f"{r['method']:<20} {r['accuracy']:>8.4f}  [{r['ci_low']:.3f}, {r['ci_high']:.3f}]  "
-                     f"{r['log_loss']:>8.4f}  {r['vs_baseline']:+.4f} [{r['vs_baseline_ci'][0]:+.3f}, "
-                     f"{r['vs_baseline_ci'][1]:+.3f}]")
-    return "\n".join(lines)
+                     f"{r['vs_baseline']:+.4f} [{r['vs_baseline_ci'][0]:+.3f}, {r['vs_baseline_ci'][1]:+.3f}]  "
+                     f"{r['log_loss']:>8.4f}  {r['log_loss_vs_baseline']:+.4f} [{r['log_loss_vs_baseline_ci'][0]:+.3f}, "
+                     f"{r['log_loss_vs_baseline_ci'][1]:+.3f}]")
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 folds")
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--no-llm", action="store_true", help="leave out the Gemma 3 270M LoRA runs")
-    parser.add_argument("--config", default=str(PRESET), help="the LLM's preset (its data section gives the sets)")
+    parser.add_argument("--no-llm", action="store_true", help="leave out the Gemma 3 270M runs")
+    parser.add_argument("--config", default=str(PRESET), help="the LLM's preset (its data section: the Arena sample, the fold "
+                        "seed, the LLM's own extra sets)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override the preset for the LLM runs, e.g. train.max_steps=30")
     parser.add_argument("--blend-metric", default="log_loss", choices=["log_loss", "accuracy"],
                         help="what the blend weights are fitted to on the other folds")
+    parser.add_argument("--baseline-extras", nargs="*", default=BASELINE_EXTRAS, metavar="FILE",
+                        help="real sets the feature baseline trains with besides the Arena folds")
     parser.add_argument("--mix", nargs="*", metavar="FILE", help="instead: the feature baseline's OOF accuracy "
-                        "with each extra set alone (default: the preset's sets)")
+                        "with each extra set alone (default: --baseline-extras)")
     parser.add_argument("--out", default=str(REPO / "runs" / "quality"), help="report folder (and LLM runs)")
     args = parser.parse_args()
     from wsdm_helpers.cli import parse_sets
@@ -166,28 +182,28 @@ def main() -> int:
     started = time.perf_counter()
     n_folds = 2 if args.quick else args.folds
     frame, _ = read_pairs(sample, ties="drop")
-    extras = pd.concat([read_pairs(p, ties="drop")[0] for p in cfg.data.extra_train_paths], ignore_index=True) \
-        if cfg.data.extra_train_paths else frame.iloc[:0]
+    extras = pd.concat([read_pairs(p, ties="drop")[0] for p in args.baseline_extras], ignore_index=True) \
+        if args.baseline_extras else frame.iloc[:0]
     folds = assign_folds(frame, n_folds, cfg.data.seed)
     labels = frame["label"].to_numpy()
     out = Path(args.out)
     if args.mix is not None:
         print(f"feature baseline, {n_folds} folds of {len(frame)} Arena rows, trained with one extra set each:")
-        mix = mix_table(frame, folds, {Path(p).name: p for p in args.mix or cfg.data.extra_train_paths})
+        mix = mix_table(frame, folds, {Path(p).name: p for p in args.mix or args.baseline_extras})
         print(json.dumps({"benchmark": "quality_mix", "folds": n_folds, "sets": mix}))
         return 0
     oof = {"constant": np.full((len(frame), 2), 0.5), "longer-wins": longer_wins(frame),
            "feature baseline": np.zeros((len(frame), 2)), "baseline, arena only": np.zeros((len(frame), 2))}
     if not args.no_llm:
-        oof["Gemma 3 270M LoRA"] = np.zeros((len(frame), 2))
+        oof["Gemma 3 270M"] = np.zeros((len(frame), 2))
     for fold in range(n_folds):
         held = folds == fold
         train = pd.concat([frame[~held], extras], ignore_index=True)
         oof["feature baseline"][held] = FeatureBaseline().fit(train).predict_array(frame[held])
         oof["baseline, arena only"][held] = FeatureBaseline().fit(frame[~held]).predict_array(frame[held])
         if not args.no_llm:
-            oof["Gemma 3 270M LoRA"][held] = llm_fold(Path(args.config), args.overrides, fold, n_folds, out,
-                                                      frame["id"][held].astype(str).tolist())
+            oof["Gemma 3 270M"][held] = llm_fold(Path(args.config), args.overrides, fold, n_folds, out,
+                                                 frame["id"][held].astype(str).tolist())
     members = {k: v for k, v in oof.items() if k != "constant"}
     oof["blend"], weights = nested_blend(members, labels, folds, args.blend_metric)
     rows = table(oof, labels)
@@ -201,8 +217,8 @@ def main() -> int:
     result = {"benchmark": "quality", "rows": len(frame), "folds": n_folds, "llm": not args.no_llm,
               "blend_metric": args.blend_metric,
               "blend_weights": weights, "seconds": round(time.perf_counter() - started, 1),
-              **{re.sub(r"[^a-z0-9]+", "_", r["method"].lower()): {k: r[k] for k in ("accuracy", "ci_low", "ci_high",
-                                                                                  "log_loss")} for r in rows}}
+              **{re.sub(r"[^a-z0-9]+", "_", r["method"].lower()): {k: v for k, v in r.items() if k != "method"}
+                 for r in rows}}
     atomic_write_json(out / "quality.json", result)
     print(json.dumps(result))
     return 0

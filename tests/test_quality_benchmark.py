@@ -42,3 +42,15 @@ def test_mix_table_trains_with_each_extra_set(tmp_path):
     rows = quality.mix_table(frame, assign_folds(frame, 2, 0), {"extra": str(path)})
     assert [(r["extra set"], r["rows"]) for r in rows] == [("(none)", 0), ("extra", 30)]
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
+
+
+def test_table_gives_paired_differences_to_the_baseline_in_accuracy_and_log_loss():
+    labels = np.arange(400) % 2
+    sure = np.where(labels[:, None] == 0, [0.9, 0.1], [0.1, 0.9])
+    hesitant = np.where(labels[:, None] == 0, [0.6, 0.4], [0.4, 0.6])  # as accurate, worse log loss
+    rows = {r["method"]: r for r in quality.table({"feature baseline": hesitant, "sure": sure}, labels)}
+    assert rows["feature baseline"]["log_loss_vs_baseline"] == 0 and rows["sure"]["vs_baseline"] == 0
+    gain = np.log(0.6) - np.log(0.9)  # every row's log loss falls by this
+    assert rows["sure"]["log_loss_vs_baseline"] == pytest.approx(gain)
+    assert rows["sure"]["log_loss_vs_baseline_ci"] == pytest.approx([gain, gain])
+    assert "-0.4055" in quality.to_text(list(rows.values()), 400, 2)

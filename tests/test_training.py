@@ -381,6 +381,33 @@ def test_probe_head_starts_training_from_the_fitted_probe(demo, tiny_model, tmp_
     assert "use inference.tta=swap" in caplog.text
 
 
+def test_probe_alone_run_takes_no_step_and_reloads_to_its_oof(demo, tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = tiny_cfg(demo, tiny_model("gemma3"), tmp_path / "run",
+                   {"train.probe_head": True, "train.max_steps": 0, "train.eval_steps": 0})
+    result = train(cfg)
+    assert result.metrics["global_step"] == 0 and result.metrics["curve"] == []
+    assert result.metrics["probe"]["rows"] == result.metrics["train_rows"] // 2
+    weights = load_file(str(result.run_dir / "adapter" / "adapter_model.safetensors"))
+    head = next(v for k, v in weights.items() if "score" in k.split("."))
+    assert torch.equal(head[0], -head[1]) and head.abs().sum() > 0  # the probe, as fitted
+    assert all(not v.any() for k, v in weights.items() if "lora_B" in k)  # LoRA untouched: the identity
+    oof = pd.read_parquet(result.run_dir / "oof.parquet")
+    again = rescore(result.run_dir, demo)
+    assert np.allclose(again["winner_model_a"], oof["winner_model_a"], atol=1e-5)
+    labels = pd.read_parquet(demo[0]).set_index("id").loc[oof["id"], "label"].to_numpy()
+    oof_accuracy = np.mean((oof["winner_model_a"].to_numpy() > 0.5) == (labels == 0))
+    # metrics.json scores oof.parquet (swap TTA here), per language too, not the rows as given alone
+    assert result.metrics["oof"]["tta"] == "swap"
+    assert result.metrics["oof"]["accuracy"] == pytest.approx(oof_accuracy)
+    assert result.metrics["final"]["accuracy_swap_tta"] == pytest.approx(oof_accuracy)
+    per_language = pd.DataFrame(result.metrics["per_language"])
+    assert np.average(per_language["accuracy"], weights=per_language["rows"]) == pytest.approx(oof_accuracy)
+    with pytest.raises(ConfigError, match="max_steps=0 only with probe_head=true"):
+        tiny_cfg(demo, tiny_model("gemma3"), tmp_path / "zero", {"train.max_steps": 0})
+
+
 def test_extra_files_stay_in_training_with_valid_from_train_path(demo, tmp_path):
     from wsdm_helpers.training import split_data
 

@@ -408,7 +408,8 @@ class TrainConfig(Section):
     output_dir: str = option("runs/demo", help="run folder: adapter, tokenizer, config.yaml, metrics.json, log")
     learning_rate: float = option(2e-4, help="peak learning rate")
     num_epochs: float = option(1.0, help="epochs over the training rows (ignored when max_steps > 0)")
-    max_steps: int = option(-1, help="stop after this many optimizer steps (-1 = use num_epochs)")
+    max_steps: int = option(-1, help="stop after this many optimizer steps (-1 = use num_epochs; 0 with "
+                            "probe_head = the probe alone, no fine-tuning)")
     per_device_batch_size: int = option(8, help="rows per device per step")
     gradient_accumulation: int = option(1, help="micro-batches per optimizer step")
     warmup_ratio: float = option(0.05, help="share of steps with linear warmup")
@@ -463,8 +464,9 @@ class TrainConfig(Section):
                             f"per_device_batch_size={self.per_device_batch_size}); set swap_in_batch=false or fix those")
         if not 0 <= self.warmup_ratio < 1:
             problems.append(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
-        if self.max_steps == 0 or (self.max_steps < 0 and self.num_epochs <= 0):
-            problems.append("set max_steps > 0 or num_epochs > 0")
+        if (self.max_steps == 0 and not self.probe_head) or (self.max_steps < 0 and self.num_epochs <= 0):
+            problems.append("set max_steps > 0 or num_epochs > 0 (max_steps=0 only with probe_head=true: "
+                            "the probe alone, no fine-tuning)")
         if self.learning_rate <= 0:
             problems.append(f"learning_rate={self.learning_rate} must be positive")
         if self.swap_loss and not self.swap_in_batch:

@@ -43,13 +43,16 @@ def accuracy(labels: Any, probs: Any) -> float:
     return float(np.mean(probs.argmax(axis=1) == labels)) if len(labels) else float("nan")
 
 
-def log_loss(labels: Any, probs: Any, eps: float = EPS) -> float:
-    """Mean negative log probability of the label; probabilities are clipped to [eps, 1 - eps]."""
+def row_log_loss(labels: Any, probs: Any, eps: float = EPS) -> np.ndarray:
+    """Negative log probability of each row's label; probabilities are clipped to [eps, 1 - eps]."""
     labels, probs = _check(labels, probs)
-    if not len(labels):
-        return float("nan")
-    picked = np.clip(probs[np.arange(len(labels)), labels], eps, 1 - eps)
-    return float(-np.mean(np.log(picked)))
+    return -np.log(np.clip(probs[np.arange(len(labels)), labels], eps, 1 - eps))
+
+
+def log_loss(labels: Any, probs: Any, eps: float = EPS) -> float:
+    """Mean of row_log_loss (nan for no rows)."""
+    losses = row_log_loss(labels, probs, eps)
+    return float(losses.mean()) if len(losses) else float("nan")
 
 
 def per_language_accuracy(languages: Any, labels: Any, probs: Any) -> pd.DataFrame:

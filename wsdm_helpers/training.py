@@ -435,7 +435,7 @@ def train(cfg: RunConfig, callbacks: list | None = None) -> TrainResult:
     if stopped is not None:
         return _stopped_by_time_limit(run_dir, checkpoint_dir, trainer, stopped)
     metrics = {"resumed_from_step": _step_of(resume_from) if resume_from else None,
-               **_final_metrics(trainer, evals, retries, len(train_set))}
+               **_final_metrics(trainer, evals, retries, len(train_set), cfg.inference)}
     if trainer.is_world_process_zero():
         _write_run(run_dir, cfg, trainer, tokenizer, evals, metrics)
     trainer.accelerator.wait_for_everyone()
@@ -467,7 +467,8 @@ def _fit(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, callbacks,
                 # the curve's step 0: the probe alone
                 scores = trainer.evaluate(eval_dataset=evals[0].dataset)
                 trainer.probe["valid"] = {k.removeprefix("eval_"): v for k, v in scores.items()}
-            trainer.train(resume_from_checkpoint=resume_from)
+            if cfg.train.max_steps != 0:  # 0: the probe alone (config checks allow it only with probe_head)
+                trainer.train(resume_from_checkpoint=resume_from)
             return trainer, retries
         except torch.cuda.OutOfMemoryError:
             step = trainer.state.global_step
@@ -523,8 +524,10 @@ def loss_options(cfg: RunConfig) -> dict[str, float]:
             "label_smoothing": cfg.train.label_smoothing}
 
 
-def _final_metrics(trainer, evals, retries, n_train_rows: int) -> dict[str, Any]:
-    """Evaluate the selected (best) model on the full validation set; add the curve and run facts."""
+def _final_metrics(trainer, evals, retries, n_train_rows: int, icfg: InferenceConfig) -> dict[str, Any]:
+    """Evaluate the selected (best) model on the full validation set; add the curve and run facts.
+    ``final`` holds the metrics of each orientation and of swap TTA; ``oof`` and ``per_language`` those
+    of oof.parquet (the run's inference TTA: what its submission would score)."""
     state = trainer.state
     probe_point = [{**trainer.probe["valid"], "step": 0}] if trainer.probe and "valid" in trainer.probe else []
     result: dict[str, Any] = {
@@ -545,11 +548,14 @@ def _final_metrics(trainer, evals, retries, n_train_rows: int) -> dict[str, Any]
     result["final"] = {k.replace("final_", ""): v for k, v in scores.items()}
     result["valid_rows"] = final.n
     if trainer.is_world_process_zero():
-        from .metrics import per_language_accuracy
+        from . import metrics
+        from .tta import prob_columns
 
-        table = per_language_accuracy(final.frame["language"].to_numpy(), final.frame["label"].to_numpy(),
-                                      final.probs_ab)
-        result["per_language"] = table.to_dict(orient="records")
+        oof = final.oof_frame(icfg)
+        labels, probs = oof["label"].to_numpy(), oof[prob_columns(oof)].to_numpy()
+        result["oof"] = {"tta": icfg.tta, "accuracy": metrics.accuracy(labels, probs),
+                         "log_loss": metrics.log_loss(labels, probs)}
+        result["per_language"] = metrics.per_language_accuracy(oof["language"], labels, probs).to_dict(orient="records")
     return result
 
 
