@@ -435,9 +435,12 @@ def train(cfg: RunConfig, callbacks: list | None = None) -> TrainResult:
     if stopped is not None:
         return _stopped_by_time_limit(run_dir, checkpoint_dir, trainer, stopped)
     metrics = {"resumed_from_step": _step_of(resume_from) if resume_from else None,
-               **_final_metrics(trainer, evals, retries, len(train_set), cfg.inference)}
+               **_final_metrics(trainer, evals, retries, len(train_set))}
     if trainer.is_world_process_zero():
-        _write_run(run_dir, cfg, trainer, tokenizer, evals, metrics)
+        oof = evals[1].oof_frame(cfg.inference) if evals else None
+        if oof is not None:
+            metrics.update(_oof_metrics(oof, cfg.inference.tta))
+        _write_run(run_dir, cfg, trainer, tokenizer, oof, metrics)
     trainer.accelerator.wait_for_everyone()
     return TrainResult(run_dir, metrics)
 
@@ -524,10 +527,9 @@ def loss_options(cfg: RunConfig) -> dict[str, float]:
             "label_smoothing": cfg.train.label_smoothing}
 
 
-def _final_metrics(trainer, evals, retries, n_train_rows: int, icfg: InferenceConfig) -> dict[str, Any]:
-    """Evaluate the selected (best) model on the full validation set; add the curve and run facts.
-    ``final`` holds the metrics of each orientation and of swap TTA; ``oof`` and ``per_language`` those
-    of oof.parquet (the run's inference TTA: what its submission would score)."""
+def _final_metrics(trainer, evals, retries, n_train_rows: int) -> dict[str, Any]:
+    """Evaluate the selected (best) model on the full validation set (``final``: each orientation and
+    swap TTA); add the curve and run facts."""
     state = trainer.state
     probe_point = [{**trainer.probe["valid"], "step": 0}] if trainer.probe and "valid" in trainer.probe else []
     result: dict[str, Any] = {
@@ -547,19 +549,20 @@ def _final_metrics(trainer, evals, retries, n_train_rows: int, icfg: InferenceCo
     scores = trainer.evaluate(eval_dataset=final.dataset, metric_key_prefix="final")
     result["final"] = {k.replace("final_", ""): v for k, v in scores.items()}
     result["valid_rows"] = final.n
-    if trainer.is_world_process_zero():
-        from . import metrics
-        from .tta import prob_columns
-
-        oof = final.oof_frame(icfg)
-        labels, probs = oof["label"].to_numpy(), oof[prob_columns(oof)].to_numpy()
-        result["oof"] = {"tta": icfg.tta, "accuracy": metrics.accuracy(labels, probs),
-                         "log_loss": metrics.log_loss(labels, probs)}
-        result["per_language"] = metrics.per_language_accuracy(oof["language"], labels, probs).to_dict(orient="records")
     return result
 
 
-def _write_run(run_dir: Path, cfg: RunConfig, trainer, tokenizer, evals, metrics: dict[str, Any]) -> None:
+def _oof_metrics(oof, tta: str) -> dict[str, Any]:
+    """Scores of oof.parquet, the run's inference TTA: what its submission would get, overall and per language."""
+    from . import metrics
+    from .tta import prob_columns
+
+    labels, probs = oof["label"].to_numpy(), oof[prob_columns(oof)].to_numpy()
+    return {"oof": {"tta": tta, "accuracy": metrics.accuracy(labels, probs), "log_loss": metrics.log_loss(labels, probs)},
+            "per_language": metrics.per_language_accuracy(oof["language"], labels, probs).to_dict(orient="records")}
+
+
+def _write_run(run_dir: Path, cfg: RunConfig, trainer, tokenizer, oof, metrics: dict[str, Any]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     weights = "adapter" if cfg.lora.enabled else "model"
     with atomic_dir(run_dir / weights) as tmp:
@@ -571,7 +574,7 @@ def _write_run(run_dir: Path, cfg: RunConfig, trainer, tokenizer, evals, metrics
     save_yaml(cfg, run_dir / "config.yaml")
     atomic_write_json(run_dir / "log_history.json", trainer.state.log_history)
     atomic_write_json(run_dir / "metrics.json", metrics)
-    if evals is not None:
-        atomic_write_parquet(evals[1].oof_frame(cfg.inference), run_dir / "oof.parquet")
+    if oof is not None:
+        atomic_write_parquet(oof, run_dir / "oof.parquet")
     if not cfg.train.keep_checkpoints:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
