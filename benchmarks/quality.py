@@ -225,4 +225,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from wsdm_helpers.errors import WsdmError
+
+    try:
+        sys.exit(main())
+    except WsdmError as exc:  # bad input: the message names the file and the fix, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

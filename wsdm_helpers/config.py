@@ -464,9 +464,11 @@ class TrainConfig(Section):
                             f"per_device_batch_size={self.per_device_batch_size}); set swap_in_batch=false or fix those")
         if not 0 <= self.warmup_ratio < 1:
             problems.append(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
-        if (self.max_steps == 0 and not self.probe_head) or (self.max_steps < 0 and self.num_epochs <= 0):
-            problems.append("set max_steps > 0 or num_epochs > 0 (max_steps=0 only with probe_head=true: "
-                            "the probe alone, no fine-tuning)")
+        if self.max_steps == 0 and not self.probe_head:
+            problems.append("max_steps=0 trains nothing: set max_steps > 0, or -1 to use num_epochs "
+                            "(max_steps=0 only with probe_head=true: the probe alone, no fine-tuning)")
+        elif self.max_steps < 0 and self.num_epochs <= 0:
+            problems.append(f"num_epochs={self.num_epochs} trains nothing: set num_epochs > 0 or max_steps > 0")
         if self.learning_rate <= 0:
             problems.append(f"learning_rate={self.learning_rate} must be positive")
         if self.swap_loss and not self.swap_in_batch:
