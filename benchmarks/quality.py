@@ -15,6 +15,8 @@ method is trained on the other folds (plus the real sets that help it) and predi
   blend then mixes the others)
 - blend: probability weights fitted (ensemble.fit_weights, --blend-metric) on the other folds' out-of-fold
   predictions of the methods above, applied to the held-out fold (nested: no row fits its own weights)
+- blend, log-odds: the same in log-odds space (ensemble's ``log_odds``: the weights also scale each
+  method's confidence, which lets the blend sharpen an under-confident LLM probe)
 
 Accuracy carries a bootstrap 95% interval over rows, and its difference to the feature baseline a
 paired one; so does the log loss difference (what LMSYS scores; below 0 = better than the baseline).
@@ -75,11 +77,11 @@ def llm_fold(cfg_path: Path, overrides: dict, fold: int, n_folds: int, out: Path
 
 
 def nested_blend(oof: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarray,
-                 metric: str = "log_loss") -> tuple[np.ndarray, list]:
+                 metric: str = "log_loss", space: str = "probability") -> tuple[np.ndarray, list]:
     """Each fold blended with weights fitted on the other folds' out-of-fold predictions."""
     import pandas as pd
 
-    from wsdm_helpers.ensemble import fit_weights
+    from wsdm_helpers.ensemble import fit_weights, mix
 
     names = list(oof)
     blended, weights = np.zeros_like(oof[names[0]]), []
@@ -88,8 +90,9 @@ def nested_blend(oof: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarr
         ids = pd.Series(np.flatnonzero(fit).astype(str))
         frames = [pd.DataFrame({"id": ids, "winner_model_a": oof[n][fit, 0], "winner_model_b": oof[n][fit, 1]})
                   for n in names]
-        w = fit_weights(frames, pd.DataFrame({"id": ids, "label": labels[fit]}), metric=metric, names=names)
-        blended[~fit] = sum(wi * oof[n][~fit] for wi, n in zip(w, names, strict=True))
+        w = fit_weights(frames, pd.DataFrame({"id": ids, "label": labels[fit]}), metric=metric, names=names,
+                        space=space)
+        blended[~fit] = mix(np.stack([oof[n][~fit] for n in names]), w, space)
         weights.append({n: round(float(wi), 3) for n, wi in zip(names, w, strict=True)})
     return blended, weights
 
@@ -206,17 +209,20 @@ def main() -> int:
                                                  frame["id"][held].astype(str).tolist())
     members = {k: v for k, v in oof.items() if k != "constant"}
     oof["blend"], weights = nested_blend(members, labels, folds, args.blend_metric)
+    oof["blend, log-odds"], log_odds_weights = nested_blend(members, labels, folds, args.blend_metric, "log_odds")
     rows = table(oof, labels)
     text = to_text(rows, len(frame), n_folds)
     print(text)
     print("blend weights per fold (fitted on the other folds):", weights)
+    print("log-odds blend weights per fold:", log_odds_weights)
     out.mkdir(parents=True, exist_ok=True)
     report = build_report(frame, {k: v for k, v in oof.items() if k != "constant"})
     write_report(report, out, "Out-of-fold evaluation on the LMSYS Arena sample (benchmarks/quality.py)")
     atomic_write_text(out / "quality.md", "```\n" + text + "\n```\n")
     result = {"benchmark": "quality", "rows": len(frame), "folds": n_folds, "llm": not args.no_llm,
               "blend_metric": args.blend_metric,
-              "blend_weights": weights, "seconds": round(time.perf_counter() - started, 1),
+              "blend_weights": weights, "log_odds_blend_weights": log_odds_weights,
+              "seconds": round(time.perf_counter() - started, 1),
               **{re.sub(r"[^a-z0-9]+", "_", r["method"].lower()): {k: v for k, v in r.items() if k != "method"}
                  for r in rows}}
     atomic_write_json(out / "quality.json", result)

@@ -97,3 +97,48 @@ def test_wsdm_ensemble_command(tmp_path):
     expected = blend(frames[:2], [1, 3])
     pd.testing.assert_frame_equal(pd.read_parquet(out), expected)
     assert main(["ensemble", *paths, "--weights", "1", "--out", str(out)]) == 2  # one weight per file
+
+
+def test_log_odds_blend_is_the_normalised_weighted_product_and_keeps_the_scale():
+    first, second = _preds("ab", [0.8, 0.3]), _preds("ab", [0.6, 0.5])
+    out = blend([first, second], weights=[1, 1], space="log_odds")
+    product = np.array([0.8 * 0.6, 0.3 * 0.5]) / np.array([0.8 * 0.6 + 0.2 * 0.4, 0.3 * 0.5 + 0.7 * 0.5])
+    np.testing.assert_allclose(out["winner_model_a"], product)
+    sharpened = blend([first, second], weights=[2, 0], space="log_odds")  # the scale is a temperature
+    np.testing.assert_allclose(sharpened["winner_model_a"], [0.64 / (0.64 + 0.04), 0.09 / (0.09 + 0.49)])
+    three = pd.DataFrame({"id": ["a"], "winner_model_a": [0.5], "winner_model_b": [0.3], "winner_tie": [0.2]})
+    np.testing.assert_allclose(blend([three, three], [0.5, 0.5], space="log_odds").iloc[0, 1:].to_numpy(float),
+                               [0.5, 0.3, 0.2])
+    with pytest.raises(SubmissionError, match="blend space 'logit' must be one of"):
+        blend([first, second], space="logit")
+
+
+def test_log_odds_weights_undo_an_under_confident_member_and_never_invert_one():
+    """Labels drawn from sigmoid(z); one member says sigmoid(z / 2), one is noise, one says sigmoid(-z)."""
+    from wsdm_helpers.metrics import log_loss
+
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 2, 6000)
+    labels = (rng.random(len(z)) > 1 / (1 + np.exp(-z))).astype(int)  # label 0 = a wins with P sigmoid(z)
+    ids = [f"r{i}" for i in range(len(z))]
+    shy, noise = _preds(ids, 1 / (1 + np.exp(-z / 2))), _preds(ids, 1 / (1 + np.exp(-rng.normal(0, 2, len(z)))))
+    frame = pd.DataFrame({"id": ids, "label": labels})
+    w = fit_weights([shy, noise], frame, space="log_odds")
+    assert w[0] == pytest.approx(2.0, abs=0.15) and 0 <= w[1] < 0.05
+    scores = {space: log_loss(labels, blend([shy, noise], fit_weights([shy, noise], frame, space=space),
+                                            space=space).iloc[:, 1:].to_numpy()) for space in ("probability", "log_odds")}
+    assert scores["log_odds"] < scores["probability"] - 0.02  # a probability mean cannot sharpen
+    assert fit_weights([_preds(ids, 1 / (1 + np.exp(z)))], frame, space="log_odds").tolist() == [0.0]
+    accuracy_w = fit_weights([shy, noise], frame, metric="accuracy", space="log_odds")
+    assert accuracy_w.sum() == pytest.approx(1) and accuracy_w[0] > accuracy_w[1]
+
+
+def test_blend_available_in_log_odds_space_leaves_a_missing_member_out():
+    from wsdm_helpers.ensemble import blend_available
+
+    first, second = _preds("abc", [0.8, 0.3, 0.6]), _preds("ab", [0.6, 0.5])
+    out, usable = blend_available([first, second.assign(winner_model_a=[0.6, np.nan])], list("abc"), [2, 1],
+                                  space="log_odds")
+    assert usable.tolist() == [[True, True, True], [True, False, False]]
+    expected = blend([first.iloc[:1], second.iloc[:1]], [2, 1], space="log_odds")["winner_model_a"].iloc[0]
+    np.testing.assert_allclose(out["winner_model_a"], [expected, 0.09 / 0.58, 0.36 / 0.52])

@@ -44,6 +44,11 @@ def test_blend_weights_beat_each_member_with_a_bootstrap_interval(tmp_path):
     assert report["blend"]["log_loss"] < min(m["log_loss"] for m in report["members"]) - 0.01
     gain = report["gain_over_best"]
     assert gain["ci95"][0] < gain["mean"] < gain["ci95"][1] and gain["ci95"][0] > 0
+    assert report["space"] == "probability"
+    assert cli.main(["ensemble", "fit", *map(str, paths), "--space", "log_odds", "--out", str(tmp_path / "l.json")]) == 0
+    log_odds = json.loads((tmp_path / "l.json").read_text())
+    assert log_odds["space"] == "log_odds" and log_odds["blend"]["cross_fitted"] and min(log_odds["weights"]) > 0.3
+    assert log_odds["blend"]["log_loss"] < min(m["log_loss"] for m in log_odds["members"]) - 0.01
     (tmp_path / "nofold").mkdir()
     without = fit_oof_files(_members(tmp_path / "nofold", folds=False))
     assert not without["blend"]["cross_fitted"]

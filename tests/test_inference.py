@@ -95,6 +95,16 @@ def test_swap_tta_is_joined_on_id_when_rows_are_shuffled(run_dir, frame):
     assert not np.allclose(plain["winner_model_a"], straight["winner_model_a"])  # the swap pass did count
 
 
+def test_swap_tta_averages_in_the_configured_space(run_dir, frame):
+    from wsdm_helpers.tta import PROB2, average_orientations, swap_pairs
+
+    ab, ba = predict_proba(run_dir, frame, _cfg()), predict_proba(run_dir, swap_pairs(frame), _cfg())
+    for average in ("probability", "log_odds"):
+        swapped = predict_proba(run_dir, frame, _cfg(tta="swap", tta_average=average))
+        expected = average_orientations(ab[PROB2].to_numpy(), ba[PROB2].to_numpy(), average)
+        np.testing.assert_allclose(swapped[PROB2].to_numpy(), expected, atol=1e-5)
+
+
 def test_selective_tta_swaps_only_the_uncertain_share(run_dir, frame):
     result = run_prediction(run_dir, frame, _cfg(tta="selective", tta_band=0.5, tta_share=0.25))
     assert result.report.swapped_rows == 10

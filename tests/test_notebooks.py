@@ -188,14 +188,21 @@ def test_encoder_notebook_ensemble_weights_and_blended_submission(demo, deberta_
     assert (deberta_run / "adapter" / "adapter_model.safetensors").is_file()
     assert (deberta_run / "plots" / "training_curves.png").is_file()
     runs = [str(summary.run_dir), str(deberta_run)]
-    ens = run_notebook("ensemble_oof", {"run_dirs": runs, "metric": "log_loss"}, out_root=tmp_path)
-    weights = json.loads((ens.out_dir / "weights.json").read_text())["weights"]
-    assert len(weights) == 2 and abs(sum(weights) - 1) < 1e-6
+    ens = run_notebook("ensemble_oof", {"run_dirs": runs, "metric": "log_loss"}, out_root=tmp_path / "prob")
+    weights = json.loads((ens.out_dir / "weights.json").read_text())
+    assert len(weights["weights"]) == 2 and abs(sum(weights["weights"]) - 1) < 1e-6
+    assert weights["space"] == "probability"
     scores = pd.read_csv(ens.out_dir / "scores.csv")
     assert scores["run"].tolist() == [*runs, "blend"]
     assert (ens.out_dir / "plots" / "predictions.png").is_file()
 
-    infer = run_notebook("inference", {"run_dirs": runs, "weights": weights, "tta": "none",
-                                       "test_path": str(out / "data" / "test.parquet")}, out_root=tmp_path)
+    ens = run_notebook("ensemble_oof", {"run_dirs": runs, "metric": "log_loss", "space": "log_odds"},
+                       out_root=tmp_path / "log_odds")
+    weights = json.loads((ens.out_dir / "weights.json").read_text())
+    fitted = json.loads((ens.out_dir / "blend_report.json").read_text())
+    assert weights["space"] == fitted["space"] == "log_odds" and weights["weights"] == fitted["weights"]
+    infer = run_notebook("inference", {"run_dirs": runs, "weights": weights["weights"], "blend_space": "log_odds",
+                                       "tta": "none", "test_path": str(out / "data" / "test.parquet")},
+                         out_root=tmp_path)
     _check_submission(infer.out_dir / "submission.csv", out / "data" / "test.parquet")
     assert not (infer.out_dir / "scores.json").exists()  # no labels given, nothing scored

@@ -167,6 +167,22 @@ def test_nan_rows_of_one_run_are_filled_from_the_other_and_reported(runs, data, 
     assert result.report.rows_uniform == 0
 
 
+def test_wsdm_predict_blends_in_log_odds_space_as_the_ensemble_function_does(runs, data, tmp_path):
+    from wsdm_helpers.cli import main
+    from wsdm_helpers.ensemble import blend
+
+    members = [runs["baseline"], runs["two0"]]
+    alone = [submit([m], data["wsdm_test"], tmp_path / f"alone{i}.csv", overrides=CPU).predictions
+             for i, m in enumerate(members)]
+    assert main(["predict", "--run", str(members[0]), "--run", str(members[1]), "--weights", "0.5", "2",
+                 "--blend-space", "log_odds", "--test", str(data["wsdm_test"]), "--out", str(tmp_path / "s.csv"),
+                 "--probs-out", str(tmp_path / "p.parquet"), "--set", "inference.devices=[cpu]",
+                 "--set", "inference.tta=none"]) == 0
+    expected = blend(alone, [0.5, 2], space="log_odds")
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "p.parquet"), expected, atol=1e-6, check_dtype=False)
+    assert not np.allclose(expected["winner_model_a"], blend(alone, [0.5, 2])["winner_model_a"])
+
+
 def test_a_failing_run_is_reported_and_its_rows_filled(runs, data, monkeypatch, tmp_path):
     from wsdm_helpers.inference import Worker
 

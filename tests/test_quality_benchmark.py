@@ -33,6 +33,20 @@ def test_nested_blend_weights_favour_the_informative_method():
     assert np.allclose(blended.sum(axis=1), 1) and np.mean(blended.argmax(1) == labels) == 1.0
 
 
+def test_log_odds_nested_blend_sharpens_an_under_confident_method():
+    from wsdm_helpers.metrics import log_loss
+
+    rng = np.random.default_rng(1)
+    z = rng.normal(0, 2, 2000)
+    labels = (rng.random(len(z)) > 1 / (1 + np.exp(-z))).astype(int)
+    shy = 1 / (1 + np.exp(-z / 3))
+    members = {"shy": np.stack([shy, 1 - shy], 1), "constant": np.full((len(z), 2), 0.5)}
+    folds = np.arange(len(z)) % 2
+    blended, weights = quality.nested_blend(members, labels, folds, space="log_odds")
+    assert all(w["shy"] == pytest.approx(3, abs=0.4) for w in weights)
+    assert log_loss(labels, blended) < log_loss(labels, quality.nested_blend(members, labels, folds)[0]) - 0.03
+
+
 def test_mix_table_trains_with_each_extra_set(tmp_path):
     pytest.importorskip("sklearn")
     frame = make_demo_frame(60, seed=2)

@@ -73,7 +73,7 @@ class Snapshot(TrainerCallback):
 
 def rescore(run_dir: Path, demo) -> pd.DataFrame:
     """Validation rows of a saved run scored again from disk, as given and swapped, under the run's TTA
-    (the default, swap: the mean of both), in the predictions layout."""
+    (swap, averaged in its inference.tta_average space), in the predictions layout."""
     loaded = load_run(run_dir)
     assert loaded.config.inference.tta == "swap"
     oof = pd.read_parquet(run_dir / "oof.parquet")
@@ -84,7 +84,7 @@ def rescore(run_dir: Path, demo) -> pd.DataFrame:
         return loaded.scorer(**collate(encoded.input_ids, loaded.tokenizer.pad_token_id,
                                        loaded.family.padding_side)).numpy()
 
-    probs = average_orientations(score(frame), score(swap_pairs(frame)))
+    probs = average_orientations(score(frame), score(swap_pairs(frame)), loaded.config.inference.tta_average)
     return pd.DataFrame({"id": oof["id"], "winner_model_a": probs[:, 0], "winner_model_b": probs[:, 1]})
 
 
@@ -381,11 +381,13 @@ def test_probe_head_starts_training_from_the_fitted_probe(demo, tiny_model, tmp_
     assert "use inference.tta=swap" in caplog.text
 
 
-def test_probe_alone_run_takes_no_step_and_reloads_to_its_oof(demo, tiny_model, tmp_path):
+@pytest.mark.parametrize("tta_average", ["probability", "log_odds"])
+def test_probe_alone_run_takes_no_step_and_reloads_to_its_oof(demo, tiny_model, tmp_path, tta_average):
     from safetensors.torch import load_file
 
-    cfg = tiny_cfg(demo, tiny_model("gemma3"), tmp_path / "run",
-                   {"train.probe_head": True, "train.max_steps": 0, "train.eval_steps": 0})
+    cfg = tiny_cfg(demo, tiny_model("gemma3"), tmp_path / "run", {"train.probe_head": True, "train.max_steps": 0,
+                                                                  "train.eval_steps": 0,
+                                                                  "inference.tta_average": tta_average})
     result = train(cfg)
     assert result.metrics["global_step"] == 0 and result.metrics["curve"] == []
     assert result.metrics["probe"]["rows"] == result.metrics["train_rows"] // 2

@@ -58,6 +58,19 @@ def test_average_orientations_equals_merge_of_full_swap():
     assert np.allclose(merged[tta.PROB3].to_numpy(), tta.average_orientations(probs_ab, probs_ba))
 
 
+def test_log_odds_average_is_the_mean_logit_and_every_path_agrees():
+    probs_ab, probs_ba = np.array([[0.9, 0.1], [0.3, 0.7]]), np.array([[0.4, 0.6], [0.2, 0.8]])
+    logit = lambda p: np.log(p[:, 0] / p[:, 1])  # noqa: E731
+    mean_logit = (logit(probs_ab) + logit(tta.flip_probs(probs_ba))) / 2
+    averaged = tta.average_orientations(probs_ab, probs_ba, "log_odds")
+    np.testing.assert_allclose(averaged[:, 0], 1 / (1 + np.exp(-mean_logit)))
+    np.testing.assert_allclose(tta.average_orientations(probs_ab, probs_ba)[:, 0], (probs_ab[:, 0] + probs_ba[:, 1]) / 2)
+    ab, ba = _preds("xy", probs_ab), _preds("xy", probs_ba)
+    for merged in (tta.merge_swapped(ab, ba, "log_odds"),  # BA as predicted; apply_policy takes it mapped back
+                   tta.apply_policy(ab, tta.flip_predictions(ba), "swap", average="log_odds")):
+        np.testing.assert_allclose(merged[tta.PROB2].to_numpy(), averaged)
+
+
 def test_select_uncertain_most_uncertain_first_within_band_and_cap():
     preds = _preds("abcd", np.array([[0.52, 0.48], [0.9, 0.1], [0.5, 0.5], [0.4, 0.6]]))
     assert tta.select_uncertain(preds) == ["c", "a", "d", "b"]

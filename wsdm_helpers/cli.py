@@ -239,7 +239,7 @@ when the same command is run again with the same runs, test rows and settings. O
 
 
 def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
-    from .config import BlendMetric, Task, Ties, choices
+    from .config import BlendMetric, BlendSpace, Task, Ties, choices
 
     predict = sub.add_parser("predict", help="predict with trained runs under one clock, blend, write a submission",
                              description=_PREDICT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -247,6 +247,9 @@ def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
                          help="run folder: LLM or feature baseline (repeat to blend several)")
     predict.add_argument("--weights", type=float, nargs="+",
                          help="one blend weight per --run; 0 for a baseline = fallback only")
+    predict.add_argument("--blend-space", default="probability", choices=choices(BlendSpace),
+                         help="probability: weighted mean of probabilities; log_odds: softmax of the weighted "
+                         "sum of log-probabilities (weights from `wsdm ensemble fit --space log_odds`)")
     predict.add_argument("--test", required=True, help="test file (any supported layout)")
     predict.add_argument("--out", required=True, help="submission csv")
     predict.add_argument("--probs-out", help="also write the blended probabilities (parquet)")
@@ -275,6 +278,9 @@ def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
     ensemble.add_argument("--weights", type=float, nargs="+", help="one weight per file (default: equal)")
     ensemble.add_argument("--oof", nargs="+", help="fit the weights on these out-of-fold files (one per file)")
     ensemble.add_argument("--metric", default="log_loss", choices=choices(BlendMetric))
+    ensemble.add_argument("--space", default="probability", choices=choices(BlendSpace),
+                          help="probability: weighted mean of probabilities (weights sum to 1); log_odds: softmax of "
+                          "the weighted sum of log-probabilities (weights >= 0, their scale is a temperature)")
     ensemble.add_argument("--out", required=True)
     ensemble.set_defaults(handler=_ensemble)
     baseline = sub.add_parser("baseline", help="train the feature baseline (seconds): a run folder and/or predictions")
@@ -307,7 +313,8 @@ def _predict(args: argparse.Namespace) -> int:
     from .pipeline import submit
 
     settings = {"task": args.task, "time_budget_minutes": args.time_budget_minutes,
-                "safety_minutes": args.safety_minutes, "resume": args.resume, "work_dir": args.work_dir}
+                "safety_minutes": args.safety_minutes, "resume": args.resume, "work_dir": args.work_dir,
+                "blend_space": args.blend_space}
     result = submit(args.run, args.test, args.out, weights=args.weights, overrides=_inference_overrides(args.set),
                     settings=settings, probs_out=args.probs_out)
     print(f"wrote {args.out} ({len(result.predictions)} rows)")
@@ -327,7 +334,8 @@ def _ensemble(args: argparse.Namespace) -> int:
         return _ensemble_fit(args)
     from .ensemble import blend_files
 
-    blended = blend_files(args.predictions, args.out, weights=args.weights, oof_paths=args.oof, metric=args.metric)
+    blended = blend_files(args.predictions, args.out, weights=args.weights, oof_paths=args.oof, metric=args.metric,
+                          space=args.space)
     print(f"wrote {args.out} ({len(blended)} rows)")
     return 0
 
@@ -525,9 +533,11 @@ def _ensemble_fit(args: argparse.Namespace) -> int:
     if args.weights or args.oof or len(args.predictions) < 3:
         raise ConfigError("wsdm ensemble fit takes two or more OOF files and --out weights.json "
                           "(no --weights / --oof), e.g. wsdm ensemble fit cv-a/oof.parquet cv-b/oof.parquet --out w.json")
-    report = fit_oof_files(args.predictions[1:], args.out, metric=args.metric)
+    report = fit_oof_files(args.predictions[1:], args.out, metric=args.metric, space=args.space)
     print(fit_report_text(report))
-    print(f"wrote {args.out}; blend the test predictions with --weights {' '.join(f'{w:.4f}' for w in report['weights'])}")
+    space = "" if args.space == "probability" else f" --space {args.space} (wsdm predict: --blend-space {args.space})"
+    print(f"wrote {args.out}; blend the test predictions with --weights "
+          f"{' '.join(f'{w:.4f}' for w in report['weights'])}{space}")
     return 0
 
 

@@ -279,6 +279,10 @@ BestMetric = Literal["log_loss", "accuracy", "log_loss_swap_tta", "accuracy_swap
 HIGHER_IS_BETTER = ("accuracy", "accuracy_swap_tta")  # the other best_metric values are minimised
 Task = Literal["wsdm", "lmsys"]  # submission layout: winner model_a/model_b, or the three lmsys probabilities
 BlendMetric = Literal["log_loss", "accuracy"]  # what ensemble weights are fitted to
+# How members are combined: the weighted mean of their probabilities (weights sum to 1), or the softmax of
+# the weighted sum of their log-probabilities (weights >= 0, free scale: a weight above 1 sharpens an
+# under-confident member, which no probability mean can do).
+BlendSpace = Literal["probability", "log_odds"]
 
 # --------------------------------------------------------------------------------------------------
 # Config sections. One dataclass per pipeline stage; RunConfig assembles them.
@@ -513,6 +517,9 @@ class InferenceConfig(Section):
                                                "batch cut points minimise padding + this per batch (0 = least "
                                                "padding); null = the device's default (512 on a GPU, 16 on CPU)")
     tta: Tta = option("swap", help="none, swap (average AB and flipped BA) or selective (swap only uncertain rows)")
+    tta_average: BlendSpace = option("probability", help="how TTA averages the two orientations: probability "
+                                     "(their mean) or log_odds (the mean of their log-probabilities, renormalised: "
+                                     "for two classes the mean logit, which a probe head reads as its own logit)")
     tta_band: float = option(0.15, help="selective TTA: swap rows whose P(a) is within 0.5 +- band")
     tta_share: float | None = option(0.5, help="selective TTA: swap at most this share of rows, most uncertain "
                                         "first (null = every row within the band)")

@@ -189,7 +189,7 @@ def assemble(out_dir: Path, frame, folds, n_folds: int, tta: InferenceConfig) ->
                 raise ConfigError(f"{fold_dir(out_dir, k) / name} does not hold exactly the {len(expected)} held-out "
                                   f"rows of fold {k} (the data or folds changed); delete {fold_dir(out_dir, k)} "
                                   f"and run wsdm cv --folds {k} again")
-        merged = apply_policy(ab, ba, tta.tta, tta.tta_band, tta.tta_share)
+        merged = apply_policy(ab, ba, tta.tta, tta.tta_band, tta.tta_share, tta.tta_average)
         parts.append((merged.assign(fold=k), ab, ba))
         per_fold.append({"fold": k, **_scores(labelled, merged, ab, ba)})
     oof = pd.concat([p[0] for p in parts], ignore_index=True)

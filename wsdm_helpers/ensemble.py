@@ -1,9 +1,15 @@
 """Blend several models' predictions, joined on id; fit blend weights on out-of-fold predictions.
 
-A blend is the weighted mean of the probability rows (weights on the simplex). The log loss of
-such a mixture is convex in the weights, so exponentiated-gradient descent finds the optimum with
-numpy alone; accuracy is piecewise constant, so it is searched on a simplex grid (ties broken by
-log loss).
+Two blend spaces (config.BlendSpace):
+
+- ``probability``: the weighted mean of the probability rows, weights on the simplex. Its log loss is
+  convex in the weights, so exponentiated-gradient descent finds the optimum with numpy alone.
+- ``log_odds``: the softmax of the weighted sum of log-probabilities, weights >= 0 with a free scale
+  (a member's weight is also its temperature). Its log loss is convex too (a logistic regression on
+  fixed inputs without intercept); projected Newton steps find the optimum.
+
+Accuracy is piecewise constant, so it is searched on a simplex grid (ties broken by log loss); in
+log-odds space the argmax does not depend on the scale, so those weights sum to 1 as well.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import typing
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .config import BlendMetric
+from .config import BlendMetric, BlendSpace
 from .errors import SubmissionError
 from .submission import align_to_ids, check_predictions, prob_columns
 
@@ -23,6 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 METRICS = typing.get_args(BlendMetric)
+SPACES = typing.get_args(BlendSpace)
+LOG_FLOOR = 1e-7  # probabilities are clipped here before the log: one member's 0 must not veto a class
 
 
 def align(frames: Sequence[pd.DataFrame], names: Sequence[str] | None = None) -> list[pd.DataFrame]:
@@ -42,10 +50,17 @@ def align(frames: Sequence[pd.DataFrame], names: Sequence[str] | None = None) ->
     return out
 
 
-def check_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
-    """The weights normalised to sum to 1 (equal when None); exactly ``n`` finite, non-negative numbers."""
+def check_space(space: str) -> None:
+    if space not in SPACES:
+        raise SubmissionError(f"blend space {space!r} must be one of {SPACES}")
+
+
+def check_weights(weights: Sequence[float] | None, n: int, space: str = "probability") -> np.ndarray:
+    """Exactly ``n`` finite, non-negative numbers (equal when None), normalised to sum to 1 in probability
+    space; in log-odds space their scale is kept (it is the blend's temperature)."""
     import numpy as np
 
+    check_space(space)
     if weights is None:
         return np.full(n, 1.0 / n)
     w = np.asarray(weights, dtype="float64")
@@ -54,47 +69,70 @@ def check_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
                               "per --run / prediction file, or none for equal weights")
     if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
         raise SubmissionError(f"weights {list(weights)} must be {n} finite non-negative numbers with a positive sum")
-    return w / w.sum()
+    return w / w.sum() if space == "probability" else w
+
+
+def _log(stack: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    return np.log(np.clip(stack, LOG_FLOOR, 1.0))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def mix(stack: np.ndarray, w: np.ndarray, space: str) -> np.ndarray:
+    """The blend of ``stack`` ([members, rows, classes] probabilities) with weights ``w`` in ``space``."""
+    import numpy as np
+
+    if space == "log_odds":
+        return _softmax(np.tensordot(w, _log(stack), axes=1))
+    mixed = np.tensordot(w, stack, axes=1)
+    return mixed / mixed.sum(axis=-1, keepdims=True)
 
 
 def blend(frames: Sequence[pd.DataFrame], weights: Sequence[float] | None = None,
-          names: Sequence[str] | None = None) -> pd.DataFrame:
-    """Weighted mean of prediction frames joined on id (equal weights when none are given).
+          names: Sequence[str] | None = None, space: str = "probability") -> pd.DataFrame:
+    """The blend of prediction frames joined on id (equal weights when none are given), in ``space``.
 
-    The result has the first frame's row order; weights are normalised to sum to 1.
+    The result has the first frame's row order.
     """
     import numpy as np
 
     aligned = align(frames, names)
-    w = check_weights(weights, len(aligned))
+    w = check_weights(weights, len(aligned), space)
     cols = prob_columns(aligned[0])
-    stack = np.stack([f[cols].to_numpy() for f in aligned])
-    mixed = np.tensordot(w, stack, axes=1)
     out = aligned[0][["id"]].copy()
-    out[cols] = mixed / mixed.sum(axis=1, keepdims=True)
+    out[cols] = mix(np.stack([f[cols].to_numpy() for f in aligned]), w, space)
     return out
 
 
-def blend_available(frames: Sequence[pd.DataFrame], ids: Sequence[str],
-                    weights: Sequence[float] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
-    """Weighted mean over the members that have a finite prediction for each id (weights renormalised
-    per row), joined on id; rows no member covers stay NaN. Also returns the [members, rows] mask of
-    usable predictions. A member lacking an id, or with NaN/inf there, simply does not vote."""
+def blend_available(frames: Sequence[pd.DataFrame], ids: Sequence[str], weights: Sequence[float] | None = None,
+                    space: str = "probability") -> tuple[pd.DataFrame, np.ndarray]:
+    """The blend over the members that have a finite prediction for each id, joined on id; rows no
+    member covers stay NaN. Also returns the [members, rows] mask of usable predictions. A member
+    lacking an id, or with NaN/inf there, simply does not vote: in probability space the others'
+    weights are renormalised on that row; in log-odds space its term is left out (no evidence)."""
     import numpy as np
 
-    w = check_weights(weights, len(frames))
+    w = check_weights(weights, len(frames), space)
     cols = prob_columns(frames[0])
     stack = np.stack([f.assign(id=f["id"].astype(str)).set_index("id").reindex(list(ids))[cols].to_numpy(float)
                       for f in frames])
     usable = np.isfinite(stack).all(axis=2)
-    row_w = w[:, None] * usable
-    total = row_w.sum(axis=0)
-    mixed = np.einsum("mr,mrc->rc", row_w, np.where(usable[:, :, None], stack, 0.0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mixed = np.where(total[:, None] > 0, mixed / total[:, None], np.nan)
-        mixed = mixed / mixed.sum(axis=1, keepdims=True)
-    out = _ids_frame(ids, cols, mixed)
-    return out, usable
+    if space == "log_odds":  # probability 1 for every class: log 0, a term that adds nothing
+        mixed = mix(np.where(usable[:, :, None], stack, 1.0), w, space)
+    else:
+        row_w = w[:, None] * usable
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mixed = np.einsum("mr,mrc->rc", row_w, np.where(usable[:, :, None], stack, 0.0)) / row_w.sum(axis=0)[:, None]
+            mixed = mixed / mixed.sum(axis=1, keepdims=True)
+    mixed[~usable.any(axis=0)] = np.nan
+    return _ids_frame(ids, cols, mixed), usable
 
 
 def _ids_frame(ids: Sequence[str], cols: list[str], values: np.ndarray) -> pd.DataFrame:
@@ -142,6 +180,47 @@ def _fit_log_loss(stack: np.ndarray, labels: np.ndarray, steps: int = 2000, lr: 
     return w
 
 
+def _log_odds_loss(logp: np.ndarray, w: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Mean log loss of softmax(sum_m w_m logp_m), its gradient and its Hessian in the weights."""
+    import numpy as np
+
+    rows = np.arange(len(labels))
+    p = _softmax(np.tensordot(w, logp, axes=1))
+    resid = p.copy()
+    resid[rows, labels] -= 1
+    expected = np.einsum("rc,mrc->mr", p, logp)  # E_p[logp_m] per row
+    hess = (np.einsum("mrc,rc,nrc->mn", logp, p, logp) - expected @ expected.T) / len(labels)
+    loss = float(-np.log(np.clip(p[rows, labels], 1e-15, None)).mean())
+    return loss, np.einsum("mrc,rc->m", logp, resid) / len(labels), hess
+
+
+def _fit_log_odds(stack: np.ndarray, labels: np.ndarray, steps: int = 100) -> np.ndarray:
+    """Projected Newton steps with backtracking on the weights >= 0 (the objective is convex in them)."""
+    import numpy as np
+
+    logp = _log(stack)
+    w = np.full(stack.shape[0], 1.0 / stack.shape[0])
+    for _ in range(steps):
+        loss, grad, hess = _log_odds_loss(logp, w, labels)
+        free = (w > 0) | (grad < 0)  # a weight at 0 that the gradient pushes below 0 stays there
+        step = np.zeros_like(w)
+        step[free] = np.linalg.lstsq(hess[np.ix_(free, free)], grad[free], rcond=None)[0]
+        t = 1.0
+        while t > 1e-6 and _log_odds_loss(logp, np.maximum(w - t * step, 0), labels)[0] > loss:
+            t /= 2
+        moved = np.maximum(w - t * step, 0)
+        if t <= 1e-6 or np.abs(moved - w).max() < 1e-9:
+            break
+        w = moved
+    return w
+
+
+def _fit(stack: np.ndarray, labels: np.ndarray, metric: str, space: str) -> np.ndarray:
+    if metric == "accuracy":
+        return _fit_accuracy(stack, labels, space)
+    return _fit_log_odds(stack, labels) if space == "log_odds" else _fit_log_loss(stack, labels)
+
+
 def _simplex_grid(n: int, resolution: int) -> np.ndarray:
     import numpy as np
 
@@ -149,23 +228,25 @@ def _simplex_grid(n: int, resolution: int) -> np.ndarray:
     return np.array([[*c, resolution - sum(c)] for c in points], dtype="float64") / resolution
 
 
-def _fit_accuracy(stack: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def _fit_accuracy(stack: np.ndarray, labels: np.ndarray, space: str = "probability") -> np.ndarray:
     """Best accuracy on a simplex grid (coarser for many models); ties broken by lower log loss."""
     import numpy as np
 
     resolution = {1: 1, 2: 50, 3: 20, 4: 10}.get(stack.shape[0], 5)
+    rows = np.arange(len(labels))
     best, best_key = None, None
     for w in _simplex_grid(stack.shape[0], resolution):
-        mix = np.tensordot(w, stack, axes=1)
-        key = ((mix.argmax(axis=1) == labels).mean(), -_log_loss(stack, w, labels)[0])
+        mixed = mix(stack, w, space)
+        key = ((mixed.argmax(axis=1) == labels).mean(), np.log(np.clip(mixed[rows, labels], 1e-15, None)).mean())
         if best_key is None or key > best_key:
             best, best_key = w, key
     return best
 
 
 def fit_weights(oof_frames: Sequence[pd.DataFrame], labels: pd.DataFrame | pd.Series,
-                metric: str = "log_loss", names: Sequence[str] | None = None) -> np.ndarray:
-    """Blend weights (summing to 1) that optimise ``metric`` on out-of-fold predictions joined on id.
+                metric: str = "log_loss", names: Sequence[str] | None = None, space: str = "probability") -> np.ndarray:
+    """Blend weights in ``space`` that optimise ``metric`` on out-of-fold predictions joined on id (they sum
+    to 1, except log-odds weights fitted to log loss, whose scale is fitted too).
 
     ``labels``: a frame with ``id`` and ``label`` columns (an oof.parquet, a canonical frame) or a
     Series of labels indexed by id.
@@ -174,14 +255,15 @@ def fit_weights(oof_frames: Sequence[pd.DataFrame], labels: pd.DataFrame | pd.Se
 
     if metric not in METRICS:
         raise SubmissionError(f"metric={metric!r} must be one of {METRICS}")
+    check_space(space)
     aligned = align(oof_frames, names)
     cols = prob_columns(aligned[0])
     y = _labels_for(aligned[0]["id"], labels)
     if y.max() >= len(cols):
         raise SubmissionError(f"labels include class {y.max()} (tie) but predictions have only {cols}")
     stack = np.stack([f[cols].to_numpy() for f in aligned])
-    w = _fit_log_loss(stack, y) if metric == "log_loss" else _fit_accuracy(stack, y)
-    log.info("fitted blend weights (%s): %s", metric, np.round(w, 4).tolist())
+    w = _fit(stack, y, metric, space)
+    log.info("fitted blend weights (%s, %s space): %s", metric, space, np.round(w, 4).tolist())
     return w
 
 
@@ -196,7 +278,8 @@ def _read_oof(path: str) -> pd.DataFrame:
 
 
 def blend_files(pred_paths: Sequence[str], out: str, weights: Sequence[float] | None = None,
-                oof_paths: Sequence[str] | None = None, metric: str = "log_loss") -> pd.DataFrame:
+                oof_paths: Sequence[str] | None = None, metric: str = "log_loss",
+                space: str = "probability") -> pd.DataFrame:
     """``wsdm ensemble``: blend prediction files; weights given, fitted on out-of-fold files, or equal.
 
     ``oof_paths`` (one per prediction file, same order) are ``oof.parquet`` files of the runs, with a
@@ -211,8 +294,8 @@ def blend_files(pred_paths: Sequence[str], out: str, weights: Sequence[float] | 
         oof = [_read_oof(p) for p in oof_paths]
         if "label" not in oof[0].columns:
             raise SubmissionError(f"{oof_paths[0]} has no 'label' column; pass the runs' oof.parquet files")
-        weights = fit_weights(oof, oof[0][["id", "label"]], metric, names=list(oof_paths)).tolist()
-    blended = blend([read_predictions(p) for p in pred_paths], weights, names=list(pred_paths))
+        weights = fit_weights(oof, oof[0][["id", "label"]], metric, names=list(oof_paths), space=space).tolist()
+    blended = blend([read_predictions(p) for p in pred_paths], weights, names=list(pred_paths), space=space)
     write_predictions(blended, out)
     return blended
 
@@ -258,7 +341,7 @@ def _row_scores(probs: np.ndarray, y: np.ndarray, metric: str) -> np.ndarray:
 
 
 def fit_oof_files(paths: Sequence[str], out: str | None = None, metric: str = "log_loss", n_boot: int = 2000,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, space: str = "probability") -> dict:
     """``wsdm ensemble fit``: blend weights fitted on the members' out-of-fold files, joined on id.
 
     The report holds each member's CV and the blend's. When every file carries the same ``fold``
@@ -274,6 +357,7 @@ def fit_oof_files(paths: Sequence[str], out: str | None = None, metric: str = "l
 
     if metric not in METRICS:
         raise SubmissionError(f"metric={metric!r} must be one of {METRICS}")
+    check_space(space)
     names = [str(p) for p in paths]
     frames = [_read_oof(p) for p in paths]
     labels = _oof_labels(frames, names)
@@ -282,14 +366,13 @@ def fit_oof_files(paths: Sequence[str], out: str | None = None, metric: str = "l
     y = labels.loc[list(ids)].to_numpy().astype("int64")
     cols = prob_columns(aligned[0])
     stack = np.stack([f[cols].to_numpy() for f in aligned])
-    fit = _fit_log_loss if metric == "log_loss" else _fit_accuracy
-    weights = fit(stack, y)
+    weights = _fit(stack, y, metric, space)
     folds = _shared_folds(frames, ids)
-    blended = np.tensordot(weights, stack, axes=1)
+    blended = mix(stack, weights, space)
     if folds is not None:
         for k in np.unique(folds):
             rows = folds == k
-            blended[rows] = np.tensordot(fit(stack[:, ~rows], y[~rows]), stack[:, rows], axes=1)
+            blended[rows] = mix(stack[:, rows], _fit(stack[:, ~rows], y[~rows], metric, space), space)
     members = [{"path": name, "weight": float(w), "accuracy": metrics.accuracy(y, p), "log_loss": metrics.log_loss(y, p)}
                for name, w, p in zip(names, weights, stack, strict=True)]
     best = max(range(len(members)), key=lambda i: -members[i]["log_loss"] if metric == "log_loss"
@@ -298,7 +381,7 @@ def fit_oof_files(paths: Sequence[str], out: str | None = None, metric: str = "l
     boot = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
     gains = diff[boot].mean(axis=1)
     report = {
-        "metric": metric, "rows": int(len(y)), "members": members, "weights": [float(w) for w in weights],
+        "metric": metric, "space": space, "rows": int(len(y)), "members": members, "weights": [float(w) for w in weights],
         "blend": {"accuracy": metrics.accuracy(y, blended), "log_loss": metrics.log_loss(y, blended),
                   "cross_fitted": folds is not None},
         "gain_over_best": {"best_member": names[best], "mean": float(diff.mean()),
@@ -317,7 +400,7 @@ def fit_report_text(report: dict) -> str:
     for m in report["members"]:
         lines.append(f"{m['path'][-60:]:<60} {m['weight']:>7.3f} {m['accuracy']:>9.4f} {m['log_loss']:>9.4f}")
     b, g = report["blend"], report["gain_over_best"]
-    kind = "cross-fitted by fold" if b["cross_fitted"] else "in-sample: no shared fold column"
+    kind = ("cross-fitted by fold" if b["cross_fitted"] else "in-sample: no shared fold column") + f", {report['space']}"
     lines.append(f"{'blend (' + kind + ')':<60} {'':>7} {b['accuracy']:>9.4f} {b['log_loss']:>9.4f}")
     lines.append(f"gain over the best member ({g['meaning']}): {g['mean']:+.4f}, "
                  f"95% bootstrap CI [{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}] over {report['rows']} rows")

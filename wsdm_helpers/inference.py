@@ -809,7 +809,7 @@ def _swap_pass(job: _Job, frame: pd.DataFrame, preds: pd.DataFrame, max_length: 
     job.report.swapped_rows = len(swapped)
     if not len(swapped):
         return preds
-    return pd.concat([merge_swapped(preds[good], swapped), preds[~good]], ignore_index=True)
+    return pd.concat([merge_swapped(preds[good], swapped, job.cfg.tta_average), preds[~good]], ignore_index=True)
 
 
 def predict_proba(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cfg: InferenceConfig | None = None,

@@ -155,8 +155,10 @@ def read_oofs(run_dirs: list[str]) -> list[Any]:
     return [pd.read_parquet(Path(r) / "oof.parquet") for r in run_dirs]
 
 
-def compare_scores(oofs: list[Any], blended: Any, run_dirs: list[str], weights: Any, out_dir: str | Path):
-    """One row per run and one for the blend (weight, accuracy, log loss); saves scores.csv and weights.json."""
+def compare_scores(oofs: list[Any], blended: Any, run_dirs: list[str], weights: Any, out_dir: str | Path,
+                   space: str = "probability"):
+    """One row per run and one for the blend (weight, accuracy, log loss); saves scores.csv and weights.json
+    (the weights and their blend space, what inference.ipynb takes as ``weights`` and ``blend_space``)."""
     import pandas as pd
 
     from . import metrics
@@ -174,5 +176,5 @@ def compare_scores(oofs: list[Any], blended: Any, run_dirs: list[str], weights: 
     table = pd.DataFrame(rows)
     atomic_write_csv(table, Path(out_dir) / "scores.csv")
     atomic_write_json(Path(out_dir) / "weights.json", {"run_dirs": list(map(str, run_dirs)),
-                                                       "weights": [float(w) for w in weights]})
+                                                       "weights": [float(w) for w in weights], "space": space})
     return table

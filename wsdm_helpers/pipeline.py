@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .clock import Deadline
-from .config import InferenceConfig, Section, Task, from_dict, load_run_config, option, to_dict
+from .config import BlendSpace, InferenceConfig, Section, Task, from_dict, load_run_config, option, to_dict
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -63,6 +63,10 @@ class PipelineConfig(Section):
     resume: bool | None = option(None, help="save each run's finished chunks and reuse them when rerun with the "
                                  "same runs, test rows and settings; null = on under /kaggle/working, else off")
     work_dir: str = option("", help="folder for the resumable chunks; empty = .wsdm-chunks beside the submission")
+    blend_space: BlendSpace = option("probability", help="how the weighted runs combine: probability = weighted "
+                                     "mean of probabilities (weights renormalised); log_odds = softmax of the "
+                                     "weighted sum of log-probabilities (the weights' scale kept, as `wsdm ensemble "
+                                     "fit --space log_odds` fits them)")
 
     def check(self) -> list[str]:
         problems = []
@@ -306,7 +310,7 @@ def _combine(members: list[Member], preds: dict[int, pd.DataFrame], ids: list[st
     fallback = [m for m in members if m.weight == 0 and m.kind == "baseline" and m.index in classes]
     empty = _empty(ids, task)
     frames = [classes.get(m.index, empty) for m in voters]
-    blended, usable = blend_available(frames, ids, [m.weight for m in voters])
+    blended, usable = blend_available(frames, ids, [m.weight for m in voters], settings.blend_space)
     for m, ok in zip(voters, usable, strict=True):
         rr = report.runs[m.index]
         rr.rows_filled = int((~ok).sum())

@@ -5,8 +5,9 @@ on a few hundred real votes LoRA stops before it learns anything (issue 15). The
 what the frozen model already encodes, in one cheap pass: the pooled final hidden states of every
 training pair (as given, ``h_ab``) and of its swap (``h_ba``; ``train.swap_augment`` puts both in the
 training set), an L2 logistic regression without intercept on ``d = h_ab - h_ba`` (antisymmetric, so a
-position bias cannot be fitted), and the head ``[w, -w]``: under swap TTA its logit difference averages
-to ``w . d``, the probe's own logit.
+position bias cannot be fitted), and the head ``[w, -w]``: under swap TTA in log-odds space
+(``inference.tta_average: log_odds``) its logit difference averages to ``w . d``, the probe's own logit,
+while the mean of the two probabilities shrinks it wherever the position part ``w . (h_ab + h_ba)`` is large.
 """
 from __future__ import annotations
 

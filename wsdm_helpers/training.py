@@ -124,6 +124,7 @@ class EvalSet:
         self.dataset = PairDataset(self.encoded)
         self.probs_ab: np.ndarray | None = None
         self.probs_ba: np.ndarray | None = None  # the swapped pass, mapped back to AB
+        self.tta_average = cfg.inference.tta_average
 
     def compute_metrics(self, prediction) -> dict[str, float]:
         from . import metrics
@@ -143,7 +144,7 @@ class EvalSet:
         result = {"accuracy": metrics.accuracy(labels, self.probs_ab), "log_loss": metrics.log_loss(labels, self.probs_ab)}
         if len(probs) == 2 * self.n:
             self.probs_ba = flip_probs(probs[self.n:])  # back to the AB orientation
-            swapped = average_orientations(self.probs_ab, probs[self.n:])
+            swapped = average_orientations(self.probs_ab, probs[self.n:], self.tta_average)
             result["flip_rate"] = metrics.flip_rate(self.probs_ab, self.probs_ba)
             result["accuracy_swap_tta"] = metrics.accuracy(labels, swapped)
             result["log_loss_swap_tta"] = metrics.log_loss(labels, swapped)
@@ -155,7 +156,7 @@ class EvalSet:
         from .tta import apply_policy
 
         ab, ba = (self._predictions(p) for p in (self.probs_ab, self.probs_ba))
-        out = ab if ba is None else apply_policy(ab, ba, icfg.tta, icfg.tta_band, icfg.tta_share)
+        out = ab if ba is None else apply_policy(ab, ba, icfg.tta, icfg.tta_band, icfg.tta_share, icfg.tta_average)
         return out.assign(label=self.frame["label"].to_numpy(), language=self.frame["language"].to_numpy())
 
     def _predictions(self, probs: np.ndarray | None):

@@ -37,6 +37,14 @@ def flip_probs(probs: np.ndarray) -> np.ndarray:
     return out
 
 
+def average_pair(probs_ab: np.ndarray, probs_ba_flipped: np.ndarray, average: str = "probability") -> np.ndarray:
+    """The TTA average of the same rows' two orientations (BA already mapped back to AB), in the
+    ``inference.tta_average`` space (ensemble.mix: one rule for blends and for TTA)."""
+    from .ensemble import mix
+
+    return mix(np.stack([probs_ab, probs_ba_flipped]), np.array([0.5, 0.5]), average)
+
+
 def flip_labels(labels: np.ndarray) -> np.ndarray:
     """Hard labels of the swapped pair: 0 <-> 1; ties (2) and unknown (-1) kept."""
     labels = np.asarray(labels)
@@ -62,8 +70,8 @@ def flip_predictions(pred_ba: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def merge_swapped(pred_ab: pd.DataFrame, pred_ba: pd.DataFrame) -> pd.DataFrame:
-    """Average AB predictions with flipped-back BA predictions, joined on id.
+def merge_swapped(pred_ab: pd.DataFrame, pred_ba: pd.DataFrame, average: str = "probability") -> pd.DataFrame:
+    """Average AB predictions with flipped-back BA predictions (:func:`average_pair`), joined on id.
 
     ``pred_ba`` may cover a subset of the ids (selective TTA); the other rows keep their AB values.
     The result has ``pred_ab``'s row order.
@@ -77,13 +85,13 @@ def merge_swapped(pred_ab: pd.DataFrame, pred_ba: pd.DataFrame) -> pd.DataFrame:
     if len(extra):
         raise SubmissionError(f"BA predictions have {len(extra)} id(s) without an AB prediction: "
                               f"{', '.join(extra[:5])}")
-    ab.loc[ba.index, cols] = (ab.loc[ba.index, cols].to_numpy() + ba[cols].to_numpy()) / 2
+    ab.loc[ba.index, cols] = average_pair(ab.loc[ba.index, cols].to_numpy(), ba[cols].to_numpy(), average)
     return ab.reset_index()
 
 
-def average_orientations(probs_ab: np.ndarray, probs_ba: np.ndarray) -> np.ndarray:
+def average_orientations(probs_ab: np.ndarray, probs_ba: np.ndarray, average: str = "probability") -> np.ndarray:
     """Row-aligned arrays of the same rows in both orientations -> the swap-TTA average."""
-    return (np.asarray(probs_ab) + flip_probs(probs_ba)) / 2
+    return average_pair(np.asarray(probs_ab), flip_probs(probs_ba), average)
 
 
 def select_uncertain(preds: pd.DataFrame, band: float | None = None, max_rows: int | None = None) -> list[str]:
@@ -100,7 +108,7 @@ def select_uncertain(preds: pd.DataFrame, band: float | None = None, max_rows: i
 
 
 def apply_policy(pred_ab: pd.DataFrame, pred_ba: pd.DataFrame, tta: TTA, band: float = 0.15,
-                 share: float | None = 0.5) -> pd.DataFrame:
+                 share: float | None = 0.5, average: str = "probability") -> pd.DataFrame:
     """A TTA policy applied to two full passes over the same rows (``pred_ba`` already mapped back to
     AB), joined on id, in ``pred_ab``'s order: none (AB), swap (mean of both), selective (the mean on
     the rows inference would swap, :func:`selection`). Out-of-fold files use it, so they score what a
@@ -113,7 +121,7 @@ def apply_policy(pred_ab: pd.DataFrame, pred_ba: pd.DataFrame, tta: TTA, band: f
         chosen = select_uncertain(out.reset_index(), *selection(tta, len(out), band, share))
     cols = prob_columns(pred_ab)
     other = pred_ba.astype({"id": str}).set_index("id").loc[chosen, cols]
-    out.loc[chosen, cols] = (out.loc[chosen, cols].to_numpy() + other.to_numpy()) / 2
+    out.loc[chosen, cols] = average_pair(out.loc[chosen, cols].to_numpy(), other.to_numpy(), average)
     return out.reset_index()
 
 
