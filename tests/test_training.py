@@ -401,7 +401,7 @@ def test_probe_alone_run_takes_no_step_and_reloads_to_its_oof(demo, tiny_model, 
     labels = pd.read_parquet(demo[0]).set_index("id").loc[oof["id"], "label"].to_numpy()
     oof_accuracy = np.mean((oof["winner_model_a"].to_numpy() > 0.5) == (labels == 0))
     # metrics.json scores oof.parquet (swap TTA here), per language too, not the rows as given alone
-    assert result.metrics["oof"]["tta"] == "swap"
+    assert result.metrics["oof"]["tta"] == "swap" and result.metrics["oof"]["tta_average"] == tta_average
     assert result.metrics["oof"]["accuracy"] == pytest.approx(oof_accuracy)
     assert result.metrics["final"]["accuracy_swap_tta"] == pytest.approx(oof_accuracy)
     per_language = pd.DataFrame(result.metrics["per_language"])

@@ -203,7 +203,7 @@ def assemble(out_dir: Path, frame, folds, n_folds: int, tta: InferenceConfig) ->
         raise ConfigError(f"internal: oof has {len(oof)} rows for {len(labelled)} labelled training rows")
     overall = _scores(labelled, oof, ab, ba)
     table = metrics.per_language_accuracy(oof["language"], oof["label"], oof[prob_columns(oof)].to_numpy())
-    report = {**overall, "tta": tta.tta, "n_folds": n_folds, "folds": per_fold,
+    report = {**overall, "tta": tta.tta, "tta_average": tta.tta_average, "n_folds": n_folds, "folds": per_fold,
               "per_language": table.to_dict(orient="records"),
               "fold_sizes": np.bincount(oof["fold"], minlength=n_folds).tolist()}
     atomic_write_parquet(oof, out_dir / OOF_FILE)

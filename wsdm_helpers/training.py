@@ -440,7 +440,7 @@ def train(cfg: RunConfig, callbacks: list | None = None) -> TrainResult:
     if trainer.is_world_process_zero():
         oof = evals[1].oof_frame(cfg.inference) if evals else None
         if oof is not None:
-            metrics.update(_oof_metrics(oof, cfg.inference.tta))
+            metrics.update(_oof_metrics(oof, cfg.inference))
         _write_run(run_dir, cfg, trainer, tokenizer, oof, metrics)
     trainer.accelerator.wait_for_everyone()
     return TrainResult(run_dir, metrics)
@@ -553,13 +553,14 @@ def _final_metrics(trainer, evals, retries, n_train_rows: int) -> dict[str, Any]
     return result
 
 
-def _oof_metrics(oof, tta: str) -> dict[str, Any]:
+def _oof_metrics(oof, icfg: InferenceConfig) -> dict[str, Any]:
     """Scores of oof.parquet, the run's inference TTA: what its submission would get, overall and per language."""
     from . import metrics
     from .tta import prob_columns
 
     labels, probs = oof["label"].to_numpy(), oof[prob_columns(oof)].to_numpy()
-    return {"oof": {"tta": tta, "accuracy": metrics.accuracy(labels, probs), "log_loss": metrics.log_loss(labels, probs)},
+    return {"oof": {"tta": icfg.tta, "tta_average": icfg.tta_average, "accuracy": metrics.accuracy(labels, probs),
+                    "log_loss": metrics.log_loss(labels, probs)},
             "per_language": metrics.per_language_accuracy(oof["language"], labels, probs).to_dict(orient="records")}
 
 
