@@ -215,6 +215,12 @@ def _fit_log_odds(stack: np.ndarray, labels: np.ndarray, steps: int = 100) -> np
     return w
 
 
+def _check_fit(metric: str, space: str) -> None:
+    if metric not in METRICS:
+        raise SubmissionError(f"metric={metric!r} must be one of {METRICS}")
+    check_space(space)
+
+
 def _fit(stack: np.ndarray, labels: np.ndarray, metric: str, space: str) -> np.ndarray:
     if metric == "accuracy":
         return _fit_accuracy(stack, labels, space)
@@ -228,7 +234,7 @@ def _simplex_grid(n: int, resolution: int) -> np.ndarray:
     return np.array([[*c, resolution - sum(c)] for c in points], dtype="float64") / resolution
 
 
-def _fit_accuracy(stack: np.ndarray, labels: np.ndarray, space: str = "probability") -> np.ndarray:
+def _fit_accuracy(stack: np.ndarray, labels: np.ndarray, space: str) -> np.ndarray:
     """Best accuracy on a simplex grid (coarser for many models); ties broken by lower log loss."""
     import numpy as np
 
@@ -253,9 +259,7 @@ def fit_weights(oof_frames: Sequence[pd.DataFrame], labels: pd.DataFrame | pd.Se
     """
     import numpy as np
 
-    if metric not in METRICS:
-        raise SubmissionError(f"metric={metric!r} must be one of {METRICS}")
-    check_space(space)
+    _check_fit(metric, space)
     aligned = align(oof_frames, names)
     cols = prob_columns(aligned[0])
     y = _labels_for(aligned[0]["id"], labels)
@@ -355,9 +359,7 @@ def fit_oof_files(paths: Sequence[str], out: str | None = None, metric: str = "l
     from . import metrics
     from .io import atomic_write_json
 
-    if metric not in METRICS:
-        raise SubmissionError(f"metric={metric!r} must be one of {METRICS}")
-    check_space(space)
+    _check_fit(metric, space)
     names = [str(p) for p in paths]
     frames = [_read_oof(p) for p in paths]
     labels = _oof_labels(frames, names)
