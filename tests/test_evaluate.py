@@ -94,3 +94,65 @@ def test_run_folder_is_scored_in_both_orientations(labelled, tmp_path):
     assert model["method"] == "run" and 0 <= model["flip_rate"] <= 1
     assert report["rows"] == len(frame) and report["length_unit"] == "tokens"
     assert (tmp_path / "report" / "accuracy_by.png").read_bytes()[:8] == PNG
+
+
+@pytest.fixture()
+def pairs_and_labels_apart(tmp_path):
+    """The demo's Kaggle layout: test.parquet has no winners, test_labels.parquet (id, winner, language) has them."""
+    from wsdm_helpers.demo_data import write_demo_dataset
+
+    write_demo_dataset(tmp_path / "data", n_train=20, n_test=60, seed=4)
+    test = pd.read_parquet(tmp_path / "data" / "test.parquet")
+    labels = pd.read_parquet(tmp_path / "data" / "test_labels.parquet")
+    p_a = np.random.default_rng(0).uniform(0.05, 0.95, len(test))
+    preds = pd.DataFrame({"id": test["id"], "winner_model_a": p_a, "winner_model_b": 1 - p_a})
+    preds.to_csv(tmp_path / "preds.csv", index=False)
+    return tmp_path / "data", labels, preds
+
+
+def test_pairs_and_their_labels_apart_are_joined_on_id(pairs_and_labels_apart, tmp_path):
+    data, labels, preds = pairs_and_labels_apart
+    labels.sample(frac=1, random_state=2).to_parquet(tmp_path / "shuffled_labels.parquet")  # joined on id
+    out = tmp_path / "report"
+    assert main(["evaluate", "--predictions", str(tmp_path / "preds.csv"), "--data", str(data / "test.parquet"),
+                 "--labels", str(tmp_path / "shuffled_labels.parquet"), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    y = labels["winner"].map({"model_a": 0, "model_b": 1}).to_numpy()
+    probs = preds.set_index("id").loc[labels["id"]].to_numpy()
+    model = report["overall"][0]
+    assert report["rows"] == len(labels)
+    assert model["accuracy"] == pytest.approx(metrics.accuracy(y, probs))
+    assert model["log_loss"] == pytest.approx(metrics.log_loss(y, probs))
+    languages = {r["group"]: r["rows"] for r in report["per_language"]}
+    assert languages == labels["language"].value_counts().to_dict()  # from the labels file: the pairs lack them
+
+
+def test_a_labels_only_file_without_its_pairs_says_to_pass_them(pairs_and_labels_apart, tmp_path, capsys):
+    data, _, _ = pairs_and_labels_apart
+    assert main(["evaluate", "--predictions", str(tmp_path / "preds.csv"), "--labels",
+                 str(data / "test_labels.parquet"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "test_labels.parquet" in err and "--data FILE" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("fault", ["stray id", "duplicate id", "contradiction"])
+def test_labels_that_do_not_fit_the_pairs_name_the_id(pairs_and_labels_apart, tmp_path, capsys, fault):
+    data, labels, _ = pairs_and_labels_apart
+    pairs = data / "test.parquet"
+    bad = labels.copy()
+    if fault == "stray id":
+        bad.loc[0, "id"], culprit = "not-a-row", "not-a-row"
+    elif fault == "duplicate id":
+        bad, culprit = pd.concat([bad, bad.iloc[[3]]], ignore_index=True), str(labels["id"].iloc[3])
+    else:  # the pairs file carries its own winners, and one of them disagrees with the labels file
+        labelled = pd.read_parquet(pairs).merge(labels[["id", "winner"]], on="id")
+        labelled.to_parquet(pairs := tmp_path / "labelled.parquet")
+        bad.loc[5, "winner"] = "model_b" if bad.loc[5, "winner"] == "model_a" else "model_a"
+        culprit = str(labels["id"].iloc[5])
+    bad.to_parquet(tmp_path / "bad.parquet")
+    assert main(["evaluate", "--predictions", str(tmp_path / "preds.csv"), "--data", str(pairs),
+                 "--labels", str(tmp_path / "bad.parquet"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.parquet" in err and culprit in err and "Fix:" in err
+    assert not (tmp_path / "r").exists()

@@ -385,14 +385,17 @@ def _add_evaluate_commands(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser("evaluate", help="report (markdown, JSON, PNG) on labelled rows: the model next to "
                               "longer-wins and the feature baseline",
                               description="wsdm evaluate --predictions P --labels FILE --out DIR, or "
-                                          "wsdm evaluate --run RUN --data FILE --out DIR")
+                                          "wsdm evaluate --run RUN --data FILE --out DIR; with a pairs file "
+                                          "without winners (Kaggle's test.parquet) and its labels apart: "
+                                          "--data PAIRS --labels LABELS (id + label or winner, joined on id)")
     evaluate.add_argument("--predictions", help="predictions file (id + winner_model_a/b[/tie]) to evaluate")
-    evaluate.add_argument("--labels", help="with --predictions: labelled rows, any layout the readers accept")
+    evaluate.add_argument("--labels", help="labelled rows, any layout the readers accept; with --data: a labels "
+                                           "file (id + label or winner) for the pairs of --data")
     evaluate.add_argument("--swapped", help="with --predictions: predictions on the A/B-swapped rows (flip rate)")
     evaluate.add_argument("--tokenizer", help="with --predictions: tokenizer folder for the length buckets "
                                               "(default: words)")
     evaluate.add_argument("--run", help="run folder to score in both orientations")
-    evaluate.add_argument("--data", help="with --run: labelled rows, any layout the readers accept")
+    evaluate.add_argument("--data", help="the pairs to score (with --run: labelled unless --labels gives the labels)")
     evaluate.add_argument("--baseline-train", nargs="+", default=[], help="fit the feature baseline on these "
                           "files (default: out of fold on the evaluated rows)")
     evaluate.add_argument("--out", required=True, help="report folder")
@@ -402,14 +405,15 @@ def _add_evaluate_commands(sub: argparse._SubParsersAction) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from . import evaluate
 
-    if bool(args.predictions) == bool(args.run) or bool(args.predictions) != bool(args.labels) \
-            or bool(args.run) != bool(args.data):
-        raise ConfigError("give either --predictions P --labels FILE or --run RUN --data FILE")
+    if bool(args.predictions) == bool(args.run) or (args.predictions and not args.labels) \
+            or (args.run and not args.data):
+        raise ConfigError("give either --predictions P --labels FILE or --run RUN --data FILE (the pairs and their "
+                          "labels apart: --data PAIRS --labels LABELS)")
     if args.run:
-        evaluate.evaluate_run(args.run, args.data, args.out, args.baseline_train)
+        evaluate.evaluate_run(args.run, args.data, args.out, args.baseline_train, args.labels)
     else:
         evaluate.evaluate_predictions(args.predictions, args.labels, args.out, args.swapped, args.tokenizer,
-                                      args.baseline_train)
+                                      args.baseline_train, args.data)
     from pathlib import Path
 
     print((Path(args.out) / "report.md").read_text(encoding="utf-8"))

@@ -167,7 +167,35 @@ def read_labels(path: str | Path) -> pd.DataFrame:
                           f"({', '.join(WINNER_LABELS)}); got columns {list(labels.columns)}",
                     "write one label per row, or the winner names above")
     labels["label"], labels["id"] = label.astype("int64"), labels["id"].astype(str)
+    duplicated = labels["id"][labels["id"].duplicated()].unique()
+    if len(duplicated):
+        raise _fail(path, f"{len(duplicated)} ids occur more than once", "keep one label per id", "id", duplicated)
     return labels[[c for c in ("id", "label", "language") if c in labels.columns]]
+
+
+def join_labels(frame: pd.DataFrame, pairs_path: str | Path, labels_path: str | Path) -> pd.DataFrame:
+    """``frame`` (the pairs of ``pairs_path``) with the labels of a labels file joined on id (Kaggle's test
+    file and its solution kept apart, as the demo's test.parquet and test_labels.parquet are). Rows the file
+    does not label keep the pairs file's own label (-1 when it has none); a labelled id that is not a row,
+    or a label that contradicts the pairs file's own, is an error. The file's language fills rows whose language is unknown."""
+    labels = read_labels(labels_path).set_index("id")
+    ids = frame["id"].astype(str)
+    stray = labels.index[~labels.index.isin(ids)]
+    if len(stray):
+        raise _fail(labels_path, f"{len(stray)} labelled ids are not rows of {pairs_path}",
+                    "pass the pairs file these labels belong to (--data), or remove those rows", "id", stray)
+    joined = ids.map(labels["label"])
+    clash = (frame["label"] >= 0) & joined.notna() & (frame["label"] != joined)
+    if clash.any():
+        raise _fail(labels_path, f"labels contradict those of {pairs_path}",
+                    "check that both files describe the same rows (A/B not swapped in one of them)", "label",
+                    ids[clash])
+    out = frame.copy()
+    out["label"] = joined.fillna(frame["label"]).astype("int64").to_numpy()
+    if "language" in labels.columns:
+        unknown = (out["language"] == "unknown").to_numpy()
+        out.loc[unknown, "language"] = ids[unknown].map(labels["language"]).fillna("unknown").astype(str).to_numpy()
+    return out
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

@@ -178,18 +178,41 @@ def write_report(report: dict[str, Any], out_dir: str | Path, title: str = "Eval
 
 
 # ---- entry points ---------------------------------------------------------------------------------
-def _labelled_rows(path: str | Path, two_class: bool) -> pd.DataFrame:
-    from .data import read_pairs
+def labelled_rows(path: str | Path, two_class: bool, labels: str | Path | None = None) -> pd.DataFrame:
+    """The labelled pairs of ``path`` (any layout the readers take); ``labels``: a labels file (id + label or
+    winner) joined on id, for a pairs file without winners (Kaggle's test.parquet)."""
+    from .data import join_labels, read_pairs
 
-    frame, _ = read_pairs(path, ties="keep")
+    try:
+        frame, _ = read_pairs(path, ties="keep")
+    except DataError as exc:
+        raise _labels_only_error(path) or exc from None
+    if labels:
+        frame = join_labels(frame, path, labels)
     unlabeled = int((frame["label"] < 0).sum())
     if unlabeled == len(frame):
-        raise DataError(f"{path}: no row has a label; evaluate needs a file with winners")
+        raise DataError(f"{path}: no row has a label; evaluate needs winners: a pairs file with them, or the pairs "
+                        "with --data FILE and their labels file with --labels LABELS")
     ties = int((frame["label"] == 2).sum()) if two_class else 0
     if unlabeled or ties:
         log.warning("%s: left out %d unlabeled rows and %d ties (2-class predictions cannot score a tie)",
                     path, unlabeled, ties)
     return frame[(frame["label"] >= 0) & ((frame["label"] != 2) | (not two_class))].reset_index(drop=True)
+
+
+def _labels_only_error(path: str | Path) -> DataError | None:
+    """A clearer error than the layout's when ``path`` holds labels but not the pairs' text."""
+    from .data import read_table
+
+    try:
+        columns = set(read_table(path).columns)
+    except DataError:
+        return None
+    if "id" in columns and columns & {"label", "winner"} and "prompt" not in columns:
+        return DataError(f"{path}: holds labels (columns {sorted(columns)}) but not the pairs' text, which the report "
+                         "needs (longer-wins, the feature baseline, lengths). Fix: give the pairs with --data FILE "
+                         f"(e.g. test.parquet) and keep {Path(path).name} as --labels")
+    return None
 
 
 def _baseline_frame(paths: Sequence[str]) -> pd.DataFrame | None:
@@ -203,14 +226,16 @@ def _baseline_frame(paths: Sequence[str]) -> pd.DataFrame | None:
 
 def evaluate_predictions(predictions: str | Path, labels: str | Path, out_dir: str | Path,
                          swapped: str | Path | None = None, tokenizer_path: str | Path | None = None,
-                         baseline_train: Sequence[str] = ()) -> dict[str, Any]:
-    """``wsdm evaluate --predictions P --labels FILE``: P joined to FILE's labelled rows on id."""
+                         baseline_train: Sequence[str] = (), data: str | Path | None = None) -> dict[str, Any]:
+    """``wsdm evaluate --predictions P --labels FILE [--data PAIRS]``: P joined on id to the labelled rows of
+    FILE, or of PAIRS with FILE's labels."""
     from .submission import align_to_ids, prob_columns, read_predictions
 
     preds = read_predictions(predictions)
     two_class = prob_columns(preds) == ["winner_model_a", "winner_model_b"]
-    frame = _labelled_rows(labels, two_class)
-    where = f"{predictions} (ids compared with the labelled rows of {labels})"
+    rows = data or labels
+    frame = labelled_rows(rows, two_class, labels if data else None)
+    where = f"{predictions} (ids compared with the labelled rows of {rows})"
     ab = align_to_ids(preds, frame["id"].astype(str), where=where)
     ba = None
     if swapped:
@@ -225,14 +250,15 @@ def evaluate_predictions(predictions: str | Path, labels: str | Path, out_dir: s
     probs = ab[prob_columns(ab)].to_numpy()
     methods = {"model": probs, **references(frame, probs.shape[1], _baseline_frame(baseline_train))}
     report = build_report(frame, methods, {"model": ba} if ba is not None else None, tokenizer)
-    write_report(report, out_dir, f"Evaluation of {Path(predictions).name} on {Path(labels).name}")
+    write_report(report, out_dir, f"Evaluation of {Path(predictions).name} on {Path(rows).name}")
     return report
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path, out_dir: str | Path,
-                 baseline_train: Sequence[str] = ()) -> dict[str, Any]:
-    """``wsdm evaluate --run RUN --data FILE``: score FILE's labelled rows with the run in both
-    orientations (no TTA), then report as for a predictions file."""
+                 baseline_train: Sequence[str] = (), labels: str | Path | None = None) -> dict[str, Any]:
+    """``wsdm evaluate --run RUN --data FILE [--labels LABELS]``: score FILE's labelled rows (or FILE's rows
+    with LABELS joined on id) with the run in both orientations (no TTA), then report as for a predictions
+    file."""
     import dataclasses
 
     from .config import load_run_config
@@ -242,7 +268,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out_dir: str | Path,
     from .tta import swap_pairs
 
     cfg = load_run_config(Path(run_dir) / "config.yaml")
-    frame = _labelled_rows(data, cfg.model.num_labels == 2)
+    frame = labelled_rows(data, cfg.model.num_labels == 2, labels)
     run = load_run(run_dir)
     plain = dataclasses.replace(run.config.inference, tta="none", work_dir="", time_budget_minutes=None)
     ab = predict_proba(run, frame, plain)
