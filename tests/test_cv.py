@@ -164,7 +164,9 @@ def test_cli_cv_baseline_and_its_argument_errors(demo, tmp_path, capsys):
     assert cli.main([*base, "--out", str(tmp_path / "cv"), "--folds", "0,1"]) == 0
     assert "still to train [2]" in capsys.readouterr().out and not (tmp_path / "cv" / "oof.parquet").exists()
     assert cli.main([*base, "--out", str(tmp_path / "cv"), "--folds", "2"]) == 0
-    assert "all" in capsys.readouterr().out and (tmp_path / "cv" / "oof.parquet").is_file()
+    out = capsys.readouterr().out
+    assert "all" in out and "TTA: swap, averaged in probability space" in out
+    assert (tmp_path / "cv" / "oof.parquet").is_file()
     assert cli.main([*base, "--out", str(tmp_path / "cv"), "--folds", "7"]) == 2
     assert "between 0 and data.n_folds-1=2" in capsys.readouterr().err
     assert cli.main([*base]) == 2 and "--out DIR" in capsys.readouterr().err

@@ -61,7 +61,9 @@ class CVResult:
         lines = [f"{'fold':>6} {'rows':>6} {'accuracy':>9} {'log_loss':>9} {'flip_rate':>9}"]
         for name, r in [*((str(f["fold"]), f) for f in self.report["folds"]), ("all", self.report)]:
             lines.append(f"{name:>6} {r['rows']:>6} {r['accuracy']:>9.4f} {r['log_loss']:>9.4f} {r['flip_rate']:>9.4f}")
-        lines.append(f"TTA: {self.report['tta']} (accuracy without it: {self.report['accuracy_ab']:.4f}); "
+        tta = self.report["tta"] + (f", averaged in {self.report['tta_average']} space" if self.report["tta"] != "none"
+                                    else "")
+        lines.append(f"TTA: {tta} (accuracy without it: {self.report['accuracy_ab']:.4f}); "
                      f"wrote {self.out_dir / OOF_FILE} and {self.out_dir / REPORT_FILE}")
         return "\n".join(lines)
 
