@@ -178,6 +178,33 @@ def test_pooled_hidden_states_are_what_the_score_layer_reads(family, tiny_models
             assert torch.allclose(model.score(pooled), logits, atol=1e-5), pooling
 
 
+@pytest.mark.parametrize("family", ["gemma3", "llama", "qwen2"])
+def test_num_layers_cuts_the_model_to_what_its_states_per_depth_read(family, tiny_models):
+    """model.num_layers=k keeps the first k layers, and the final norm and the head read layer k: what one pass
+    of the whole model gives per depth (its states after k layers through the final norm, mean-pooled)."""
+    from wsdm_helpers.modeling import mean_states_per_depth, pooled_hidden_states
+
+    cfg = run_config(tiny_models[family])
+    full, tokenizer, fam = load_model(cfg, "cpu")
+    batch = _batch(tokenizer, [TEXTS[4], TEXTS[0] + " " + TEXTS[1]], fam.padding_side)
+    with torch.no_grad():
+        per_depth = mean_states_per_depth(full.eval(), batch["input_ids"], batch["attention_mask"])
+        assert per_depth.shape[1] == 2
+        for k in (1, 2):
+            cut, _, _ = load_model(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_layers=k)), "cpu")
+            pooled = pooled_hidden_states(cut.eval(), batch["input_ids"], batch["attention_mask"], "mean")
+            assert len(cut.model.layers) == k
+            assert torch.allclose(per_depth[:, k - 1], pooled, atol=1e-5), k
+
+
+def test_num_layers_beyond_the_model_is_an_error_naming_both_counts(tiny_models):
+    cfg = run_config(tiny_models["llama"])
+    with pytest.raises(ConfigError, match=r"model.num_layers=3 but .* has 2 decoder layers; set at most 2"):
+        load_model(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_layers=3)), "cpu")
+    assert any("num_layers=0 must be at least 1" in p
+               for p in dataclasses.replace(cfg.model, num_layers=0).check())
+
+
 def test_mean_pooling_is_refused_where_there_is_no_score_layer(tiny_models):
     model, tokenizer, fam = load_model(run_config(tiny_models["deberta-v2"]), "cpu")
     with pytest.raises(ConfigError, match="format.pooling=mean needs a decoder classifier"):

