@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import BASELINE_EXTRAS, PRESET, REPO, bootstrap_interval, nested_blend  # noqa: E402
+from quality import BASELINE_EXTRAS, PRESET, REPO, bootstrap_interval, nested_blend, reference_members  # noqa: E402
 
 INNER_FOLDS = 4
 CURVE_SIZES = [50, 100, 200, 350, 550]  # training pairs per fold; 5 folds of the 692 rows train on ~553
@@ -126,23 +126,6 @@ def blend_gain(members: dict[str, np.ndarray], probe: np.ndarray, labels: np.nda
     return float(np.mean(blended.argmax(1) == labels) - base.mean())
 
 
-def blend_members(frame, extras, folds: np.ndarray) -> dict[str, np.ndarray]:
-    """quality.py's members other than the LLM, out of fold on ``folds``."""
-    import pandas as pd
-
-    from wsdm_helpers.evaluate import longer_wins
-    from wsdm_helpers.features import FeatureBaseline
-
-    members = {"longer-wins": longer_wins(frame), "feature baseline": np.zeros((len(frame), 2)),
-               "baseline, arena only": np.zeros((len(frame), 2))}
-    for fold in np.unique(folds):
-        held = folds == fold
-        train = pd.concat([frame[~held], extras], ignore_index=True)
-        members["feature baseline"][held] = FeatureBaseline().fit(train).predict_array(frame[held])
-        members["baseline, arena only"][held] = FeatureBaseline().fit(frame[~held]).predict_array(frame[held])
-    return members
-
-
 def to_text(rows: list[dict], title: str, first: str) -> str:
     blends = any("blend_gain" in r for r in rows)
     lines = [title, f"{first:<20} {'mean':>7} {'min':>7} {'(95%, lowest seed)':<18} {'max':>7}"
@@ -209,7 +192,7 @@ def main() -> int:
     blend_depths = [int(k) for k in args.blend_depths.split(",")] if args.blend_depths else \
         sorted({int(np.argmax([r["mean"] for r in rows[:-1]])) + 1, len(diffs)})
     extras = pd.concat([read_pairs(p, ties="drop")[0] for p in BASELINE_EXTRAS], ignore_index=True)
-    members = {s: blend_members(frame, extras, folds[s]) for s in seeds}
+    members = {s: reference_members(frame, extras, folds[s]) for s in seeds}
     for k in blend_depths:
         gains = np.array([blend_gain(members[s], logits[k - 1][i], labels, folds[s]) for i, s in enumerate(seeds)])
         rows[k - 1].update(blend_gain=float(gains.mean()), blend_above=int((gains > 0).sum()),

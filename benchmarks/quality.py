@@ -76,6 +76,23 @@ def llm_fold(cfg_path: Path, overrides: dict, fold: int, n_folds: int, out: Path
     return oof.loc[list(valid_ids), ["winner_model_a", "winner_model_b"]].to_numpy()
 
 
+def reference_members(frame, extras, folds: np.ndarray) -> dict[str, np.ndarray]:
+    """longer-wins and the feature baseline (with ``extras``, and on the Arena folds alone), out of fold."""
+    import pandas as pd
+
+    from wsdm_helpers.evaluate import longer_wins
+    from wsdm_helpers.features import FeatureBaseline
+
+    members = {"longer-wins": longer_wins(frame), "feature baseline": np.zeros((len(frame), 2)),
+               "baseline, arena only": np.zeros((len(frame), 2))}
+    for fold in np.unique(folds):
+        held = folds == fold
+        train = pd.concat([frame[~held], extras], ignore_index=True)
+        members["feature baseline"][held] = FeatureBaseline().fit(train).predict_array(frame[held])
+        members["baseline, arena only"][held] = FeatureBaseline().fit(frame[~held]).predict_array(frame[held])
+    return members
+
+
 def nested_blend(oof: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarray,
                  metric: str = "log_loss", space: str = "probability") -> tuple[np.ndarray, list]:
     """Each fold blended with weights fitted on the other folds' out-of-fold predictions."""
@@ -178,8 +195,7 @@ def main() -> int:
     import pandas as pd
 
     from wsdm_helpers.data import assign_folds, read_pairs
-    from wsdm_helpers.evaluate import build_report, longer_wins, write_report
-    from wsdm_helpers.features import FeatureBaseline
+    from wsdm_helpers.evaluate import build_report, write_report
     from wsdm_helpers.io import atomic_write_json, atomic_write_text
 
     started = time.perf_counter()
@@ -195,16 +211,11 @@ def main() -> int:
         mix = mix_table(frame, folds, {Path(p).name: p for p in args.mix or args.baseline_extras})
         print(json.dumps({"benchmark": "quality_mix", "folds": n_folds, "sets": mix}))
         return 0
-    oof = {"constant": np.full((len(frame), 2), 0.5), "longer-wins": longer_wins(frame),
-           "feature baseline": np.zeros((len(frame), 2)), "baseline, arena only": np.zeros((len(frame), 2))}
+    oof = {"constant": np.full((len(frame), 2), 0.5), **reference_members(frame, extras, folds)}
     if not args.no_llm:
         oof["Gemma 3 270M"] = np.zeros((len(frame), 2))
-    for fold in range(n_folds):
-        held = folds == fold
-        train = pd.concat([frame[~held], extras], ignore_index=True)
-        oof["feature baseline"][held] = FeatureBaseline().fit(train).predict_array(frame[held])
-        oof["baseline, arena only"][held] = FeatureBaseline().fit(frame[~held]).predict_array(frame[held])
-        if not args.no_llm:
+        for fold in range(n_folds):
+            held = folds == fold
             oof["Gemma 3 270M"][held] = llm_fold(Path(args.config), args.overrides, fold, n_folds, out,
                                                  frame["id"][held].astype(str).tolist())
     members = {k: v for k, v in oof.items() if k != "constant"}
