@@ -33,7 +33,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import BASELINE_EXTRAS, PRESET, REPO, bootstrap_interval, nested_blend, reference_members  # noqa: E402
+from quality import (  # noqa: E402
+    BASELINE_EXTRAS,
+    PRESET,
+    REPO,
+    bootstrap_interval,
+    nested_blend,
+    reference_members,
+    run,
+    skipped_without,
+)
 
 INNER_FOLDS = 4
 CURVE_SIZES = [50, 100, 200, 350, 550]  # training pairs per fold; 5 folds of the 692 rows train on ~553
@@ -174,9 +183,7 @@ def main() -> int:
 
     cfg = load_run_config(args.config, parse_sets(args.overrides))
     sample = Path(cfg.data.train_path)
-    if not sample.is_file():
-        print(f"skipped: {sample} is absent (the shared real-data folder is not part of the project)")
-        print(json.dumps({"benchmark": "probe_layers", "skipped": True}))
+    if skipped_without(sample, "probe_layers"):
         return 0
     seeds = [int(s) for s in args.seeds.split(",")]
     out, l2 = Path(args.out), cfg.train.probe_l2
@@ -210,10 +217,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from wsdm_helpers.errors import WsdmError
-
-    try:
-        sys.exit(main())
-    except WsdmError as exc:  # bad input: the message names the file and the fix, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run(main)

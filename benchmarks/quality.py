@@ -57,6 +57,26 @@ def bootstrap_interval(correct: np.ndarray, seed: int = 0) -> tuple[float, float
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
+def skipped_without(sample: Path, benchmark: str) -> bool:
+    """True (after printing the skip and its JSON line) when the shared real-data file is absent."""
+    if sample.is_file():
+        return False
+    print(f"skipped: {sample} is absent (the shared real-data folder is not part of the project)")
+    print(json.dumps({"benchmark": benchmark, "skipped": True}))
+    return True
+
+
+def run(main) -> None:
+    """Exit with ``main()``'s code; bad input exits 2 with its message (file and fix), no traceback."""
+    from wsdm_helpers.errors import WsdmError
+
+    try:
+        sys.exit(main())
+    except WsdmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 def llm_fold(cfg_path: Path, overrides: dict, fold: int, n_folds: int, out: Path, valid_ids) -> np.ndarray:
     """Train the preset on every fold but ``fold`` (resuming a finished run is a no-op); its OOF in
     the order of ``valid_ids``."""
@@ -188,9 +208,7 @@ def main() -> int:
     args.overrides = parse_sets(args.overrides)
     cfg = load_run_config(args.config, args.overrides)
     sample = Path(cfg.data.train_path)
-    if not sample.is_file():
-        print(f"skipped: {sample} is absent (the shared real-data folder is not part of the project)")
-        print(json.dumps({"benchmark": "quality", "skipped": True}))
+    if skipped_without(sample, "quality"):
         return 0
     import pandas as pd
 
@@ -242,10 +260,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from wsdm_helpers.errors import WsdmError
-
-    try:
-        sys.exit(main())
-    except WsdmError as exc:  # bad input: the message names the file and the fix, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run(main)
