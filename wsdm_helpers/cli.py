@@ -94,11 +94,16 @@ def _demo_data(args: argparse.Namespace) -> int:
 def _add_bundle_commands(sub: argparse._SubParsersAction) -> None:
     bundle = sub.add_parser("bundle", help="build and check folders for the Kaggle CLI (offline scoring)"
                             ).add_subparsers(dest="bundle_command", required=True)
-    wheels = bundle.add_parser("wheels", help="wheelhouse dataset: the wsdm_helpers wheel + wheels Kaggle lacks")
+    wheels = bundle.add_parser("wheels", help="wheelhouse dataset: wsdm_helpers and its whole closure but torch, "
+                                              "for one notebook image")
     wheels.add_argument("--out", required=True, help="bundle folder to (re)create")
+    wheels.add_argument("--image", default=None,
+                        help="target notebook image, a name declared in wsdm_helpers/kaggle/images.py (default: "
+                             "the current Kaggle image): its Python version and the torch it keeps")
+    wheels.add_argument("--python-version", help="target CPython version (overrides the image's)")
+    wheels.add_argument("--torch", help="the target's torch version, kept as it is (overrides the image's)")
     wheels.add_argument("--packages", nargs="*", default=None,
-                        help="requirements to download (default: peft pinned to the installed version, bitsandbytes)")
-    wheels.add_argument("--python-version", default="3.11", help="target CPython version (Kaggle: 3.11)")
+                        help="requirements pinned on top of the closure (default: peft at the installed version)")
     wheels.add_argument("--glibc", default="2.31", help="target glibc: wheels for manylinux up to it are accepted")
     wheels.add_argument("--platform", action="append", default=None,
                         help="explicit pip platform tag (repeatable); replaces the --glibc list")
@@ -138,10 +143,11 @@ def _add_bundle_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _bundle_wheels(args: argparse.Namespace) -> int:
-    from .kaggle.wheels import DATASET, build_wheelhouse, linux_platforms, offline_install_command
+    from .kaggle.wheels import DATASET, DEFAULT_IMAGE, build_wheelhouse, linux_platforms, offline_install_command
 
-    report = build_wheelhouse(args.out, args.packages, python_version=args.python_version,
-                              platforms=args.platform or linux_platforms(args.glibc), find_links=args.find_links,
+    image = args.image or (None if args.python_version and args.torch else DEFAULT_IMAGE)
+    report = build_wheelhouse(args.out, args.packages, image=image, python_version=args.python_version,
+                              torch=args.torch, platforms=args.platform or linux_platforms(args.glibc), find_links=args.find_links,
                               no_index=args.no_index, username=args.username, replace=args.replace)
     print(report.to_text())
     print(f"upload: kaggle datasets create -p {args.out}")
