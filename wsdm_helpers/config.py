@@ -283,6 +283,8 @@ BlendMetric = Literal["log_loss", "accuracy"]  # what ensemble weights are fitte
 # the weighted sum of their log-probabilities (weights >= 0, free scale: a weight above 1 sharpens an
 # under-confident member, which no probability mean can do).
 BlendSpace = Literal["probability", "log_odds"]
+# After the submission is written: raise when runs failed or fallbacks filled too many rows, or keep it as is.
+FailurePolicy = Literal["auto", "raise", "fill"]
 
 # --------------------------------------------------------------------------------------------------
 # Config sections. One dataclass per pipeline stage; RunConfig assembles them.
