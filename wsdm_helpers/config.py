@@ -230,7 +230,8 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; presets live in configs/ (see README.md)")
+        raise ConfigError(f"config file {path} does not exist; give a preset name ({', '.join(preset_names())}) "
+                          "or a YAML path (see README.md)")
     with path.open(encoding="utf-8") as fh:
         try:
             data = yaml.safe_load(fh)
@@ -624,17 +625,39 @@ def build_run_config(path: str | Path | None = None,
     return cfg, problems + collect_problems(cfg)
 
 
+def packaged_configs() -> Path:
+    """The presets shipped inside the package (``wsdm_helpers/configs``; ``configs/`` of a clone links to it),
+    with the accelerate configs in ``accelerate/``: found in an installed wheel as in a clone."""
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("wsdm_helpers") / "configs"))
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in packaged_configs().glob("*.yaml"))
+
+
 def resolve_preset(config: str | Path) -> Path:
-    """A preset path as given, else ``configs/<name>.yaml`` beside the package or in the working folder."""
+    """A preset path as given, else ``<name>.yaml`` among the packaged presets or in ``./configs``."""
     path = Path(config)
     if path.is_file():
         return path
-    name = path.name if path.suffix else f"{path.name}.yaml"
-    for folder in (Path(__file__).resolve().parents[1] / "configs", Path(__file__).resolve().parent / "configs", Path.cwd() / "configs"):
+    name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"  # qwen2.5-14b: no suffix
+    for folder in (packaged_configs(), Path.cwd() / "configs"):
         if (folder / name).is_file():
             return folder / name
-    raise ConfigError(f"config preset '{config}' not found as a file nor in configs/; "
-                      "give a YAML path or one of the names in the repository's configs/ folder")
+    raise ConfigError(f"config preset '{config}' not found as a file, among the packaged presets nor in "
+                      f"./configs; give a YAML path or one of: {', '.join(preset_names())}")
+
+
+def accelerate_config(name: str) -> Path:
+    """The packaged accelerate config ``name`` (ddp-2gpu, ddp-cpu-2proc, fsdp-full-finetune), for
+    ``accelerate launch --config_file``."""
+    path = packaged_configs() / "accelerate" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (packaged_configs() / "accelerate").glob("*.yaml"))
+        raise ConfigError(f"accelerate config '{name}' is not packaged; choose one of {', '.join(known)}")
+    return path
 
 
 def load_run_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
