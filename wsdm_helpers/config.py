@@ -443,6 +443,13 @@ class TrainConfig(Section):
     save_total_limit: int = option(2, help="checkpoints kept (the best one is always kept)")
     max_eval_rows: int | None = option(None, help="periodic evaluations use at most N validation rows (null = all)")
     resume: bool = option(True, help="resume from the last checkpoint in output_dir when there is one")
+    resume_from: str = option("", help="the output folder of an earlier session, read-only (Kaggle: that "
+                              "notebook's output attached as /kaggle/input/<its dataset>/...): its latest complete "
+                              "checkpoint is copied into output_dir/checkpoints (unless output_dir has a later "
+                              "one) and training resumes at its step, when its settings match; empty = none")
+    final_eval: bool = option(True, help="after training, evaluate the selected checkpoint on the whole held-out "
+                              "fold and write oof.parquet; the adapter is saved before it either way, and with "
+                              "max_hours it is skipped (logged) when the time left would not cover it")
     seed: int = option(42, help="seed for weights, data order and dropout")
     group_by_length: bool = option(True, help="batch rows of similar length together (less padding)")
     eval_swap: bool = option(True, help="also evaluate the A/B-swapped validation rows (flip rate, swap-TTA accuracy)")
