@@ -30,6 +30,8 @@ setup(
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["wsdm_helpers", "wsdm_helpers.*"]),
+    # the presets and accelerate configs (configs/ of the clone is a link to wsdm_helpers/configs)
+    package_data={"wsdm_helpers": ["configs/*.yaml", "configs/accelerate/*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.3",

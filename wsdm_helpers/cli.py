@@ -235,6 +235,8 @@ less --safety-minutes. The time is shared among the runs still to go; each run g
 first and context second, and stops before a batch that would end late. Rows a run did not reach
 (or returned as NaN) are filled from the other runs, then from feature baselines given with weight 0,
 then 0.5. A plan-vs-actual report is printed and saved as submission_report.json beside --out.
+Outside Kaggle's competition rerun the command then ends with rc 2 when a weighted run failed or more
+than --max-fallback-share of the rows came from fallbacks (--on-failure).
 
 Layout: the test file's (WSDM test: id,winner; LMSYS test: id + three probabilities) unless --task.
 
@@ -245,7 +247,8 @@ when the same command is run again with the same runs, test rows and settings. O
 
 
 def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
-    from .config import BlendMetric, BlendSpace, Task, Ties, choices
+    from .config import BlendMetric, BlendSpace, Task, Ties, add_field_argument, choices
+    from .pipeline import PipelineConfig
 
     predict = sub.add_parser("predict", help="predict with trained runs under one clock, blend, write a submission",
                              description=_PREDICT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -261,8 +264,9 @@ def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--probs-out", help="also write the blended probabilities (parquet)")
     predict.add_argument("--task", default="auto", choices=["auto", *choices(Task)],
                          help="submission layout (auto: the test file's layout, never the class count)")
-    predict.add_argument("--time-budget-minutes", type=float, help="the whole submission ends within this "
-                         "(Kaggle: 720 for WSDM, 540 for LMSYS); default no limit")
+    predict.add_argument("--time-budget-minutes", type=float, help="the whole submission ends within this; "
+                         "default: on Kaggle the attached competition's limit (720 for WSDM, 540 for LMSYS), "
+                         "elsewhere no limit")
     predict.add_argument("--safety-minutes", type=float, default=5.0, help="minutes of the budget kept free")
     predict.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
                          help="save and reuse finished chunks (default: on under /kaggle/working, else off)")
@@ -270,6 +274,8 @@ def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
                          "beside --out)")
     predict.add_argument("--set", action="append", default=[], metavar="inference.KEY=VALUE",
                          help="override every LLM run's inference settings, e.g. inference.tta=selective")
+    add_field_argument(predict, "--on-failure", PipelineConfig, "on_failure")
+    add_field_argument(predict, "--max-fallback-share", PipelineConfig, "max_fallback_share", type=float)
     predict.set_defaults(handler=_predict)
     submit = sub.add_parser("submit", help="turn a probabilities file into a validated submission")
     submit.add_argument("probs", help="predictions parquet/csv (id, winner_model_a, winner_model_b[, winner_tie])")
@@ -320,7 +326,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     settings = {"task": args.task, "time_budget_minutes": args.time_budget_minutes,
                 "safety_minutes": args.safety_minutes, "resume": args.resume, "work_dir": args.work_dir,
-                "blend_space": args.blend_space}
+                "blend_space": args.blend_space, "on_failure": args.on_failure,
+                "max_fallback_share": args.max_fallback_share}
     result = submit(args.run, args.test, args.out, weights=args.weights, overrides=_inference_overrides(args.set),
                     settings=settings, probs_out=args.probs_out)
     print(f"wrote {args.out} ({len(result.predictions)} rows)")
