@@ -104,7 +104,8 @@ def _add_bundle_commands(sub: argparse._SubParsersAction) -> None:
     wheels.add_argument("--torch", help="the target's torch version, kept as it is (overrides the image's)")
     wheels.add_argument("--packages", nargs="*", default=None,
                         help="requirements pinned on top of the closure (default: peft at the installed version)")
-    wheels.add_argument("--glibc", default="2.31", help="target glibc: wheels for manylinux up to it are accepted")
+    wheels.add_argument("--glibc", default="2.35", help="target glibc: wheels for manylinux up to it are accepted "
+                                                       "(Kaggle's and Colab's Ubuntu 22.04: 2.35)")
     wheels.add_argument("--platform", action="append", default=None,
                         help="explicit pip platform tag (repeatable); replaces the --glibc list")
     wheels.add_argument("--find-links", action="append", default=[], help="local folder of wheels (repeatable)")
