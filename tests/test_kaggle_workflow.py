@@ -3,8 +3,10 @@ parameters, competition and attached base models. Inputs are a fake /kaggle/inpu
 ($WSDM_INPUT_DIR), with real parquet files and real notebooks."""
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +62,81 @@ def test_read_test_refuses_test_files_outside_the_competitions_folder(demo, kagg
     _place(demo["test"], kaggle_input / "competitions" / LMSYS / "test.parquet")
     with pytest.raises(DataError, match="test files of both competitions"):
         notebook.read_test(None)
+
+
+# ---- wsdm bundle kernel: accelerator, parameters, competition, attached base models ----------------
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "inference.ipynb"
+BASE = "/kaggle/input/gemma-2/transformers/gemma-2-9b-it/2"
+KERNEL = ["bundle", "kernel", "--notebook", str(NOTEBOOK), "--dataset", "wsdm-helpers-wheels"]
+
+
+@pytest.fixture
+def owner(monkeypatch):
+    monkeypatch.setenv("KAGGLE_USERNAME", "tester")
+
+
+def _meta(folder):
+    return json.loads((folder / "kernel-metadata.json").read_text())
+
+
+def _parameters(folder):
+    """The bundled notebook's parameters cell, run: name -> value."""
+    cell = next(c for c in json.loads((folder / "inference.ipynb").read_text())["cells"]
+                if "parameters" in c["metadata"].get("tags", []))
+    values = {}
+    exec("".join(cell["source"]), {}, values)  # the cell holds literals only
+    return values
+
+
+def test_bundle_kernel_asks_for_two_t4s_and_fills_the_competitions_slug(tmp_path, owner, capsys):
+    from wsdm_helpers.cli import main
+
+    assert main([*KERNEL, "--out", str(tmp_path / "wsdm")]) == 0
+    meta = _meta(tmp_path / "wsdm")
+    assert meta["machine_shape"] == "NvidiaTeslaT4" and meta["enable_gpu"] is True
+    assert meta["competition_sources"] == [WSDM]
+    assert "--accelerator NvidiaTeslaT4" in capsys.readouterr().out
+    assert main([*KERNEL, "--out", str(tmp_path / "lmsys"), "--competition", "lmsys", "--title", "LMSYS inference"]) == 0
+    assert _meta(tmp_path / "lmsys")["competition_sources"] == [LMSYS]
+    assert main([*KERNEL, "--out", str(tmp_path / "cpu"), "--cpu"]) == 0
+    assert "machine_shape" not in _meta(tmp_path / "cpu")
+    with pytest.raises(SystemExit):  # argparse: --competition takes wsdm or lmsys
+        main([*KERNEL, "--out", str(tmp_path / "x"), "--competition", "kaggle-x"])
+
+
+def test_bundle_kernel_writes_checked_parameters_into_the_notebooks_parameters_cell(tmp_path, owner, capsys):
+    from wsdm_helpers.cli import main
+    from wsdm_helpers.notebook_runner import notebook_parameters
+
+    assert main([*KERNEL, "--out", str(tmp_path / "k"), "-p", "time_budget_minutes", "600",
+                 "-p", "weights", "[1, 0]", "-p", "tta", "selective", "-p", "run_dirs", "[/kaggle/input/a, /kaggle/input/b]"]) == 0
+    values = _parameters(tmp_path / "k")
+    assert values["time_budget_minutes"] == 600.0 and values["weights"] == [1, 0] and values["tta"] == "selective"
+    assert values["run_dirs"] == ["/kaggle/input/a", "/kaggle/input/b"] and values["safety_minutes"] == 5.0
+    declared = notebook_parameters(tmp_path / "k" / "inference.ipynb")
+    assert "submission.csv is written within this" in declared["time_budget_minutes"]["help"]  # comments kept
+    assert main([*KERNEL, "--out", str(tmp_path / "bad"), "-p", "time_budget_minute", "600"]) == 2
+    assert "Did you mean 'time_budget_minutes'" in capsys.readouterr().err
+    assert main([*KERNEL, "--out", str(tmp_path / "bad"), "-p", "weights", "heavy"]) == 2
+    assert "parameter 'weights'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_bundle_kernel_refuses_an_adapter_whose_base_model_is_not_attached(tmp_path, owner, capsys):
+    from test_kaggle import _run_dir
+
+    from wsdm_helpers.cli import main
+
+    assert main(["bundle", "adapter", str(_run_dir(tmp_path / "run")), "--out", str(tmp_path / "adapter"),
+                 "--base-model", BASE, "--slug", "wsdm-adapter-gemma", "--title", "WSDM adapter gemma"]) == 0
+    with_adapter = [*KERNEL, "--adapter", str(tmp_path / "adapter")]
+    assert main([*with_adapter, "--out", str(tmp_path / "k")]) == 2
+    err = capsys.readouterr().err
+    assert f"adapter tester/wsdm-adapter-gemma ({tmp_path / 'adapter'}): its base model {BASE} is not attached" in err
+    assert "--model OWNER/gemma-2/" in err and not (tmp_path / "k").exists()
+    assert main([*with_adapter, "--out", str(tmp_path / "k"),
+                 "--model", "google/gemma-2/transformers/gemma-2-9b-it/2"]) == 0
+    meta = _meta(tmp_path / "k")
+    assert "tester/wsdm-adapter-gemma" in meta["dataset_sources"]  # the adapter's dataset is attached
+    assert main([*with_adapter, "--out", str(tmp_path / "k2"), "--dataset", "someone/gemma-2"]) == 0
+    assert main(["bundle", "adapter", str(_run_dir(tmp_path / "run2")), "--out", str(tmp_path / "local"),
+                 "--slug", "wsdm-adapter-local", "--title", "WSDM adapter local"]) == 2  # build path: refused there
