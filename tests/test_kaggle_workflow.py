@@ -140,3 +140,36 @@ def test_bundle_kernel_refuses_an_adapter_whose_base_model_is_not_attached(tmp_p
     assert main([*with_adapter, "--out", str(tmp_path / "k2"), "--dataset", "someone/gemma-2"]) == 0
     assert main(["bundle", "adapter", str(_run_dir(tmp_path / "run2")), "--out", str(tmp_path / "local"),
                  "--slug", "wsdm-adapter-local", "--title", "WSDM adapter local"]) == 2  # build path: refused there
+
+
+# ---- 2x T4 from train_gemma.ipynb: one process per GPU, or a warning -----------------------------------
+def test_one_training_process_on_several_gpus_says_so(capsys):
+    from wsdm_helpers.errors import ConfigError
+    from wsdm_helpers.notebook import training_processes
+
+    assert training_processes(None, gpu_count=2) == 1
+    out = capsys.readouterr().out
+    assert "2 GPUs are present but training runs in ONE process" in out and "num_processes=2" in out
+    assert training_processes(None, gpu_count=1) == 1 and training_processes(2, gpu_count=2) == 2
+    assert capsys.readouterr().out == ""
+    with pytest.raises(ConfigError, match="num_processes=3: this machine has 2 GPU"):
+        training_processes(3, gpu_count=2)
+
+
+@pytest.mark.slow
+def test_the_notebooks_training_launches_one_process_per_device(demo, tmp_path):
+    """notebook.train with num_processes=2 runs `accelerate launch` (the packaged ddp-cpu-2proc config here,
+    ddp-2gpu on two GPUs) and returns the run the two processes wrote."""
+    from wsdm_helpers.config import load_run_config, resolve_preset
+    from wsdm_helpers.data import read_pairs
+    from wsdm_helpers.notebook import train
+    from wsdm_helpers.tiny import build_tiny_model, pair_texts, train_tokenizer
+
+    frame, _ = read_pairs(demo["train"])
+    model = build_tiny_model("llama", train_tokenizer(pair_texts(frame), vocab_size=400), tmp_path / "model")
+    cfg = load_run_config(resolve_preset("tiny-test"), {"data.train_path": str(demo["train"]), "model.source": str(model),
+                                        "train.output_dir": str(tmp_path / "run"), "train.max_steps": 2,
+                                        "train.per_device_batch_size": 2})
+    result = train(cfg, num_processes=2, gpu_count=0)
+    assert result.metrics["world_size"] == 2 and result.metrics["global_step"] == 2
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
