@@ -128,7 +128,7 @@ def test_bundle_kernel_refuses_an_adapter_whose_base_model_is_not_attached(tmp_p
 
     assert main(["bundle", "adapter", str(_run_dir(tmp_path / "run")), "--out", str(tmp_path / "adapter"),
                  "--base-model", BASE, "--slug", "wsdm-adapter-gemma", "--title", "WSDM adapter gemma"]) == 0
-    with_adapter = [*KERNEL, "--adapter", str(tmp_path / "adapter")]
+    with_adapter = [*KERNEL, "--adapter-dir", str(tmp_path / "adapter")]
     assert main([*with_adapter, "--out", str(tmp_path / "k")]) == 2
     err = capsys.readouterr().err
     assert f"adapter tester/wsdm-adapter-gemma ({tmp_path / 'adapter'}): its base model {BASE} is not attached" in err
@@ -137,7 +137,9 @@ def test_bundle_kernel_refuses_an_adapter_whose_base_model_is_not_attached(tmp_p
                  "--model", "google/gemma-2/transformers/gemma-2-9b-it/2"]) == 0
     meta = _meta(tmp_path / "k")
     assert "tester/wsdm-adapter-gemma" in meta["dataset_sources"]  # the adapter's dataset is attached
-    assert main([*with_adapter, "--out", str(tmp_path / "k2"), "--dataset", "someone/gemma-2"]) == 0
+    assert main([*with_adapter, "--out", str(tmp_path / "k2"), "--dataset", "someone/gemma-2",
+                 "--dataset", "wsdm-adapter-gemma"]) == 0
+    assert _meta(tmp_path / "k2")["dataset_sources"].count("tester/wsdm-adapter-gemma") == 1  # attached once
     assert main(["bundle", "adapter", str(_run_dir(tmp_path / "run2")), "--out", str(tmp_path / "local"),
                  "--slug", "wsdm-adapter-local", "--title", "WSDM adapter local"]) == 2  # build path: refused there
 

@@ -124,7 +124,7 @@ def _add_bundle_commands(sub: argparse._SubParsersAction) -> None:
     kernel.add_argument("--competition", default="wsdm", choices=sorted(COMPETITIONS),
                         help="the competition to attach: " + ", ".join(f"{k} = {c.slug}" for k, c in COMPETITIONS.items()))
     kernel.add_argument("--dataset", action="append", default=[], help="[owner/]dataset-slug to attach (repeatable)")
-    kernel.add_argument("--adapter", action="append", default=[], metavar="BUNDLE",
+    kernel.add_argument("--adapter-dir", action="append", default=[], metavar="BUNDLE",
                         help="a folder `wsdm bundle adapter` wrote: its dataset is attached and its base model must "
                              "be attached too (--dataset or --model), else the bundle is refused (repeatable)")
     kernel.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
@@ -176,7 +176,7 @@ def _bundle_kernel(args: argparse.Namespace) -> int:
     from .notebook_runner import parse_cli_parameters
 
     report = bundle_kernel(args.notebook, args.out, competition=args.competition, datasets=args.dataset,
-                           models=args.model, kernels=args.kernel_source, adapters=args.adapter,
+                           models=args.model, kernels=args.kernel_source, adapters=args.adapter_dir,
                            parameters=parse_cli_parameters(args.parameter), title=args.title,
                            username=args.username, enable_gpu=not args.cpu, machine_shape=args.machine_shape,
                            is_private=not args.public, replace=args.replace)

@@ -62,8 +62,9 @@ def bundle_kernel(notebook: str | Path, out: str | Path, *, competition: str = "
         raise BundleError(f"competition {competition!r} must be one of {', '.join(COMPETITIONS)}")
     bundles = [_adapter_bundle(Path(a)) for a in adapters]
     owner = resolve_username(username)
+    datasets = [ref if "/" in ref else f"{owner}/{ref}" for ref in datasets]
     meta = kernel_metadata(owner, title, notebook.name, competitions=[COMPETITIONS[competition].slug],
-                           datasets=[*datasets, *(b["id"] for b in bundles if b["id"] not in datasets)],
+                           datasets=list(dict.fromkeys([*datasets, *(b["id"] for b in bundles)])),
                            models=models, kernels=kernels, enable_gpu=enable_gpu, is_private=is_private)
     if enable_gpu and machine_shape:
         meta["machine_shape"] = machine_shape
@@ -86,10 +87,10 @@ def _adapter_bundle(folder: Path) -> dict[str, Any]:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         dataset_id = read_metadata(folder / DATASET_METADATA)["id"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BundleError(f"--adapter {folder} is not an adapter bundle (no readable {MANIFEST} and "
+        raise BundleError(f"--adapter-dir {folder} is not an adapter bundle (no readable {MANIFEST} and "
                           f"{DATASET_METADATA}: {exc}); build it with `wsdm bundle adapter RUN --out {folder}`") from exc
     if manifest.get("kind") != "adapter":
-        raise BundleError(f"--adapter {folder} holds a {manifest.get('kind')!r} bundle, not an adapter bundle")
+        raise BundleError(f"--adapter-dir {folder} holds a {manifest.get('kind')!r} bundle, not an adapter bundle")
     return {"folder": folder, "id": dataset_id, "weights": manifest.get("weights"),
             "base_model": manifest.get("base_model")}
 
