@@ -381,6 +381,7 @@ def test_the_next_kaggle_session_resumes_from_the_attached_output_of_the_last(tm
 
     from wsdm_helpers.config import load_run_config
     from wsdm_helpers.data import write_canonical
+    from wsdm_helpers.pipeline import run_kind
     from wsdm_helpers.trainer import TimeLimit
     from wsdm_helpers.training import train
 
@@ -391,6 +392,8 @@ def test_the_next_kaggle_session_resumes_from_the_attached_output_of_the_last(tm
     settings = {"data.train_path": str(data), "model.source": str(model), "train.output_dir": str(working / "run")}
     first = train(load_run_config(TINY_PRESET, settings), callbacks=[TimeLimit(55, clock=_Clock(10))])
     assert first.metrics["stopped"] == "max_hours" and first.metrics["global_step"] == 3
+    assert run_kind(working / "run") is None  # no weights: not a finished run, but its curve and settings so far
+    assert (working / "run" / "log_history.json").is_file() and (working / "run" / "config.yaml").is_file()
     attached = tmp_path / "kaggle" / "input" / "train-gemma-session-1"
     shutil.copytree(working, attached)
     shutil.rmtree(working)  # the next Kaggle session starts with an empty /kaggle/working

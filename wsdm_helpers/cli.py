@@ -92,6 +92,9 @@ def _demo_data(args: argparse.Namespace) -> int:
 
 # ---- Kaggle bundle ---------------------------------------------------------------------------------
 def _add_bundle_commands(sub: argparse._SubParsersAction) -> None:
+    from .kaggle.competitions import COMPETITIONS
+    from .kaggle.kernel import PUSH_ACCELERATOR
+
     bundle = sub.add_parser("bundle", help="build and check folders for the Kaggle CLI (offline scoring)"
                             ).add_subparsers(dest="bundle_command", required=True)
     wheels = bundle.add_parser("wheels", help="wheelhouse dataset: wsdm_helpers and its whole closure but torch, "
@@ -124,9 +127,18 @@ def _add_bundle_commands(sub: argparse._SubParsersAction) -> None:
     kernel.add_argument("--notebook", required=True)
     kernel.add_argument("--out", required=True)
     kernel.add_argument("--title", default="WSDM inference", help="kernel title; the id's slug is derived from it")
-    kernel.add_argument("--competition", action="append", default=None,
-                        help="competition slug (repeatable; default wsdm-cup-multilingual-chatbot-arena)")
+    kernel.add_argument("--competition", default="wsdm", choices=sorted(COMPETITIONS),
+                        help="the competition to attach: " + ", ".join(f"{k} = {c.slug}" for k, c in COMPETITIONS.items()))
     kernel.add_argument("--dataset", action="append", default=[], help="[owner/]dataset-slug to attach (repeatable)")
+    kernel.add_argument("--adapter-dir", action="append", default=[], metavar="BUNDLE",
+                        help="a folder `wsdm bundle adapter` wrote: its dataset is attached and its base model must "
+                             "be attached too (--dataset or --model), else the bundle is refused (repeatable)")
+    kernel.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
+                        help="a notebook parameter written into the bundled notebook's parameters cell (VALUE is a "
+                             "YAML literal, checked against the notebook's declared parameters)")
+    kernel.add_argument("--machine-shape", default=PUSH_ACCELERATOR,
+                        help="the GPU kernel's accelerator (kernel-metadata.json machine_shape; default %(default)s, "
+                             "Kaggle's GPU T4 x2)")
     kernel.add_argument("--model", action="append", default=[],
                         help="Kaggle Model owner/model/framework/variation/version (repeatable)")
     kernel.add_argument("--kernel-source", action="append", default=[], help="[owner/]kernel-slug to attach")
@@ -167,14 +179,16 @@ def _bundle_adapter(args: argparse.Namespace) -> int:
 
 
 def _bundle_kernel(args: argparse.Namespace) -> int:
-    from .kaggle.kernel import COMPETITION, PUSH_ACCELERATOR, bundle_kernel
+    from .kaggle.kernel import bundle_kernel
+    from .notebook_runner import parse_cli_parameters
 
-    report = bundle_kernel(args.notebook, args.out, competitions=args.competition or [COMPETITION],
-                           datasets=args.dataset, models=args.model, kernels=args.kernel_source, title=args.title,
-                           username=args.username, enable_gpu=not args.cpu, is_private=not args.public,
-                           replace=args.replace)
+    report = bundle_kernel(args.notebook, args.out, competition=args.competition, datasets=args.dataset,
+                           models=args.model, kernels=args.kernel_source, adapters=args.adapter_dir,
+                           parameters=parse_cli_parameters(args.parameter), title=args.title,
+                           username=args.username, enable_gpu=not args.cpu, machine_shape=args.machine_shape,
+                           is_private=not args.public, replace=args.replace)
     print(report.to_text())
-    print(f"push: kaggle kernels push -p {args.out}" + ("" if args.cpu else f" --accelerator {PUSH_ACCELERATOR}"))
+    print(f"push: kaggle kernels push -p {args.out}" + ("" if args.cpu else f" --accelerator {args.machine_shape}"))
     return 0
 
 

@@ -507,7 +507,7 @@ def train(cfg: RunConfig, callbacks: list | None = None) -> TrainResult:
     trainer, retries = _fit(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, callbacks, resume_from)
     stopped = next((c.stopped_at for c in trainer.callback_handler.callbacks if getattr(c, "stopped_at", None)), None)
     if stopped is not None:
-        return _stopped_by_time_limit(run_dir, checkpoint_dir, trainer, stopped)
+        return _stopped_by_time_limit(run_dir, checkpoint_dir, cfg, trainer, tokenizer, stopped)
     if trainer.is_world_process_zero():  # the adapter first: a session that ends during the evaluation keeps it
         _write_weights(run_dir, cfg, trainer, tokenizer)
     skipped = _final_eval_skipped(cfg, trainer, evals)
@@ -545,12 +545,18 @@ def _final_eval_skipped(cfg: RunConfig, trainer, evals) -> str | None:
     return reason
 
 
-def _stopped_by_time_limit(run_dir: Path, checkpoint_dir: Path, trainer, step: int) -> TrainResult:
-    """A run cut short by train.max_hours: its checkpoint stays for the next session; no run folder is
-    written (it would pass for a finished run)."""
+def _stopped_by_time_limit(run_dir: Path, checkpoint_dir: Path, cfg: RunConfig, trainer, tokenizer,
+                           step: int) -> TrainResult:
+    """A run cut short by train.max_hours: its checkpoint stays for the next session, with config.yaml,
+    tokenizer/ and log_history.json (the curve so far); no weights nor metrics.json (it would pass for
+    a finished run)."""
     checkpoint = last_checkpoint(checkpoint_dir)
-    log.warning("train.max_hours reached: stopped at step %d of %d with checkpoint %s; run the same command "
-                "again (train.resume=true) to continue", step, trainer.state.max_steps, checkpoint)
+    if trainer.is_world_process_zero():
+        _write_settings(run_dir, cfg, tokenizer)
+        atomic_write_json(run_dir / "log_history.json", trainer.state.log_history)
+    log.warning("train.max_hours reached: stopped at step %d of %d with checkpoint %s. To continue: run the same "
+                "command again here, or in a new Kaggle session attach this session's output and set "
+                "train.resume_from to its copy of %s", step, trainer.state.max_steps, checkpoint, run_dir)
     return TrainResult(run_dir, {"stopped": "max_hours", "global_step": step, "max_steps": trainer.state.max_steps,
                                  "checkpoint": checkpoint})
 
@@ -665,12 +671,15 @@ def _oof_metrics(oof, icfg: InferenceConfig) -> dict[str, Any]:
 
 def _write_weights(run_dir: Path, cfg: RunConfig, trainer, tokenizer) -> None:
     """adapter/ (or model/), tokenizer/ and config.yaml: all a submission needs from the run."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     weights = "adapter" if cfg.lora.enabled else "model"
     with atomic_dir(run_dir / weights) as tmp:
         trainer.model.save_pretrained(str(tmp))
         if not cfg.lora.enabled:
             tokenizer.save_pretrained(str(tmp))
+    _write_settings(run_dir, cfg, tokenizer)
+
+
+def _write_settings(run_dir: Path, cfg: RunConfig, tokenizer) -> None:
     with atomic_dir(run_dir / "tokenizer") as tmp:
         tokenizer.save_pretrained(str(tmp))
     save_yaml(cfg, run_dir / "config.yaml")
