@@ -789,16 +789,18 @@ def frame_from_records(records: list[dict], source: str = "records") -> pd.DataF
     return _assemble({"id": ids, **parts, "label": labels, **side}, source, source)
 
 
+CANONICAL_FORMATS = {".parquet": "parquet", ".pq": "parquet"}
+
+
 def check_canonical_out(path: str | Path, source: str | Path | None = None, overwrite: bool = True) -> Path:
     """The output path of a canonical file: a ``.parquet``/``.pq`` name that is not the input ``source``
     and, unless ``overwrite``, not an existing file."""
-    path = Path(path)
-    if path.suffix.lower() not in (".parquet", ".pq"):
-        raise _fail(path, f"canonical files are parquet, but the name ends in '{path.suffix}'",
-                    f"name the output {path.with_suffix('.parquet').name}")
-    if source is not None and path.exists() and path.resolve() == Path(source).resolve():
-        raise _fail(path, "is the input file: converting it onto itself would replace it (and drop any column "
-                          "the canonical layout lacks)", "write to a new file")
+    from .io import check_output_file, check_output_suffix
+
+    if source is None:
+        path = check_output_suffix(path, CANONICAL_FORMATS, "canonical file")
+    else:
+        path = check_output_file(path, CANONICAL_FORMATS, "--out", {"the input file": source})
     if not overwrite and path.exists():
         raise _fail(path, "exists already", "choose a new name, or pass --overwrite to replace it")
     return path

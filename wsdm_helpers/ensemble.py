@@ -289,9 +289,10 @@ def blend_files(pred_paths: Sequence[str], out: str, weights: Sequence[float] | 
     ``oof_paths`` (one per prediction file, same order) are ``oof.parquet`` files of the runs, with a
     ``label`` column; the fitted weights are logged.
     """
+    from .io import check_output_file
+    from .submission import PREDICTION_FORMATS, read_predictions, write_predictions
 
-    from .submission import read_predictions, write_predictions
-
+    check_output_file(out, PREDICTION_FORMATS, "--out", {"an input": pred_paths, "an out-of-fold file": oof_paths})
     if oof_paths:
         if weights is not None or len(oof_paths) != len(pred_paths):
             raise SubmissionError("give either --weights or one --oof file per prediction file, not both")
@@ -357,9 +358,11 @@ def fit_oof_files(paths: Sequence[str], out: str | None = None, metric: str = "l
     import numpy as np
 
     from . import metrics
-    from .io import atomic_write_json
+    from .io import atomic_write_json, check_output_file
 
     _check_fit(metric, space)
+    if out:
+        check_output_file(out, {".json": "JSON"}, "--out", {"an out-of-fold file": paths})
     names = [str(p) for p in paths]
     frames = [_read_oof(p) for p in paths]
     labels = _oof_labels(frames, names)

@@ -241,11 +241,15 @@ def train_and_predict(train_path: str, test_path: str | None = None, out_path: s
     """``wsdm baseline``: fit on the training file (any supported layout); write a run folder
     (``run_dir``) and/or the test predictions (``test_path`` + ``out_path``)."""
     from .data import read_pairs
-    from .submission import write_predictions
+    from .io import check_output_file
+    from .submission import PREDICTION_FORMATS, write_predictions
 
     if not run_dir and not (test_path and out_path):
         raise DataError("feature baseline: give --run-dir DIR (a run folder for wsdm predict) and/or "
                         "--test TEST --out PREDICTIONS")
+    if test_path and out_path:
+        check_output_file(out_path, PREDICTION_FORMATS, "--out", {"the --train file": train_path,
+                                                                  "the --test file": test_path})
     train, _ = read_pairs(train_path, ties=ties)
     baseline = FeatureBaseline(model=model)
     if run_dir and model != "logreg":

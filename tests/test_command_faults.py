@@ -1,0 +1,163 @@
+"""Command faults of the second probe (issue 27): outputs that are inputs, folders or the wrong format;
+NaN settings; single-class training files; run folders of the wrong kind; permissions; Ctrl-C."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from wsdm_helpers.cli import main
+from wsdm_helpers.config import InferenceConfig, ModelConfig, RunConfig, save_yaml
+from wsdm_helpers.data import read_pairs
+from wsdm_helpers.demo_data import write_demo_dataset
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """Demo data (a WSDM test also as csv), a feature-baseline run, its predictions, a tiny LLM run."""
+    from wsdm_helpers.tiny import build_tiny_model, pair_texts, train_tokenizer
+
+    root = tmp_path_factory.mktemp("faults")
+    train, test, _, labels = write_demo_dataset(root / "demo", n_train=160, n_test=24, seed=3)
+    pd.read_parquet(test).to_csv(root / "test.csv", index=False)
+    assert main(["baseline", "--train", str(train), "--run-dir", str(root / "bl"), "--test", str(test),
+                 "--out", str(root / "preds.parquet")]) == 0
+    pd.read_parquet(root / "preds.parquet").to_csv(root / "preds.csv", index=False)
+    llm = root / "llm"
+    tokenizer = train_tokenizer(pair_texts(read_pairs(train)[0]), vocab_size=400)
+    build_tiny_model("llama", tokenizer, llm / "model")
+    tokenizer.save_pretrained(str(llm / "tokenizer"))
+    save_yaml(RunConfig(model=ModelConfig(source=str(llm / "model")),
+                        inference=InferenceConfig(devices=["cpu"], tta="none", progress_bar=False)), llm / "config.yaml")
+    return {"root": root, "train": train, "test": test, "test_csv": root / "test.csv", "labels": labels,
+            "bl": root / "bl", "preds": root / "preds.parquet", "preds_csv": root / "preds.csv", "llm": llm}
+
+
+# ---- row 3: no command writes over one of its own inputs --------------------------------------------
+OWN_INPUT = {
+    "predict --out = --test": (["predict", "--run", "@bl", "--test", "@test_csv", "--out", "@test_csv"], "test_csv"),
+    "predict --probs-out = --test": (["predict", "--run", "@bl", "--test", "@test", "--out", "@root/s.csv",
+                                      "--probs-out", "@test"], "test"),
+    "submit --out = the probabilities": (["submit", "@preds_csv", "--test", "@test", "--out", "@preds_csv"],
+                                         "preds_csv"),
+    "submit --out = --test": (["submit", "@preds", "--test", "@test_csv", "--out", "@test_csv"], "test_csv"),
+    "ensemble --out = an input": (["ensemble", "@preds", "@preds_csv", "--out", "@preds"], "preds"),
+    "pseudo-label --out = --data": (["pseudo-label", "--run", "@llm", "--data", "@train", "--out", "@train"],
+                                    "train"),
+    "baseline --out = --train": (["baseline", "--train", "@train", "--test", "@test", "--out", "@train"], "train"),
+}
+
+
+def _expand(files: dict[str, Path], template: list[str]) -> list[str]:
+    out = []
+    for t in template:
+        if t.startswith("@root/"):
+            out.append(str(files["root"] / t.removeprefix("@root/")))
+        else:
+            out.append(str(files[t[1:]]) if t.startswith("@") else t)
+    return out
+
+
+@pytest.mark.parametrize("case", list(OWN_INPUT))
+def test_no_command_writes_over_its_own_input(files, case, capsys):
+    template, kept = OWN_INPUT[case]
+    before = files[kept].read_bytes()
+    assert main(_expand(files, template)) == 2
+    err = capsys.readouterr().err
+    assert "would replace that file" in err and str(files[kept]) in err, err
+    assert files[kept].read_bytes() == before
+
+
+def test_a_hard_link_to_the_test_file_is_the_test_file(files, capsys):
+    link = files["root"] / "linked.csv"
+    if not link.exists():
+        os.link(files["test_csv"], link)
+    before = files["test_csv"].read_bytes()
+    assert main(["predict", "--run", str(files["bl"]), "--test", str(files["test_csv"]), "--out", str(link)]) == 2
+    assert "would replace that file" in capsys.readouterr().err
+    assert files["test_csv"].read_bytes() == before
+
+
+def test_probs_out_and_out_are_one_file(files, capsys):
+    out = files["root"] / "both.csv"
+    assert main(["predict", "--run", str(files["bl"]), "--test", str(files["test"]), "--out", str(out),
+                 "--probs-out", str(out)]) == 2
+    assert "--probs-out" in capsys.readouterr().err and not out.exists()
+
+
+# ---- row 18: an output's extension names the format written -------------------------------------------
+WRONG_SUFFIX = {
+    "predict --out x.parquet": ["predict", "--run", "@bl", "--test", "@test", "--out", "@root/x.parquet"],
+    "predict --probs-out x.json": ["predict", "--run", "@bl", "--test", "@test", "--out", "@root/s.csv",
+                                   "--probs-out", "@root/x.json"],
+    "submit --out x.json": ["submit", "@preds", "--test", "@test", "--out", "@root/x.json"],
+    "submit --out x.csv.gz": ["submit", "@preds", "--test", "@test", "--out", "@root/x.csv.gz"],
+    "ensemble --out x.json": ["ensemble", "@preds", "@preds_csv", "--out", "@root/x.json"],
+    "baseline --out x.txt": ["baseline", "--train", "@train", "--test", "@test", "--out", "@root/x.txt"],
+    "pseudo-label --out x.json": ["pseudo-label", "--run", "@llm", "--data", "@test", "--out", "@root/x.json"],
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG_SUFFIX))
+def test_an_output_named_for_another_format_is_refused(files, case, capsys):
+    argv = _expand(files, WRONG_SUFFIX[case])
+    wrong = Path(argv[-1])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{wrong}" in err and "Fix: name the output" in err, err
+    assert not wrong.exists()
+
+
+def test_ensemble_fit_weights_are_json(files, tmp_path, capsys):
+    assert main(["ensemble", "fit", str(files["preds"]), str(files["preds"]), "--out", str(tmp_path / "w.csv")]) == 2
+    assert "Fix: name the output" in capsys.readouterr().err and not (tmp_path / "w.csv").exists()
+
+
+# ---- row 11: --out an existing folder, refused before any work -----------------------------------
+@pytest.mark.parametrize("command", [
+    ["predict", "--run", "@root/no-such-run", "--test", "@test", "--out", "@root/a-folder"],
+    ["predict", "--run", "@root/no-such-run", "--test", "@test", "--out", "@root/s.csv", "--probs-out", "@root/a-folder"],
+    ["submit", "@preds", "--test", "@test", "--out", "@root/a-folder"],
+    ["ensemble", "@preds", "@preds_csv", "--out", "@root/a-folder"],
+    ["pseudo-label", "--run", "@root/no-such-run", "--data", "@test", "--out", "@root/a-folder"],
+], ids=["predict", "probs-out", "submit", "ensemble", "pseudo-label"])
+def test_an_output_that_is_a_folder_is_refused_up_front(files, command, capsys):
+    (files["root"] / "a-folder").mkdir(exist_ok=True)
+    assert main(_expand(files, command)) == 2
+    err = capsys.readouterr().err
+    assert "a-folder is a folder" in err and "not a run folder" not in err, err  # before any run is opened
+    assert list((files["root"] / "a-folder").iterdir()) == []
+
+
+# ---- row 16: wsdm evaluate --out an existing file ---------------------------------------------------
+def test_evaluate_out_an_existing_file_is_refused(files, tmp_path, capsys):
+    out = tmp_path / "report.md"
+    out.write_text("mine")
+    assert main(["evaluate", "--predictions", str(files["preds"]), "--data", str(files["test"]),
+                 "--labels", str(files["labels"]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} is a file" in err and "Fix:" in err, err
+    assert out.read_text() == "mine"
+
+
+# ---- row 17: pseudo-label with a feature-baseline run --------------------------------------------
+def test_pseudo_label_takes_a_baseline_run(files, tmp_path):
+    from wsdm_helpers.features import load_baseline
+    from wsdm_helpers.submission import read_predictions
+
+    out = tmp_path / "soft.parquet"
+    assert main(["pseudo-label", "--run", str(files["bl"]), "--data", str(files["train"]), "--out", str(out)]) == 0
+    expected = load_baseline(files["bl"]).predict(read_pairs(files["train"])[0])
+    pd.testing.assert_frame_equal(read_predictions(out), expected, check_dtype=False)
+    blended = tmp_path / "blend.parquet"
+    assert main(["pseudo-label", "--run", str(files["bl"]), "--run", str(files["llm"]), "--data", str(files["train"]),
+                 "--out", str(blended)]) == 0
+    assert len(read_predictions(blended)) == len(expected)
+
+
+def test_pseudo_label_names_a_folder_that_is_no_run(files, tmp_path, capsys):
+    assert main(["pseudo-label", "--run", str(tmp_path), "--data", str(files["train"]),
+                 "--out", str(tmp_path / "soft.parquet")]) == 2
+    assert f"not a run folder: {tmp_path}" in capsys.readouterr().err
