@@ -161,3 +161,41 @@ def test_pseudo_label_names_a_folder_that_is_no_run(files, tmp_path, capsys):
     assert main(["pseudo-label", "--run", str(tmp_path), "--data", str(files["train"]),
                  "--out", str(tmp_path / "soft.parquet")]) == 2
     assert f"not a run folder: {tmp_path}" in capsys.readouterr().err
+
+
+# ---- rows 10, 14, 15: NaN and infinity in float settings ------------------------------------------
+@pytest.mark.parametrize("setting", ["train.learning_rate=nan", "train.max_hours=.nan", "train.warmup_ratio=.inf",
+                                     "inference.tta_band=-.inf", "format.shares=[0.2, .nan, 0.4]",
+                                     "inference.time_budget_minutes=nan"])
+def test_every_float_setting_refuses_nan_and_infinity(setting, capsys):
+    key = setting.partition("=")[0]
+    assert main(["config", "show", "configs/tiny-test.yaml", "--set", setting]) == 2
+    err = capsys.readouterr().err
+    assert f"'{key}" in err and "must be a finite number" in err, err
+
+
+def test_train_refuses_a_nan_learning_rate_before_loading(tmp_path, capsys):
+    assert main(["train", "--config", "tiny-test", "--set", "train.learning_rate=nan",
+                 "--set", f"train.output_dir={tmp_path / 'run'}"]) == 2
+    assert "'train.learning_rate' must be a finite number, got nan" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags", [["--time-budget-minutes", "10", "--safety-minutes", "nan"],
+                                   ["--time-budget-minutes", "nan"], ["--time-budget-minutes", "inf"]])
+def test_predict_time_limits_refuse_nan(files, flags, tmp_path, capsys):
+    out = tmp_path / "s.csv"
+    assert main(["predict", "--run", str(files["bl"]), "--test", str(files["test"]), "--out", str(out), *flags]) == 2
+    assert "must be a finite number" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("command", [["predict", "--run", "@bl", "--run", "@bl", "--test", "@test", "--out",
+                                      "@root/w.csv", "--weights", "1e308", "1e308"],
+                                     ["ensemble", "@preds", "@preds_csv", "--out", "@root/w.parquet", "--weights",
+                                      "1e308", "1e308"]], ids=["predict", "ensemble"])
+def test_weights_whose_sum_overflows_are_refused_with_that_cause(files, command, capsys):
+    argv = _expand(files, command)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "overflows" in err and "NaN probabilities" not in err, err
+    assert not Path(argv[argv.index("--out") + 1]).exists()

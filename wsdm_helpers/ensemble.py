@@ -67,9 +67,18 @@ def check_weights(weights: Sequence[float] | None, n: int, space: str = "probabi
     if w.shape != (n,):
         raise SubmissionError(f"--weights got {len(w)} value(s) {list(weights)} for {n} model(s); give one weight "
                               "per --run / prediction file, or none for equal weights")
-    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+    with np.errstate(over="ignore"):
+        total = w.sum()
+        largest = total if space == "probability" else total * -np.log(LOG_FLOOR)  # the blend's largest sum
+    if not np.isfinite(w).all() or (w < 0).any() or total <= 0:
         raise SubmissionError(f"weights {list(weights)} must be {n} finite non-negative numbers with a positive sum")
-    return w / w.sum() if space == "probability" else w
+    if not np.isfinite(largest):
+        fix = (f"only their ratios count: divide them by the largest, e.g. --weights "
+               f"{' '.join(f'{v:g}' for v in w / w.max())}" if space == "probability" else
+               "log-odds weights are temperatures near 1 (`wsdm ensemble fit --space log_odds` fits them)")
+        raise SubmissionError(f"weights {list(weights)}: the blend's weighted sum overflows a float64 (to inf). "
+                              f"Fix: {fix}")
+    return w / total if space == "probability" else w
 
 
 def _log(stack: np.ndarray) -> np.ndarray:
