@@ -199,3 +199,34 @@ def test_weights_whose_sum_overflows_are_refused_with_that_cause(files, command,
     err = capsys.readouterr().err
     assert "overflows" in err and "NaN probabilities" not in err, err
     assert not Path(argv[argv.index("--out") + 1]).exists()
+
+
+# ---- row 12: a training file of ties only ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def all_ties(files) -> Path:
+    path = files["root"] / "alltie.parquet"
+    pd.read_parquet(files["train"]).assign(winner="tie").to_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--config", "tiny-test", "--set", "data.train_path=@alltie", "--set", "model.source=@llm/model",
+     "--set", "train.output_dir=@root/tie-run"],
+    ["cv", "--config", "tiny-test", "--data", "@alltie", "--set", "model.source=@llm/model", "--out", "@root/tie-cv"],
+    ["baseline", "--train", "@alltie", "--ties", "drop", "--run-dir", "@root/tie-bl"],
+    ["cv", "--baseline", "logreg", "--data", "@alltie", "--out", "@root/tie-bcv"],
+], ids=["train", "cv", "baseline", "cv-baseline"])
+def test_a_file_of_ties_only_with_ties_drop_names_the_file(files, all_ties, command, capsys):
+    argv = [a.replace("@alltie", str(all_ties)).replace("@llm", str(files["llm"])).replace("@root", str(files["root"]))
+            for a in command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{all_ties}: no training rows are left: all 160 rows are ties and ties=drop drops them" in err, err
+    assert "Fix: train on a file with winners" in err
+
+
+def test_a_file_of_one_class_names_the_file(files, all_ties, capsys):
+    assert main(["baseline", "--train", str(all_ties), "--ties", "keep", "--run-dir", str(files["root"] / "t")]) == 2
+    err = capsys.readouterr().err
+    assert f"{all_ties}: all 160 training rows are labelled tie" in err, err
+    assert not (files["root"] / "t").exists()

@@ -240,7 +240,7 @@ def train_and_predict(train_path: str, test_path: str | None = None, out_path: s
                       model: str = "logreg", ties: str = "keep", run_dir: str | None = None) -> pd.DataFrame | None:
     """``wsdm baseline``: fit on the training file (any supported layout); write a run folder
     (``run_dir``) and/or the test predictions (``test_path`` + ``out_path``)."""
-    from .data import read_pairs
+    from .data import check_trainable, read_pairs
     from .io import check_output_file
     from .submission import PREDICTION_FORMATS, write_predictions
 
@@ -250,7 +250,8 @@ def train_and_predict(train_path: str, test_path: str | None = None, out_path: s
     if test_path and out_path:
         check_output_file(out_path, PREDICTION_FORMATS, "--out", {"the --train file": train_path,
                                                                   "the --test file": test_path})
-    train, _ = read_pairs(train_path, ties=ties)
+    train, report = read_pairs(train_path, ties=ties)
+    check_trainable(train, train_path, report.ties_dropped)
     baseline = FeatureBaseline(model=model)
     if run_dir and model != "logreg":
         save_baseline(baseline, run_dir, 0)  # refuses before the fit, with the reason
