@@ -230,3 +230,34 @@ def test_a_file_of_one_class_names_the_file(files, all_ties, capsys):
     err = capsys.readouterr().err
     assert f"{all_ties}: all 160 training rows are labelled tie" in err, err
     assert not (files["root"] / "t").exists()
+
+
+# ---- row 19: permissions of runs and bundles, Ctrl-C ---------------------------------------------------
+def _modes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): oct(p.stat().st_mode & 0o777) for p in sorted(folder.rglob("*"))
+            if "checkpoints" not in p.parts}
+
+
+@pytest.mark.slow  # a one-step LoRA training (about a minute of CPU)
+def test_run_and_bundle_files_follow_the_umask(files, tmp_path):
+    """safetensors writes its files 0600 (a private temporary renamed into place); every file of a run
+    folder and of its bundle gets the umask's mode like the others."""
+    from wsdm_helpers.config import load_run_config, resolve_preset
+    from wsdm_helpers.kaggle.adapter import bundle_adapter
+    from wsdm_helpers.training import train
+
+    cfg = load_run_config(resolve_preset("tiny-test"), {
+        "data.train_path": str(files["train"]), "model.source": str(files["llm"] / "model"),
+        "train.output_dir": str(tmp_path / "run"), "train.max_steps": 1, "train.eval_steps": 1,
+        "train.save_steps": 1, "data.max_rows": 40})
+    old = os.umask(0o027)
+    try:
+        run = train(cfg).run_dir
+        bundle_adapter(run, tmp_path / "bundle", base_model="/kaggle/input/base", username="someone")
+    finally:
+        os.umask(old)
+    for folder in (run, tmp_path / "bundle"):
+        modes = _modes(folder)
+        assert "adapter/adapter_model.safetensors" in modes
+        expected = {name: oct(0o750 if (folder / name).is_dir() else 0o640) for name in modes}
+        assert modes == expected

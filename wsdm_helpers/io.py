@@ -5,7 +5,8 @@ not a folder, an extension that names the format written, never one of the comma
 
 ``tempfile.mkstemp`` / ``mkdtemp`` create private (0600 / 0700) entries, and a rename keeps the mode, so
 every temporary file or folder made here is given the mode a plain ``open`` / ``mkdir`` would have
-under the current umask. :func:`check_output_dir` runs before long work, so that a read-only or full
+under the current umask; so is everything in a folder :func:`atomic_dir` publishes (safetensors writes
+its files 0600 the same way, and a copy keeps the source's mode). :func:`check_output_dir` runs before long work, so that a read-only or full
 output folder fails in a second rather than after the whole job.
 """
 from __future__ import annotations
@@ -140,11 +141,24 @@ def atomic_dir(path: str | Path, suffix: str = "", replace: bool = True) -> Iter
         yield tmp
         if path.exists() and not replace:
             return
+        _give_umask_modes(tmp)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _give_umask_modes(folder: Path) -> None:
+    """Every file and folder under ``folder`` gets the umask's mode (executables keep their x bits)."""
+    file_mode, dir_mode = umask_mode(), umask_mode(folder=True)
+    for root, dirs, names in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), dir_mode)
+        for name in names:
+            entry = os.path.join(root, name)
+            if not os.path.islink(entry):
+                os.chmod(entry, dir_mode if os.stat(entry).st_mode & 0o111 else file_mode)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
