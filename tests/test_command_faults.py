@@ -261,3 +261,40 @@ def test_run_and_bundle_files_follow_the_umask(files, tmp_path):
         assert "adapter/adapter_model.safetensors" in modes
         expected = {name: oct(0o750 if (folder / name).is_dir() else 0o640) for name in modes}
         assert modes == expected
+
+
+@pytest.mark.slow  # two `wsdm predict` processes (about a minute of CPU)
+def test_ctrl_c_is_one_line_that_says_how_to_resume(files, tmp_path):
+    """A real `wsdm predict --resume` process and a real SIGINT: rc 130, one line, no traceback; the same
+    command again resumes from the chunks it finished."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from wsdm_helpers.demo_data import make_demo_frame
+
+    frame = make_demo_frame(240, seed=6)
+    pd.DataFrame({"id": frame["id"], **{c: [t[0] for t in frame[c]] for c in ("prompt", "response_a", "response_b")}}
+                 ).to_parquet(tmp_path / "test.parquet")
+    work = tmp_path / "work"
+    cmd = [sys.executable, "-m", "wsdm_helpers", "predict", "--run", str(files["llm"]), "--test",
+           str(tmp_path / "test.parquet"), "--out", str(tmp_path / "sub.csv"), "--resume", "--work-dir", str(work),
+           "--set", "inference.chunk_rows=12", "--set", "inference.tta=swap"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (work.is_dir() and any(work.rglob("ab-*.parquet"))):  # an event from the child, not a fixed sleep
+        assert proc.poll() is None and time.monotonic() < deadline, "predict ended before it could be interrupted"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    said = [line for line in err.splitlines() if "interrupted" in line]
+    assert len(said) == 1 and said[0].startswith("wsdm predict: interrupted"), err
+    assert "rerunning the same command" in said[0]
+    assert not (tmp_path / "sub.csv").exists()
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "resumed" in again.stderr
