@@ -298,3 +298,27 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(files, tmp_path):
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert "resumed" in again.stderr
+
+
+# ---- row 9: a feature baseline written into an LLM run folder -------------------------------------------
+def test_baseline_refuses_an_llm_run_folder(files, capsys):
+    from wsdm_helpers.features import BASELINE_FILE
+
+    assert main(["baseline", "--train", str(files["train"]), "--run-dir", str(files["llm"])]) == 2
+    err = capsys.readouterr().err
+    assert f"--run-dir {files['llm']} is an LLM run folder" in err and "Fix:" in err, err
+    assert not (files["llm"] / BASELINE_FILE).exists()
+
+
+def test_predict_refuses_a_folder_that_is_both_kinds(files, tmp_path, capsys):
+    import shutil
+
+    from wsdm_helpers.features import BASELINE_FILE
+
+    both = tmp_path / "both"
+    shutil.copytree(files["llm"], both)
+    shutil.copy(files["bl"] / BASELINE_FILE, both / BASELINE_FILE)
+    assert main(["predict", "--run", str(both), "--test", str(files["test"]), "--out", str(tmp_path / "s.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"{both} holds both a feature baseline" in err and "Fix:" in err, err
+    assert not (tmp_path / "s.csv").exists()

@@ -105,11 +105,13 @@ def run_kind(path: str | Path) -> str | None:
     from .features import BASELINE_FILE
 
     path = Path(path)
-    if (path / BASELINE_FILE).is_file():
-        return "baseline"
-    if (path / "config.yaml").is_file() and ((path / "adapter").is_dir() or (path / "model").is_dir()):
-        return "llm"
-    return None
+    baseline = (path / BASELINE_FILE).is_file()
+    llm = (path / "config.yaml").is_file() and ((path / "adapter").is_dir() or (path / "model").is_dir())
+    if baseline and llm:
+        raise ConfigError(f"{path} holds both a feature baseline ({BASELINE_FILE}) and an LLM run (config.yaml + "
+                          f"adapter/ or model/), so which run it is cannot be told. Fix: delete {path / BASELINE_FILE} "
+                          "and write the baseline to a folder of its own (`wsdm baseline --run-dir NEW`)")
+    return "baseline" if baseline else "llm" if llm else None
 
 
 def run_members(runs: Sequence[str | Path], weights: Sequence[float] | None) -> list[Member]:
