@@ -6,8 +6,8 @@ not a folder, an extension that names the format written, never one of the comma
 ``tempfile.mkstemp`` / ``mkdtemp`` create private (0600 / 0700) entries, and a rename keeps the mode, so
 every temporary file or folder made here is given the mode a plain ``open`` / ``mkdir`` would have
 under the current umask; so is everything in a folder :func:`atomic_dir` publishes (safetensors writes
-its files 0600 the same way, and a copy keeps the source's mode). :func:`check_output_dir` runs before long work, so that a read-only or full
-output folder fails in a second rather than after the whole job.
+its files 0600 the same way, and a copy keeps the source's mode). :func:`check_output_dir` runs before
+long work, so that a read-only or full output folder fails in a second rather than after the whole job.
 """
 from __future__ import annotations
 
