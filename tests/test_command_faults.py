@@ -51,12 +51,14 @@ OWN_INPUT = {
 
 
 def _expand(files: dict[str, Path], template: list[str]) -> list[str]:
+    """``@key`` -> files[key] and ``@key/name`` -> files[key] / name (inside a ``KEY=`` too); other words as they are."""
     out = []
-    for t in template:
-        if t.startswith("@root/"):
-            out.append(str(files["root"] / t.removeprefix("@root/")))
-        else:
-            out.append(str(files[t[1:]]) if t.startswith("@") else t)
+    for word in template:
+        head, at, ref = word.partition("@")
+        if at:
+            key, _, name = ref.partition("/")
+            word = head + str(files[key] / name if name else files[key])
+        out.append(word)
     return out
 
 
@@ -217,9 +219,7 @@ def all_ties(files) -> Path:
     ["cv", "--baseline", "logreg", "--data", "@alltie", "--out", "@root/tie-bcv"],
 ], ids=["train", "cv", "baseline", "cv-baseline"])
 def test_a_file_of_ties_only_with_ties_drop_names_the_file(files, all_ties, command, capsys):
-    argv = [a.replace("@alltie", str(all_ties)).replace("@llm", str(files["llm"])).replace("@root", str(files["root"]))
-            for a in command]
-    assert main(argv) == 2
+    assert main(_expand({**files, "alltie": all_ties}, command)) == 2
     err = capsys.readouterr().err
     assert f"{all_ties}: no training rows are left: all 160 rows are ties and ties=drop drops them" in err, err
     assert "Fix: train on a file with winners" in err
