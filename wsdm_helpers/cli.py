@@ -3,7 +3,8 @@
 Modules are imported inside the handlers so ``wsdm --help`` stays fast (no torch import).
 Errors the package raises on purpose (``WsdmError``) are printed without a traceback and exit 2.
 Logging goes to stderr at INFO (``-q``: warnings only, ``-v``: debug); a closed stdout pipe
-(``wsdm ... | head``) ends the command quietly with the shell's SIGPIPE status, 141.
+(``wsdm ... | head``) ends the command quietly with the shell's SIGPIPE status, 141; Ctrl-C ends it with
+one line saying whether rerunning resumes, status 130 (128 + SIGINT).
 """
 from __future__ import annotations
 
@@ -604,6 +605,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What rerunning an interrupted command does (outputs are renamed into place only when complete, so an
+# interrupted command never leaves a half-written one).
+RERUN = {
+    "train": "rerunning the same command resumes from the last checkpoint in train.output_dir (train.resume)",
+    "cv": "rerunning the same command keeps the finished folds and resumes the one in progress from its last "
+          "checkpoint",
+    "predict": "with --resume (on by default under /kaggle/working), rerunning the same command reuses the "
+               "finished chunks; without it, rerunning starts again",
+}
+RERUN_AFRESH = "nothing half-written was left; rerunning the same command starts again"
+
+
 def main(argv: list[str] | None = None) -> int:
     from .logs import setup_logging
 
@@ -614,6 +627,9 @@ def main(argv: list[str] | None = None) -> int:
     except WsdmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nwsdm {args.command}: interrupted; {RERUN.get(args.command, RERUN_AFRESH)}", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # The reader of stdout went away (| head): point stdout at /dev/null so the exit flush cannot fail.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -46,7 +47,8 @@ class Section:
 def collect_problems(cfg: Any, where: str = "") -> list[str]:
     """Problems of ``cfg`` and of every nested section, each prefixed by its dotted path.
 
-    Fields typed with a ``Literal`` are checked here for every section, so no ``check()`` lists choices.
+    Fields typed with a ``Literal`` are checked here for every section, so no ``check()`` lists choices;
+    so is every float (NaN would pass each ``<`` and ``>`` a check makes, and mean "no limit" or worse).
     """
     problems = [f"{where}{p}" if where else p for p in cfg.check()] if isinstance(cfg, Section) else []
     hints = _field_types(type(cfg))
@@ -55,10 +57,20 @@ def collect_problems(cfg: Any, where: str = "") -> list[str]:
         if dataclasses.is_dataclass(value):
             problems += collect_problems(value, f"{where}{f.name}.")
             continue
+        problems += _non_finite(f"{where}{f.name}", value)
         allowed = choices(hints[f.name])
         if allowed and value not in allowed and not (value is None and _is_optional(hints[f.name])):
             problems.append(choice_problem(f"{where}{f.name}", value, allowed))
     return problems
+
+
+def _non_finite(path: str, value: Any) -> list[str]:
+    """A problem for a float (or a float in a list) that is NaN or infinite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"'{path}' must be a finite number, got {value}"]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _non_finite(f"{path}[{i}]", v)]
+    return []
 
 
 def choices(annotation: Any) -> tuple[Any, ...]:
