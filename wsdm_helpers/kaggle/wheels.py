@@ -80,7 +80,9 @@ def _run_pip(args: Sequence[str], what: str, python: str | Path = sys.executable
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-PIP_OUTPUT_TAIL:])
-        raise BundleError(f"{what} failed (pip exit {done.returncode}):\n  $ {shlex.join(command)}\n{tail}")
+        error = BundleError(f"{what} failed (pip exit {done.returncode}):\n  $ {shlex.join(command)}\n{tail}")
+        error.pip_output = done.stdout + done.stderr
+        raise error
 
 
 def _index_args(find_links: Iterable[str | Path], no_index: bool) -> list[str]:
@@ -140,7 +142,7 @@ def _resolve(requirements: Sequence[str], python_version: str, platforms: Sequen
         constraints_file = Path(tmp) / "constraints.txt"
         constraints_file.write_text("\n".join(constraints) + "\n")
         report = Path(tmp) / "report.json"
-        _run_pip(["install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
+        _run_pip(["install", "--dry-run", "--ignore-installed", "--report", str(report),
                   "--target", str(Path(tmp) / "target"), *_target_args(python_version, platforms), *index_args,
                   "-c", str(constraints_file), *requirements],
                  f"resolving {' '.join(requirements)} for CPython {python_version}", python)
@@ -184,7 +186,8 @@ def resolve_closure(requirements: Sequence[str], *, python_version: str, platfor
             installs = _resolve(requirements, python_version, platforms, held + kept, index_args)
             break
         except BundleError as exc:
-            named = {canonicalize_name(m) for m in re.findall(r"\(constraint\) ([A-Za-z0-9_.-]+)==", str(exc))}
+            named = {canonicalize_name(m) for m in re.findall(r"\(constraint\) ([A-Za-z0-9_.-]+)==",
+                                                              getattr(exc, "pip_output", ""))}
             if not named:
                 raise
             kept = [pin for pin in kept if canonicalize_name(pin.split("==")[0]) not in named]
