@@ -181,13 +181,21 @@ def test_float16_on_a_cpu_is_refused_with_the_fix(run_dir, frame):
         _inference_overrides(["model.quantization=none"])
 
 
-def test_bf16_run_on_a_t4_is_refused_with_the_override_that_fixes_it(monkeypatch, fake_t4s, recorded_loads,
-                                                                     tmp_path, tokenizer):
-    run = _run_folder(tmp_path, tokenizer, family="gemma3", dtype="bfloat16")
-    with pytest.raises(ConfigError, match="--set model.dtype=auto"):
+@pytest.mark.parametrize("family,expected", [("gemma3", torch.float32), ("llama", torch.float16)])
+def test_bf16_run_on_a_t4_falls_back_as_auto_does_and_is_logged(family, expected, fake_t4s, recorded_loads,
+                                                                tmp_path, tokenizer, caplog):
+    """A run trained in bf16 predicts on a T4 in what auto gives there (fp16; fp32 for Gemma 3), logged;
+    training in bf16 on a T4 stays an error."""
+    run = _run_folder(tmp_path, tokenizer, family=family, dtype="bfloat16")
+    with caplog.at_level(logging.WARNING, logger="wsdm_helpers.modeling"):
         load_runs(run, InferenceConfig(devices=["cuda:0"], model_parallel=True))
+    assert recorded_loads[-1]["dtype"] == expected
+    assert "model.dtype=bfloat16: Tesla T4 (pre-Ampere)" in caplog.text
+    assert f"predicting in {str(expected).replace('torch.', '')} instead" in caplog.text
+    with pytest.raises(ConfigError, match="bfloat16 on Tesla T4"):
+        resolve_dtype("bfloat16", torch.device("cuda", 0), FAMILIES[family])
     load_runs(run, InferenceConfig(devices=["cuda:0"], model_parallel=True, dtype="float16"))
-    assert recorded_loads[-1]["dtype"] == torch.float32  # Gemma 3 never fp16: fp32 on a T4
+    assert recorded_loads[-1]["dtype"] == expected  # Gemma 3 never fp16: fp32 on a T4
 
 
 def test_dtype_override_changes_the_compute_dtype(run_dir, frame):
