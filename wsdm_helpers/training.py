@@ -289,6 +289,7 @@ def training_arguments(cfg: RunConfig, checkpoint_dir: Path, batch_size: int, ac
         greater_is_better=t.best_metric in HIGHER_IS_BETTER if eval_every else None,
         max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps, logging_first_step=True, seed=t.seed, data_seed=t.seed,
+        logging_nan_inf_filter=False,  # a NaN loss stops training (trainer.check_step_numerics), not averaged away
         fp16=cuda and dtype_name == "float16", bf16=dtype_name == "bfloat16",
         use_cpu=not cuda, report_to="none", remove_unused_columns=False,
         label_names=["labels", "row_index"], ddp_find_unused_parameters=False,
