@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -527,3 +528,55 @@ def test_an_overflowing_fp16_step_is_the_scalers_business_until_its_scale_falls_
         check_step_numerics(9, True, float("inf"), scale=torch.amp.GradScaler("cpu", init_scale=0.5).get_scale())
     with pytest.raises(NumericalError, match="step 4: the gradient norm is inf"):
         check_step_numerics(4, True, torch.tensor(float("inf")), scale=None)
+
+
+OOM_ON_RANK_1 = '''
+import sys
+
+import torch
+from transformers import TrainerCallback
+
+from wsdm_helpers.config import load_run_config
+from wsdm_helpers.errors import WsdmError
+from wsdm_helpers.training import train
+
+
+class OutOfMemoryOnRank1(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if args.process_index == 1 and state.global_step == 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated on rank 1)")
+
+
+try:
+    train(load_run_config(sys.argv[1]), callbacks=[OutOfMemoryOnRank1()])
+except WsdmError as exc:  # what the CLI does with it
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(2)
+'''
+
+
+def test_out_of_memory_on_one_of_two_ranks_ends_both_with_the_settings_to_rerun(demo, tiny_model, tmp_path):
+    """DDP over gloo, real processes: rank 1 runs out of memory after step 2 while rank 0 goes on into
+    step 3's all-reduce. Rebuilding rank 1's trainer alone used to leave rank 0 waiting until the
+    collective's timeout; now rank 1 ends with a clear error and the launcher ends rank 0."""
+    cfg = tiny_cfg(demo, tiny_model("llama"), tmp_path / "run", {"train.per_device_batch_size": 2,
+                                                                  "train.group_by_length": False})
+    script = tmp_path / "oom_on_rank_1.py"
+    script.write_text(OOM_ON_RANK_1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(REPO), os.environ.get("PYTHONPATH", "")])}
+    launch = subprocess.Popen([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                               str(REPO / "configs" / "accelerate" / "ddp-cpu-2proc.yaml"), str(script),
+                               str(save_yaml(cfg, tmp_path / "run.yaml"))], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = launch.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(launch.pid, signal.SIGKILL)  # the launcher and both ranks
+        launch.communicate()
+        pytest.fail("the two ranks hung after an out-of-memory error on one of them")
+    assert launch.returncode != 0
+    assert ("error: CUDA out of memory at step 2 in process 1 of 2: with several processes the batch is not "
+            "halved") in stderr
+    assert "--set train.per_device_batch_size=1 train.gradient_accumulation=2" in stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()

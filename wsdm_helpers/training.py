@@ -458,7 +458,8 @@ def _stopped_by_time_limit(run_dir: Path, checkpoint_dir: Path, trainer, step: i
 
 
 def _fit(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, callbacks, resume_from):
-    """Trainer.train with CUDA-OOM back-off: halve the batch, keep the effective batch, resume."""
+    """Trainer.train with CUDA-OOM back-off: halve the batch, keep the effective batch, resume (one process
+    only; with several, an out-of-memory error ends the run with the settings to rerun with)."""
     import torch
 
     batch, accumulation = cfg.train.per_device_batch_size, cfg.train.gradient_accumulation
@@ -475,8 +476,10 @@ def _fit(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, callbacks,
             if cfg.train.max_steps != 0:  # 0: the probe alone (config checks allow it only with probe_head)
                 trainer.train(resume_from_checkpoint=resume_from)
             return trainer, retries
-        except torch.cuda.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError as exc:
             step = trainer.state.global_step
+            if trainer.args.world_size > 1:
+                raise _oom_in_several_processes(trainer.args, step, batch, accumulation) from exc
             if batch <= 1:
                 raise
             batch, accumulation = halve_batch(batch, accumulation)
@@ -486,6 +489,20 @@ def _fit(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, callbacks,
             del trainer
             _free_accelerator_memory()
             resume_from = last_checkpoint(checkpoint_dir)  # this run's own checkpoints from here on
+
+
+def _oom_in_several_processes(args, step: int, batch: int, accumulation: int) -> ConfigError:
+    """No back-off with several processes: the others wait in an all-reduce the rebuilt trainer never joins
+    (a hang until the collective's timeout); this process ends instead, and the launcher ends the others."""
+    if batch > 1:
+        half, more = halve_batch(batch, accumulation)
+        fix = (f"rerun with --set train.per_device_batch_size={half} train.gradient_accumulation={more} "
+               "(the same effective batch)")
+    else:
+        fix = "use model.quantization=4bit, a shorter format.max_length, or a larger GPU"
+    return ConfigError(f"CUDA out of memory at step {step} in process {args.process_index} of {args.world_size}: "
+                       "with several processes the batch is not halved and training resumed here (the other "
+                       f"processes wait in their all-reduce and would hang); {fix}. The checkpoints so far are kept")
 
 
 def _make_trainer(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, callbacks,
