@@ -209,7 +209,10 @@ class Worker:
         rest) stay NaN.
         """
         import numpy as np
+        import torch
 
+        if self.device.type == "cuda":  # this thread's current device: for kernels that read it, not the tensors'
+            torch.cuda.set_device(self.device)
         lengths = [len(x) for x in input_ids]
         out = np.full((len(input_ids), self.num_classes), np.nan)
         batches = plan_batches(lengths, cfg.for_device(self.device.type))
