@@ -657,18 +657,20 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu", base_source: str | None = None,
-             dtype: str | None = None, device_map: Any = None, max_memory: dict | None = None) -> LoadedRun:
+             dtype: str | None = None, device_map: Any = None, max_memory: dict | None = None,
+             quantization: str | None = None) -> LoadedRun:
     """A trained run in eval mode: base model + adapter/ (or model/ for full fine-tunes) + tokenizer/.
 
     ``base_source`` replaces the base model location recorded in config.yaml (for example the
     Kaggle dataset path of the same backbone); ``dtype`` replaces model.dtype (for example float16),
-    the family's rules still applied with their fallback (:func:`resolve_dtype`).
+    the family's rules still applied with their fallback (:func:`resolve_dtype`); ``quantization``
+    replaces model.quantization (for example 4bit, for a 16-bit run too big for one GPU).
     ``device_map``/``max_memory``: model-parallel placement (see :func:`load_model`).
     """
     import torch
 
     run_dir = Path(run_dir)
-    overrides = {"model.source": base_source, "model.dtype": dtype}
+    overrides = {"model.source": base_source, "model.dtype": dtype, "model.quantization": quantization}
     cfg = load_run_config(run_dir / "config.yaml", {k: v for k, v in overrides.items() if v})
     device = torch.device(device)
     full = run_dir / "model"
