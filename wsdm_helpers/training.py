@@ -380,7 +380,8 @@ def _reset_peak_memory() -> None:
 
 
 def _throughput(trainer) -> dict[str, Any]:
-    """Training speed (real tokens per second of optimizer steps, all processes) and peak CUDA memory."""
+    """Training speed (real tokens per second of optimizer steps, all processes) and peak CUDA memory
+    (allocated, and reserved: what the allocator holds, which is what runs out)."""
     import torch
 
     timer = trainer.step_timer
@@ -390,6 +391,7 @@ def _throughput(trainer) -> dict[str, Any]:
         "train_step_seconds": round(timer.seconds, 2), "train_tokens": tokens,
         "train_tokens_per_s": round(tokens / timer.seconds, 1) if timer.seconds else None,
         "peak_cuda_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None,
+        "peak_cuda_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3) if torch.cuda.is_available() else None,
     }
 
 
