@@ -289,7 +289,8 @@ def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--work-dir", default="", help="folder for resumable chunks (default .wsdm-chunks "
                          "beside --out)")
     predict.add_argument("--set", action="append", default=[], metavar="inference.KEY=VALUE",
-                         help="override every LLM run's inference settings, e.g. inference.tta=selective")
+                         help="override every LLM run's inference settings, e.g. inference.tta=selective, "
+                         "model.dtype=auto or model.quantization=4bit")
     add_field_argument(predict, "--on-failure", PipelineConfig, "on_failure")
     add_field_argument(predict, "--max-fallback-share", PipelineConfig, "max_fallback_share", type=float)
     predict.set_defaults(handler=_predict)
@@ -327,12 +328,12 @@ def _inference_overrides(items: list[str]) -> dict:
     """``--set inference.KEY=VALUE`` strings as typed values (YAML scalars), keyed by field name."""
     values = {}
     for key, value in parse_sets(items).items():
-        if key == "model.dtype":  # the run's compute dtype, replaced for prediction (inference.dtype)
-            key = "inference.dtype"
+        if key in ("model.dtype", "model.quantization"):  # the run's, replaced for prediction (inference.*)
+            key = "inference." + key.partition(".")[2]
         section, _, name = key.partition(".")
         if section != "inference" or not name or "." in name:
-            raise ConfigError(f"--set {key}: wsdm predict only takes inference.* overrides and model.dtype (the "
-                              "model and format are fixed by the run folder)")
+            raise ConfigError(f"--set {key}: wsdm predict only takes inference.* overrides, model.dtype and "
+                              "model.quantization (the model and format are fixed by the run folder)")
         values[name] = value
     return values
 

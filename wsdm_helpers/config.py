@@ -277,6 +277,7 @@ NumLabels = Literal[2, 3]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 InferenceDtype = Literal["run", "auto", "float32", "bfloat16", "float16"]  # run: the run's own model.dtype
 Quantization = Literal["none", "4bit", "8bit"]
+InferenceQuantization = Literal["run", "none", "4bit", "8bit"]  # run: the run's own model.quantization
 Attention = Literal["auto", "eager", "sdpa", "flash_attention_2"]
 # transformers schedules that need no extra arguments (reduce_lr_on_plateau, *_min_lr and
 # warmup_stable_decay need more than the Trainer is given here)
@@ -565,6 +566,10 @@ class InferenceConfig(Section):
     dtype: InferenceDtype = option("run", help="compute dtype for prediction: run (the run's model.dtype), auto, float32, "
                         "bfloat16 or float16; the family's rules apply (Gemma 3 asked for float16 on a T4 gets "
                         "float32, logged); `wsdm predict --set model.dtype=X` sets it")
+    quantization: InferenceQuantization = option(
+        "run", help="weights for prediction: run (the run's model.quantization), none, 4bit (NF4) or 8bit (LLM.int8; "
+        "both CUDA with bitsandbytes); for a 16-bit run too big for one GPU, 4bit or model_parallel=true; "
+        "`wsdm predict --set model.quantization=X` sets it")
 
     def check(self) -> list[str]:
         problems = [f"devices: {d!r} is not a device name; use cpu, cuda or cuda:N" for d in self.devices

@@ -296,6 +296,7 @@ def training_arguments(cfg: RunConfig, checkpoint_dir: Path, batch_size: int, ac
         greater_is_better=t.best_metric in HIGHER_IS_BETTER if eval_every else None,
         max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps, logging_first_step=True, seed=t.seed, data_seed=t.seed,
+        logging_nan_inf_filter=False,  # a NaN loss stops training (trainer.check_step_numerics), not averaged away
         fp16=cuda and dtype_name == "float16", bf16=dtype_name == "bfloat16",
         use_cpu=not cuda, report_to="none", remove_unused_columns=False,
         label_names=["labels", "row_index"], ddp_find_unused_parameters=False,
@@ -450,7 +451,8 @@ def _reset_peak_memory() -> None:
 
 
 def _throughput(trainer) -> dict[str, Any]:
-    """Training speed (real tokens per second of optimizer steps, all processes) and peak CUDA memory."""
+    """Training speed (real tokens per second of optimizer steps, all processes) and peak CUDA memory
+    (allocated, and reserved: what the allocator holds, which is what runs out)."""
     import torch
 
     timer = trainer.step_timer
@@ -460,6 +462,7 @@ def _throughput(trainer) -> dict[str, Any]:
         "train_step_seconds": round(timer.seconds, 2), "train_tokens": tokens,
         "train_tokens_per_s": round(tokens / timer.seconds, 1) if timer.seconds else None,
         "peak_cuda_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None,
+        "peak_cuda_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3) if torch.cuda.is_available() else None,
     }
 
 
@@ -562,7 +565,8 @@ def _stopped_by_time_limit(run_dir: Path, checkpoint_dir: Path, cfg: RunConfig, 
 
 
 def _fit(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, callbacks, resume_from):
-    """Trainer.train with CUDA-OOM back-off: halve the batch, keep the effective batch, resume."""
+    """Trainer.train with CUDA-OOM back-off: halve the batch, keep the effective batch, resume (one process
+    only; with several, an out-of-memory error ends the run with the settings to rerun with)."""
     import torch
 
     batch, accumulation = cfg.train.per_device_batch_size, cfg.train.gradient_accumulation
@@ -579,8 +583,10 @@ def _fit(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, callbacks,
             if cfg.train.max_steps != 0:  # 0: the probe alone (config checks allow it only with probe_head)
                 trainer.train(resume_from_checkpoint=resume_from)
             return trainer, retries
-        except torch.cuda.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError as exc:
             step = trainer.state.global_step
+            if trainer.args.world_size > 1:
+                raise _oom_in_several_processes(trainer.args, step, batch, accumulation) from exc
             if batch <= 1:
                 raise
             batch, accumulation = halve_batch(batch, accumulation)
@@ -590,6 +596,20 @@ def _fit(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, callbacks,
             del trainer
             _free_accelerator_memory()
             resume_from = last_checkpoint(checkpoint_dir)  # this run's own checkpoints from here on
+
+
+def _oom_in_several_processes(args, step: int, batch: int, accumulation: int) -> ConfigError:
+    """No back-off with several processes: the others wait in an all-reduce the rebuilt trainer never joins
+    (a hang until the collective's timeout); this process ends instead, and the launcher ends the others."""
+    if batch > 1:
+        half, more = halve_batch(batch, accumulation)
+        fix = (f"rerun with --set train.per_device_batch_size={half} train.gradient_accumulation={more} "
+               "(the same effective batch)")
+    else:
+        fix = "use model.quantization=4bit, a shorter format.max_length, or a larger GPU"
+    return ConfigError(f"CUDA out of memory at step {step} in process {args.process_index} of {args.world_size}: "
+                       "with several processes the batch is not halved and training resumed here (the other "
+                       f"processes wait in their all-reduce and would hang); {fix}. The checkpoints so far are kept")
 
 
 def _make_trainer(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, callbacks,
