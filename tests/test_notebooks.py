@@ -208,3 +208,18 @@ def test_encoder_notebook_ensemble_weights_and_blended_submission(demo, deberta_
                          out_root=tmp_path)
     _check_submission(infer.out_dir / "submission.csv", out / "data" / "test.parquet")
     assert not (infer.out_dir / "scores.json").exists()  # no labels given, nothing scored
+
+
+@pytest.mark.parametrize("gpus, says", [
+    ([], ["no GPU (CPU only)", "cpu-demo-gemma3-270m"]),
+    ([("Tesla T4", 14.7, 7)], ["Tesla T4 (14.7 GiB)", "fp16 (no real bf16", "gemma2-9b-qlora-t4", "deberta-v3-large"]),
+    ([("Tesla T4", 14.7, 7)] * 2, ["2 GPU", "gemma2-9b-2xt4"]),
+    ([("NVIDIA A100-SXM4-40GB", 39.4, 8)], ["bf16;", "qwen2.5-14b-qlora"]),
+])
+def test_runtime_summary_names_the_gpus_their_precision_and_the_presets_that_fit(gpus, says):
+    from wsdm_helpers.notebook import runtime_summary
+
+    text = runtime_summary(gpus, place="colab")
+    assert text.startswith("runtime: colab") and all(s in text for s in says)
+    if len(gpus) == 1 and gpus[0][1] < 20:
+        assert "gemma2-9b-2xt4" not in text.split("presets that fit:")[1] and "qwen2.5" not in text

@@ -264,3 +264,36 @@ def compare_scores(oofs: list[Any], blended: Any, run_dirs: list[str], weights: 
     atomic_write_json(Path(out_dir) / "weights.json", {"run_dirs": list(map(str, run_dirs)),
                                                        "weights": [float(w) for w in weights], "space": space})
     return table
+
+
+# The hardware each GPU preset is written for, from the presets' own comments: (GPUs, GiB each).
+# A T4 shows 14.7 GiB to torch.
+PRESET_HARDWARE = {"gemma2-9b-qlora-t4": (1, 14), "gemma2-9b-2xt4": (2, 14), "deberta-v3-large": (1, 14),
+                   "qwen2.5-14b-qlora": (1, 22)}
+CPU_PRESETS = ("cpu-demo-gemma3-270m", "cpu-real-gemma3-270m")
+
+
+def _visible_gpus() -> list[tuple[str, float, int]]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    props = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
+    return [(p.name, p.total_memory / 2**30, p.major) for p in props]
+
+
+def runtime_summary(gpus: list[tuple[str, float, int]] | None = None, place: str | None = None) -> str:
+    """Where the notebook runs, its GPUs (name, memory, fp16 or bf16: ``(name, GiB, compute major)``) and
+    the presets that fit them."""
+    from .kaggle import environment
+
+    gpus = _visible_gpus() if gpus is None else gpus
+    place = place or environment()
+    if not gpus:
+        return f"runtime: {place}, no GPU (CPU only); presets that fit: {', '.join(CPU_PRESETS)}"
+    smallest = min(memory for _, memory, _ in gpus)
+    dtype = "bf16" if all(major >= 8 for *_, major in gpus) else "fp16 (no real bf16 before Ampere)"
+    fits = [name for name, (count, memory) in PRESET_HARDWARE.items() if len(gpus) >= count and smallest >= memory]
+    listed = ", ".join(f"{name} ({memory:.1f} GiB)" for name, memory, _ in gpus)
+    return (f"runtime: {place}, {len(gpus)} GPU: {listed}; {dtype}; presets that fit: "
+            f"{', '.join(fits) if fits else 'none of the GPU presets'} (and the CPU ones: {', '.join(CPU_PRESETS)})")
