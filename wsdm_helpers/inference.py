@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from .modeling import LoadedRun
+    from .tokenization import EncodedPairs
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,8 @@ class Worker:
             bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))
             if len(bad):
                 probs[bad] = self.redo_in_float32([rows[i] for i in bad], probs.shape[1])
+            if stop is not None:
+                stop.after_batch()
             out[batch] = probs
             if on_rows:
                 on_rows(len(batch))
@@ -324,29 +327,44 @@ def _float32_weights(model: Any, dtype: Any):
 
 
 class StopRule:
-    """Whether the next batch still ends before ``stop_at`` on ``clock``, at the pilot's throughput.
+    """Whether the next batch still ends before ``stop_at`` on ``clock``, at the pilot's throughput or the
+    last batch's, whichever was slower (a machine that slows down after the pilot does not make the
+    last batch end late).
 
     Shared by the worker threads of a run: once one of them stops, they all do.
     """
 
     def __init__(self, clock: Clock, stop_at: float, tokens_per_second: float, n_workers: int):
         self.clock, self.stop_at = clock, stop_at
-        self.seconds_per_token = n_workers / max(tokens_per_second, 1e-9)
+        self.pilot_seconds_per_token = n_workers / max(tokens_per_second, 1e-9)  # per worker
+        self.seconds_per_token = self.pilot_seconds_per_token
         self.hit = False
         self.unreached = 0  # rows left unscored because of the limit
         self._lock = threading.Lock()
+        self._batches: dict[int, tuple[float, int]] = {}  # thread -> (start, padded tokens) of its batch under way
 
     def skipped(self, rows: int) -> None:
         with self._lock:
             self.unreached += rows
 
     def before_batch(self, padded_tokens: int) -> bool:
-        """True (and from then on always) when a batch of ``padded_tokens`` would end past the limit."""
-        if not self.hit and self.clock.now() + padded_tokens * self.seconds_per_token > self.stop_at:
-            self.hit = True
-            log.warning("time limit: %.0fs left, not enough for the next batch; the run stops here",
-                        self.stop_at - self.clock.now())
-        return self.hit
+        """True (and from then on always) when a batch of ``padded_tokens`` would end past the limit; else
+        the batch starts now (call :meth:`after_batch` when it ends)."""
+        now = self.clock.now()
+        with self._lock:
+            if not self.hit and now + padded_tokens * self.seconds_per_token > self.stop_at:
+                self.hit = True
+                log.warning("time limit: %.0fs left, not enough for the next batch; the run stops here",
+                            self.stop_at - now)
+            if not self.hit:
+                self._batches[threading.get_ident()] = (now, padded_tokens)
+            return self.hit
+
+    def after_batch(self) -> None:
+        """The calling thread's batch ended: its rate, if slower than the pilot's, is the one the next batch expects."""
+        with self._lock:
+            started, tokens = self._batches.pop(threading.get_ident())
+            self.seconds_per_token = max(self.pilot_seconds_per_token, (self.clock.now() - started) / max(tokens, 1))
 
 
 def resolve_devices(devices: Sequence[str]) -> list[str]:
@@ -599,15 +617,21 @@ class _Job:
     def elapsed(self) -> float:
         return self.clock.now() - self.start
 
-    def encode(self, frame: pd.DataFrame, max_length: int):
-        from .tokenization import encode_pairs
+    def encode(self, frame: pd.DataFrame, max_length: int, limit: float | None = None) -> EncodedPairs | None:
+        """The pairs encoded at ``max_length``; None when the clock passes ``limit`` first (it is read
+        between slices of ENCODE_ROWS rows: a run out of time does not tokenize a whole test set first)."""
+        from .tokenization import EncodedPairs, encode_pairs
 
         fmt = dataclasses.replace(self.run.config.format, max_length=max_length)
         template = fmt.template if fmt.template != "auto" else self.run.family.template
         started = self.clock.now()
-        encoded = encode_pairs(frame, self.run.tokenizer, fmt, template)
+        parts = []
+        for start in range(0, len(frame), ENCODE_ROWS):
+            if limit is not None and self.clock.now() >= limit:
+                break
+            parts.append(encode_pairs(frame.iloc[start:start + ENCODE_ROWS], self.run.tokenizer, fmt, template))
         self.report.tokenize_seconds += self.clock.now() - started
-        return encoded
+        return EncodedPairs.concat(parts) if sum(len(p) for p in parts) == len(frame) else None
 
     def run_pass(self, pass_name: str, encoded) -> pd.DataFrame:
         """Chunks along the length-sorted order (longest first; ties by id, so input order does not matter).
@@ -710,6 +734,7 @@ def _check_frame(frame: pd.DataFrame) -> list[str]:
 
 
 EXTENSION_MARGIN = 0.05  # slack on a pilot-based prediction before the per-batch stop ends a run
+ENCODE_ROWS = 4096  # rows tokenized between two looks at the clock
 
 # Settings that do not change what a run predicts, so a saved chunk or plan stays valid across them.
 _RESULT_NEUTRAL = ("work_dir", "progress_bar")
@@ -760,7 +785,9 @@ def run_prediction(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cf
     job = _Job(runs, cfg, store, progress, clock, started)
     job.report.load_seconds = job.elapsed()
     max_length = runs[0].config.format.max_length
-    encoded = job.encode(frame, max_length)
+    encoded = job.encode(frame, max_length, stop_at if latest is None or stop_at is None else max(stop_at, latest))
+    if encoded is None:
+        return _out_of_time(job, order, max_length)
     if stop_at is not None:
         job.report.plan = job.plan(encoded, max_length, len(frame), stop_at)
         plan = job.report.plan
@@ -770,9 +797,11 @@ def run_prediction(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cf
                      "for %.0fs", plan.predicted_seconds, plan.max_length, stop_at - clock.now())
         job.stop = StopRule(clock, stop_at, plan.tokens_per_second, len(job.workers))
         job.report.planned_seconds = job.elapsed() + job.report.plan.predicted_seconds
-        if job.report.plan.max_length != max_length:
-            max_length = job.report.plan.max_length
-            encoded = job.encode(frame, max_length)
+        shorter = None
+        if plan.max_length != max_length and clock.now() + job.report.tokenize_seconds < stop_at:
+            shorter = job.encode(frame, plan.max_length, stop_at)  # no time to tokenize again: keep the longer
+        if shorter is not None:
+            max_length, encoded = plan.max_length, shorter
     job.report.max_length = max_length
     ab_started = job.elapsed()
     preds = job.run_pass("ab", encoded)
@@ -785,6 +814,17 @@ def run_prediction(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cf
     job.report.actual_seconds = job.elapsed()
     log.info("inference report:\n%s", job.report.to_text())
     return PredictionResult(preds.set_index("id").loc[order].reset_index(), job.report)
+
+
+def _out_of_time(job: _Job, order: list[str], max_length: int) -> PredictionResult:
+    """Every row NaN: the time was up before the rows were tokenized."""
+    import numpy as np
+
+    log.warning("time limit: the time was up before the %d rows were tokenized; the run predicts none of them",
+                len(order))
+    job.report.rows, job.report.max_length, job.report.stopped = len(order), max_length, True
+    job.report.actual_seconds = job.elapsed()
+    return PredictionResult(_frame(order, np.full((len(order), job.workers[0].num_classes), np.nan)), job.report)
 
 
 def _finite(preds: pd.DataFrame) -> np.ndarray:
@@ -804,7 +844,10 @@ def _swap_pass(job: _Job, frame: pd.DataFrame, preds: pd.DataFrame, max_length: 
     if not swap_ids:
         return preds
     subset = frame[frame["id"].astype(str).isin(set(swap_ids))]
-    swapped = job.run_pass("ba", job.encode(swap_pairs(subset), max_length))
+    encoded = job.encode(swap_pairs(subset), max_length, job.stop.stop_at if job.stop else None)
+    if encoded is None:
+        return preds
+    swapped = job.run_pass("ba", encoded)
     swapped = swapped[_finite(swapped)]
     job.report.swapped_rows = len(swapped)
     if not len(swapped):

@@ -57,7 +57,8 @@ class PipelineConfig(Section):
                                                "counted from the start (Kaggle: 720 for WSDM, 540 for LMSYS); "
                                                "null = no limit")
     safety_minutes: float = option(5.0, help="minutes of the budget kept free for surprises")
-    finish_seconds: float = option(2.0, help="seconds kept after the last run for blending and writing")
+    finish_seconds: float = option(2.0, help="seconds kept after the last run for blending and writing (more when "
+                                   "a dry run on the test rows shows this machine needs more)")
     tie_share: float = option(0.3, help="LMSYS test: P(tie) given to a 2-class model's rows (LMSYS train "
                                         "has about 31% ties)")
     resume: bool | None = option(None, help="save each run's finished chunks and reuse them when rerun with the "
@@ -274,11 +275,12 @@ def _run_all(members: list[Member], frame: pd.DataFrame, configs: dict[int, Infe
     for m in (m for m in members if m.kind == "llm" and m.weight == 0):
         reports[m.index].status, reports[m.index].note = "skipped", "weight 0"
     load_estimate = 0.0
+    finish = _finish_reserve(frame, settings, deadline) if deadline.limited and llms else 0.0
     for k, m in enumerate(llms):
         report = reports[m.index]
         stop_at = latest = None
         if deadline.limited:
-            left = deadline.left() - settings.finish_seconds
+            left = deadline.left() - finish
             if left <= load_estimate:
                 report.status = "skipped"
                 report.note = f"{max(left, 0):.1f}s left, loading alone took {load_estimate:.1f}s"
@@ -295,8 +297,30 @@ def _run_all(members: list[Member], frame: pd.DataFrame, configs: dict[int, Infe
             log.exception("submission: run %s failed; its rows are filled from the other runs", m.path)
             report.status, report.note = "failed", f"{type(exc).__name__}: {exc}"[:200]
         load_estimate = max(load_estimate, report.load_seconds)
-        _free_memory()
+        if k < len(llms) - 1:  # after the last run, freeing would only delay the submission
+            _free_memory()
     return preds
+
+
+FINISH_DRY_RUN_FACTOR = 3  # the finish (blend, fills, validate, write) against the dry run's validate + serialise
+
+
+def _finish_reserve(frame: pd.DataFrame, settings: PipelineConfig, deadline: Deadline) -> float:
+    """Seconds kept after the last run: ``finish_seconds``, or FINISH_DRY_RUN_FACTOR times a dry run of
+    the finish on these rows (a uniform submission validated and serialised, not written) when this
+    machine needs more for them (a large test set on a slow or busy machine)."""
+    import io
+
+    from .submission import build_submission
+
+    started = deadline.clock.now()
+    uniform = _empty(frame["id"].astype(str).tolist(), "wsdm").fillna(0.5)
+    build_submission(uniform, frame, "wsdm").to_csv(io.StringIO(), index=False)
+    needed = FINISH_DRY_RUN_FACTOR * (deadline.clock.now() - started)
+    if needed > settings.finish_seconds:
+        log.info("submission: keeping %.1fs for the finish (finish_seconds=%.1f is less than this machine needs "
+                 "for %d rows)", needed, settings.finish_seconds, len(frame))
+    return max(needed, settings.finish_seconds)
 
 
 def _combine(members: list[Member], preds: dict[int, pd.DataFrame], ids: list[str], task: str,
