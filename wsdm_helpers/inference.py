@@ -618,18 +618,20 @@ class _Job:
         return self.clock.now() - self.start
 
     def encode(self, frame: pd.DataFrame, max_length: int, limit: float | None = None) -> EncodedPairs | None:
-        """The pairs encoded at ``max_length``; None when the clock passes ``limit`` first (it is read
-        between slices of ENCODE_ROWS rows: a run out of time does not tokenize a whole test set first)."""
+        """The pairs encoded at ``max_length``; None when the next slice of ENCODE_ROWS rows would end past
+        ``limit`` at the last slice's pace (a run out of time does not tokenize a whole test set first)."""
         from .tokenization import EncodedPairs, encode_pairs
 
         fmt = dataclasses.replace(self.run.config.format, max_length=max_length)
         template = fmt.template if fmt.template != "auto" else self.run.family.template
         started = self.clock.now()
-        parts = []
+        parts, pace = [], 0.0
         for start in range(0, len(frame), ENCODE_ROWS):
-            if limit is not None and self.clock.now() >= limit:
+            before = self.clock.now()
+            if limit is not None and before + pace > limit:
                 break
             parts.append(encode_pairs(frame.iloc[start:start + ENCODE_ROWS], self.run.tokenizer, fmt, template))
+            pace = self.clock.now() - before
         self.report.tokenize_seconds += self.clock.now() - started
         return EncodedPairs.concat(parts) if sum(len(p) for p in parts) == len(frame) else None
 
@@ -734,7 +736,7 @@ def _check_frame(frame: pd.DataFrame) -> list[str]:
 
 
 EXTENSION_MARGIN = 0.05  # slack on a pilot-based prediction before the per-batch stop ends a run
-ENCODE_ROWS = 4096  # rows tokenized between two looks at the clock
+ENCODE_ROWS = 1024  # rows tokenized between two looks at the clock
 
 # Settings that do not change what a run predicts, so a saved chunk or plan stays valid across them.
 _RESULT_NEUTRAL = ("work_dir", "progress_bar")
