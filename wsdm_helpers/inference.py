@@ -8,8 +8,9 @@ The flow of :func:`run_prediction`:
 3. with a time limit (``stop_at`` on the caller's clock, or ``time_budget_minutes`` from the start of
    the call, loading included): time a few batches (the pilot), predict the run time and plan
    ``max_length`` and the number of rows the swap pass can afford (TTA is given up before context);
-   before every batch the clock is read again, and a batch that would end past the limit is not
-   started: the rows not reached come back as NaN and the report says how many;
+   before every batch the clock is read again, and a batch that would end past the limit (at the
+   slower of the pilot's rate and the last batch's) is not started: the rows not reached come back
+   as NaN and the report says how many; tokenizing reads the clock too, between slices of rows;
 4. the AB pass: rows sorted by length (longest first, so an out-of-memory shows up at once), cut into
    chunks of ``chunk_rows``; each chunk's rows are dealt to the devices so that each gets the same
    share of tokens, batched within a token budget with the cut points that minimise padding
@@ -787,7 +788,8 @@ def run_prediction(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cf
     job = _Job(runs, cfg, store, progress, clock, started)
     job.report.load_seconds = job.elapsed()
     max_length = runs[0].config.format.max_length
-    encoded = job.encode(frame, max_length, stop_at if latest is None or stop_at is None else max(stop_at, latest))
+    hard_end = stop_at if latest is None or stop_at is None else max(stop_at, latest)  # until the plan says
+    encoded = job.encode(frame, max_length, hard_end)
     if encoded is None:
         return _out_of_time(job, order, max_length)
     if stop_at is not None:
@@ -801,7 +803,7 @@ def run_prediction(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cf
         job.report.planned_seconds = job.elapsed() + job.report.plan.predicted_seconds
         shorter = None
         if plan.max_length != max_length and clock.now() + job.report.tokenize_seconds < stop_at:
-            shorter = job.encode(frame, plan.max_length, stop_at)  # no time to tokenize again: keep the longer
+            shorter = job.encode(frame, plan.max_length, stop_at)  # None: no time to tokenize again, keep the longer
         if shorter is not None:
             max_length, encoded = plan.max_length, shorter
     job.report.max_length = max_length

@@ -10,11 +10,11 @@ byte-identical files. What it guarantees, in order of importance:
    early leaves its time to the next), plans its context and TTA on a pilot of its own speed
    (TTA is given up first, context second), and stops before a batch that would end past its
    share at the slower of the pilot's rate and the last batch's (it also reads the clock while
-   tokenizing, so a run out of time stops there). The finish keeps ``finish_seconds``, or more
-   when a dry run on the test rows shows this machine needs more. A run that does not fit its share even at its shortest context may take what it needs
-   from the time left (one finished run beats several that all miss the same shortest rows), so
-   the runs after it get less, or are stopped, or are skipped when the time left would not even
-   cover the loading time measured so far;
+   tokenizing, so a run out of time stops there). A run that does not fit its share even at its
+   shortest context may take what it needs from the time left (one finished run beats several
+   that all miss the same shortest rows), so the runs after it get less, or are stopped, or are
+   skipped when the time left would not even cover the loading time measured so far. The finish
+   keeps ``finish_seconds``, or more when a dry run on the test rows shows this machine needs more;
 2. never zero: rows a run did not reach, or returned as NaN/inf, are filled from the other runs
    (their weights renormalised per row), then from the feature-baseline runs given with weight 0
    (fallback only), then 0.5 / uniform as the very last resort; every fill is counted per run;
