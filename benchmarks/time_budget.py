@@ -18,8 +18,8 @@ submission is checked against the hidden test's sample_submission.csv (every id,
     python benchmarks/time_budget.py [--quick] [--rows N]
     python benchmarks/time_budget.py --rerun-rows 25000 [--deadline-seconds S]
 
-(default: 600 test rows, U of about 2-3 minutes on 2 shared cores, about 10 minutes in all; --quick:
-48 rows, about a minute; rerun: the deadline (default 120 s) plus about half a minute of setup.)
+(default: 600 test rows, U of 2-5 minutes on 2 busy shared cores, 15-20 minutes in all; --quick: 48
+rows; rerun: the deadline (default 120 s) plus about half a minute of setup.)
 
 Prints the plan-vs-actual table of every submission, then one summary table; the last line is JSON
 with ``max_actual_over_deadline`` (must stay <= 1) and ``min_used_share_when_binding`` (target >= 0.85).
