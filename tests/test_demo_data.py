@@ -81,3 +81,16 @@ def test_write_demo_dataset_exact_wsdm_layout(tmp_path):
     assert report.layout == "wsdm" and report.rows == 300 and len(report.languages) == 9
     test_frame, report = data.read_pairs(paths[1])
     assert (test_frame["label"] == data.UNLABELED).all()
+
+
+def test_hidden_test_has_the_wsdm_test_layout_with_integer_ids(tmp_path):
+    test_path, sample_path = demo_data.write_hidden_test(tmp_path, n_rows=500, seed=3)
+    test, sample = pd.read_parquet(test_path), pd.read_csv(sample_path)
+    assert list(test.columns) == ["id", "prompt", "response_a", "response_b", "scored"] and len(test) == 500
+    assert test["id"].dtype == np.int64 and test["id"].is_unique and not test["id"].is_monotonic_increasing
+    assert test["scored"].dtype == bool and 0 < (~test["scored"]).sum() < 100
+    assert list(sample.columns) == ["id", "winner"] and sample["id"].tolist() == test["id"].tolist()
+    frame, report = data.read_pairs(test_path)
+    assert report.layout == "wsdm" and frame["id"].tolist() == [str(i) for i in test["id"]]
+    with pytest.raises(demo_data.ConfigError, match="n_rows=0"):
+        demo_data.write_hidden_test(tmp_path, n_rows=0)

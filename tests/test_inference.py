@@ -12,10 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
+from wsdm_helpers.clock import ManualClock
 from wsdm_helpers.config import FormatConfig, InferenceConfig, ModelConfig, RunConfig, save_yaml
 from wsdm_helpers.demo_data import make_demo_frame
 from wsdm_helpers.inference import (
     ChunkEvent,
+    StopRule,
     computed_tokens,
     deal_by_tokens,
     plan_budget,
@@ -54,6 +56,21 @@ def test_deal_by_tokens_balances_tokens_not_rows():
     loads = [lengths[p].sum() for p in parts]
     assert loads == [1000, 1000]  # the long row alone on one device, the 100 short rows on the other
     assert all((np.diff(p) > 0).all() for p in parts)  # each part in original row order
+
+
+def test_stop_rule_expects_the_slower_of_the_pilot_and_the_last_batch():
+    clock = ManualClock()
+    stop = StopRule(clock, stop_at=10.0, tokens_per_second=100.0, n_workers=1)  # the pilot: 1 s per 100 tokens
+    for _ in range(2):  # the machine slowed down: each batch of 100 tokens takes 4 s
+        assert not stop.before_batch(100)
+        clock.advance(4.0)
+        stop.after_batch()
+    assert stop.before_batch(100) and stop.hit  # at 8 s, a 4 s batch would end at 12 s (the pilot says 9 s)
+    fast = StopRule(clock, stop_at=clock.now() + 3.0, tokens_per_second=100.0, n_workers=1)
+    assert not fast.before_batch(100)
+    clock.advance(0.5)  # faster than the pilot: the pilot's rate stays the expectation
+    fast.after_batch()
+    assert fast.seconds_per_token == pytest.approx(0.01) and not fast.before_batch(100)
 
 
 def test_plan_budget_keeps_context_and_cuts_tta_first():

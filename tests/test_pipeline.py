@@ -15,9 +15,10 @@ import pytest
 from wsdm_helpers.clock import Deadline, ManualClock
 from wsdm_helpers.config import FormatConfig, InferenceConfig, ModelConfig, RunConfig, save_yaml
 from wsdm_helpers.data import read_pairs
-from wsdm_helpers.demo_data import write_demo_dataset
+from wsdm_helpers.demo_data import write_demo_dataset, write_hidden_test
 from wsdm_helpers.errors import ConfigError, SubmissionError
 from wsdm_helpers.pipeline import REPORT_FILE, submit
+from wsdm_helpers.submission import check_against_sample
 from wsdm_helpers.tiny import build_tiny_model, pair_texts, train_tokenizer
 
 RATE = 2000.0  # simulated padded tokens per second
@@ -143,6 +144,51 @@ def test_a_run_that_loads_but_cannot_finish_a_batch_is_filled_by_the_baseline(ru
     llm = result.report.runs[0]
     assert llm.status == "stopped" and llm.rows_predicted < N_TEST
     assert result.report.rows_from_fallback == N_TEST - llm.rows_predicted
+    assert len(_submission(tmp_path / "submission.csv")) == N_TEST
+
+
+HIDDEN_ROWS = 25_000  # the size of the WSDM hidden test
+
+
+def test_a_25k_row_rerun_under_a_binding_deadline_writes_a_valid_submission_before_it(runs, clock, tmp_path,
+                                                                                       monkeypatch):
+    """The competition rerun: the hidden test in the WSDM layout (integer ids, ``scored``), a deadline about a
+    tenth of what the run needs unconstrained; the run stops, the baseline fills, Kaggle's checks pass."""
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
+    test, sample = write_hidden_test(tmp_path / "input", n_rows=HIDDEN_ROWS, seed=2)
+    seconds = 150.0  # simulated; the AB pass alone needs about 1500 s at RATE
+    deadline = _deadline(clock, seconds)
+    result = submit([runs["two0"], runs["baseline"]], test, tmp_path / "submission.csv", weights=[1, 0],
+                    overrides={**CPU, "tta": "swap"}, deadline=deadline)
+    llm, report = result.report.runs[0], result.report
+    assert clock.now() <= deadline.end and report.elapsed_seconds <= seconds
+    assert report.elapsed_seconds >= 0.85 * seconds  # the deadline is used, not left idle
+    assert llm.status == "stopped" and 0 < llm.rows_predicted < HIDDEN_ROWS / 5 and llm.swapped_rows == 0
+    assert report.rows_from_fallback == HIDDEN_ROWS - llm.rows_predicted and report.rows_uniform == 0
+    checked = check_against_sample(tmp_path / "submission.csv", sample)
+    assert len(checked) == HIDDEN_ROWS and set(checked["winner"]) == {"model_a", "model_b"}
+
+
+def test_a_run_out_of_time_while_tokenizing_stops_there(runs, data, clock, tmp_path, monkeypatch):
+    """Tokenizing reads the clock between slices of rows: a run whose time is up stops tokenizing, skips the
+    pilot and predicts nothing; the baseline fills every row."""
+    from wsdm_helpers import inference, tokenization
+
+    encode, slices = tokenization.encode_pairs, []
+
+    def timed_encode(frame, *args, **kwargs):
+        slices.append(len(frame))
+        clock.advance(0.01 * len(frame))  # simulated: 10 ms per row
+        return encode(frame, *args, **kwargs)
+
+    monkeypatch.setattr(tokenization, "encode_pairs", timed_encode)
+    monkeypatch.setattr(inference, "ENCODE_ROWS", 10)
+    monkeypatch.setattr(inference.Worker, "_forward", lambda *a, **k: pytest.fail("no time was left for a batch"))
+    result = submit([runs["two0"], runs["baseline"]], data["wsdm_test"], tmp_path / "submission.csv", weights=[1, 0],
+                    overrides=CPU, settings={"finish_seconds": 0.0}, deadline=_deadline(clock, LOAD + 0.25))
+    llm = result.report.runs[0]
+    assert slices == [10, 10] and clock.now() == pytest.approx(LOAD + 0.2)  # a third would end at LOAD + 0.3
+    assert llm.status == "stopped" and llm.rows_predicted == 0 and result.report.rows_from_fallback == N_TEST
     assert len(_submission(tmp_path / "submission.csv")) == N_TEST
 
 

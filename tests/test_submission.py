@@ -8,6 +8,7 @@ import pytest
 from wsdm_helpers.errors import SubmissionError
 from wsdm_helpers.submission import (
     build_submission,
+    check_against_sample,
     read_predictions,
     write_predictions,
     write_submission,
@@ -100,3 +101,23 @@ def test_predictions_round_trip(tmp_path, suffix):
 def test_read_predictions_missing_file(tmp_path):
     with pytest.raises(SubmissionError, match="does not exist"):
         read_predictions(tmp_path / "nope.parquet")
+
+
+def test_check_against_sample_names_every_problem(tmp_path):
+    sample = tmp_path / "sample_submission.csv"
+    pd.DataFrame({"id": [11, 12, 13], "winner": "model_a"}).to_csv(sample, index=False)
+    pd.DataFrame({"id": [11, 11, 14], "winner": ["model_a", "tie", "model_b"]}).to_csv(tmp_path / "s.csv", index=False)
+    with pytest.raises(SubmissionError) as err:
+        check_against_sample(tmp_path / "s.csv", sample)
+    for part in ("1 duplicated id(s): 11", "2 ids of the sample missing: 12, 13", "1 ids not in the sample: 14",
+                 "winner is not model_a or model_b for 1 id(s): 11"):
+        assert part in str(err.value)
+    pd.DataFrame({"id": [13, 12, 11], "winner": "model_b"}).to_csv(tmp_path / "ok.csv", index=False)
+    assert check_against_sample(tmp_path / "ok.csv", sample)["id"].tolist() == ["13", "12", "11"]
+    lmsys = tmp_path / "lmsys_sample.csv"
+    pd.DataFrame({"id": [1, 2], "winner_model_a": 1 / 3, "winner_model_b": 1 / 3, "winner_tie": 1 / 3}).to_csv(
+        lmsys, index=False)
+    pd.DataFrame({"id": [1, 2], "winner_model_a": [0.5, 0.9], "winner_model_b": 0.3, "winner_tie": 0.2}).to_csv(
+        tmp_path / "l.csv", index=False)
+    with pytest.raises(SubmissionError, match="rows do not sum to 1 for 1 id"):
+        check_against_sample(tmp_path / "l.csv", lmsys)

@@ -212,7 +212,7 @@ def write_demo_dataset(out_dir: str | Path, n_train: int = 2000, n_test: int = 4
     test_labels.parquet (id, winner, language) is not part of the competition layout; it lets the
     demo score its test predictions.
     """
-    from .io import atomic_write_csv, atomic_write_parquet
+    from .io import atomic_write_parquet
 
     bad = [f"{name}={n}" for name, n in (("n_train", n_train), ("n_test", n_test)) if n < 1]
     if bad:
@@ -220,9 +220,35 @@ def write_demo_dataset(out_dir: str | Path, n_train: int = 2000, n_test: int = 4
     out = Path(out_dir)
     full = to_wsdm_train(make_demo_frame(n_train + n_test, seed))
     train, test = full.iloc[:n_train].reset_index(drop=True), full.iloc[n_train:].reset_index(drop=True)
-    test_public = test[["id", "prompt", "response_a", "response_b"]].assign(scored=True)
-    submission = pd.DataFrame({"id": test["id"], "winner": "model_a"})
     return [atomic_write_parquet(train, out / "train.parquet"),
-            atomic_write_parquet(test_public, out / "test.parquet"),
-            atomic_write_csv(submission, out / "sample_submission.csv"),
+            *_write_wsdm_test(test.assign(scored=True), out),
             atomic_write_parquet(test[["id", "winner", "language"]], out / "test_labels.parquet")]
+
+
+def _write_wsdm_test(test: pd.DataFrame, out: Path) -> list[Path]:
+    """test.parquet (id, prompt, response_a, response_b, scored) and sample_submission.csv (id, winner)."""
+    from .io import atomic_write_csv, atomic_write_parquet
+
+    submission = pd.DataFrame({"id": test["id"], "winner": "model_a"})
+    return [atomic_write_parquet(test[["id", "prompt", "response_a", "response_b", "scored"]], out / "test.parquet"),
+            atomic_write_csv(submission, out / "sample_submission.csv")]
+
+
+HIDDEN_UNSCORED_SHARE = 0.1  # rows with scored=False (Kaggle does not publish the real share)
+
+
+def write_hidden_test(out_dir: str | Path, n_rows: int = 25_000, seed: int = 1) -> list[Path]:
+    """test.parquet and sample_submission.csv of a hidden test in the WSDM layout: what the competition
+    rerun reads instead of the public test rows.
+
+    Ids are distinct shuffled integers (an int64 column, as in the WSDM test file, so a join by
+    position or an id read as a float shows up); ``scored`` is False on about
+    ``HIDDEN_UNSCORED_SHARE`` of the rows, which still need a prediction. No labels are written.
+    """
+    if n_rows < 1:
+        raise ConfigError(f"n_rows={n_rows}: a hidden test needs at least 1 row")
+    rng = np.random.default_rng(seed)
+    test = to_wsdm_train(make_demo_frame(n_rows, seed))
+    test["id"] = rng.choice(np.arange(10_000, 10_000 + 40 * n_rows, dtype=np.int64), size=n_rows, replace=False)
+    test["scored"] = rng.random(n_rows) >= HIDDEN_UNSCORED_SHARE
+    return _write_wsdm_test(test, Path(out_dir))

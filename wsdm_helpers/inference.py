@@ -8,8 +8,9 @@ The flow of :func:`run_prediction`:
 3. with a time limit (``stop_at`` on the caller's clock, or ``time_budget_minutes`` from the start of
    the call, loading included): time a few batches (the pilot), predict the run time and plan
    ``max_length`` and the number of rows the swap pass can afford (TTA is given up before context);
-   before every batch the clock is read again, and a batch that would end past the limit is not
-   started: the rows not reached come back as NaN and the report says how many;
+   before every batch the clock is read again, and a batch that would end past the limit (at the
+   slower of the pilot's rate and the last batch's) is not started: the rows not reached come back
+   as NaN and the report says how many; tokenizing reads the clock too, between slices of rows;
 4. the AB pass: rows sorted by length (longest first, so an out-of-memory shows up at once), cut into
    chunks of ``chunk_rows``; each chunk's rows are dealt to the devices so that each gets the same
    share of tokens, batched within a token budget with the cut points that minimise padding
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from .modeling import LoadedRun
+    from .tokenization import EncodedPairs
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +227,8 @@ class Worker:
             bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))
             if len(bad):
                 probs[bad] = self.redo_in_float32([rows[i] for i in bad], probs.shape[1])
+            if stop is not None:
+                stop.after_batch()
             out[batch] = probs
             if on_rows:
                 on_rows(len(batch))
@@ -327,29 +331,44 @@ def _float32_weights(model: Any, dtype: Any):
 
 
 class StopRule:
-    """Whether the next batch still ends before ``stop_at`` on ``clock``, at the pilot's throughput.
+    """Whether the next batch still ends before ``stop_at`` on ``clock``, at the pilot's throughput or the
+    last batch's, whichever was slower (a machine that slows down after the pilot does not make the
+    last batch end late).
 
     Shared by the worker threads of a run: once one of them stops, they all do.
     """
 
     def __init__(self, clock: Clock, stop_at: float, tokens_per_second: float, n_workers: int):
         self.clock, self.stop_at = clock, stop_at
-        self.seconds_per_token = n_workers / max(tokens_per_second, 1e-9)
+        self.pilot_seconds_per_token = n_workers / max(tokens_per_second, 1e-9)  # per worker
+        self.seconds_per_token = self.pilot_seconds_per_token
         self.hit = False
         self.unreached = 0  # rows left unscored because of the limit
         self._lock = threading.Lock()
+        self._batches: dict[int, tuple[float, int]] = {}  # thread -> (start, padded tokens) of its batch under way
 
     def skipped(self, rows: int) -> None:
         with self._lock:
             self.unreached += rows
 
     def before_batch(self, padded_tokens: int) -> bool:
-        """True (and from then on always) when a batch of ``padded_tokens`` would end past the limit."""
-        if not self.hit and self.clock.now() + padded_tokens * self.seconds_per_token > self.stop_at:
-            self.hit = True
-            log.warning("time limit: %.0fs left, not enough for the next batch; the run stops here",
-                        self.stop_at - self.clock.now())
-        return self.hit
+        """True (and from then on always) when a batch of ``padded_tokens`` would end past the limit; else
+        the batch starts now (call :meth:`after_batch` when it ends)."""
+        now = self.clock.now()
+        with self._lock:
+            if not self.hit and now + padded_tokens * self.seconds_per_token > self.stop_at:
+                self.hit = True
+                log.warning("time limit: %.0fs left, not enough for the next batch; the run stops here",
+                            self.stop_at - now)
+            if not self.hit:
+                self._batches[threading.get_ident()] = (now, padded_tokens)
+            return self.hit
+
+    def after_batch(self) -> None:
+        """The calling thread's batch ended: its rate, if slower than the pilot's, is the one the next batch expects."""
+        with self._lock:
+            started, tokens = self._batches.pop(threading.get_ident())
+            self.seconds_per_token = max(self.pilot_seconds_per_token, (self.clock.now() - started) / max(tokens, 1))
 
 
 def resolve_devices(devices: Sequence[str]) -> list[str]:
@@ -623,15 +642,23 @@ class _Job:
     def elapsed(self) -> float:
         return self.clock.now() - self.start
 
-    def encode(self, frame: pd.DataFrame, max_length: int):
-        from .tokenization import encode_pairs
+    def encode(self, frame: pd.DataFrame, max_length: int, limit: float | None = None) -> EncodedPairs | None:
+        """The pairs encoded at ``max_length``; None when the next slice of ENCODE_ROWS rows would end past
+        ``limit`` at the last slice's pace (a run out of time does not tokenize a whole test set first)."""
+        from .tokenization import EncodedPairs, encode_pairs
 
         fmt = dataclasses.replace(self.run.config.format, max_length=max_length)
         template = fmt.template if fmt.template != "auto" else self.run.family.template
         started = self.clock.now()
-        encoded = encode_pairs(frame, self.run.tokenizer, fmt, template)
+        parts, pace = [], 0.0
+        for start in range(0, len(frame), ENCODE_ROWS):
+            before = self.clock.now()
+            if limit is not None and before + pace > limit:
+                break
+            parts.append(encode_pairs(frame.iloc[start:start + ENCODE_ROWS], self.run.tokenizer, fmt, template))
+            pace = self.clock.now() - before
         self.report.tokenize_seconds += self.clock.now() - started
-        return encoded
+        return EncodedPairs.concat(parts) if sum(len(p) for p in parts) == len(frame) else None
 
     def run_pass(self, pass_name: str, encoded) -> pd.DataFrame:
         """Chunks along the length-sorted order (longest first; ties by id, so input order does not matter).
@@ -734,6 +761,7 @@ def _check_frame(frame: pd.DataFrame) -> list[str]:
 
 
 EXTENSION_MARGIN = 0.05  # slack on a pilot-based prediction before the per-batch stop ends a run
+ENCODE_ROWS = 1024  # rows tokenized between two looks at the clock
 
 # Settings that do not change what a run predicts, so a saved chunk or plan stays valid across them.
 _RESULT_NEUTRAL = ("work_dir", "progress_bar")
@@ -784,7 +812,10 @@ def run_prediction(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cf
     job = _Job(runs, cfg, store, progress, clock, started)
     job.report.load_seconds = job.elapsed()
     max_length = runs[0].config.format.max_length
-    encoded = job.encode(frame, max_length)
+    hard_end = stop_at if latest is None or stop_at is None else max(stop_at, latest)  # until the plan says
+    encoded = job.encode(frame, max_length, hard_end)
+    if encoded is None:
+        return _out_of_time(job, order, max_length)
     if stop_at is not None:
         job.report.plan = job.plan(encoded, max_length, len(frame), stop_at)
         plan = job.report.plan
@@ -794,9 +825,11 @@ def run_prediction(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cf
                      "for %.0fs", plan.predicted_seconds, plan.max_length, stop_at - clock.now())
         job.stop = StopRule(clock, stop_at, plan.tokens_per_second, len(job.workers))
         job.report.planned_seconds = job.elapsed() + job.report.plan.predicted_seconds
-        if job.report.plan.max_length != max_length:
-            max_length = job.report.plan.max_length
-            encoded = job.encode(frame, max_length)
+        shorter = None
+        if plan.max_length != max_length and clock.now() + job.report.tokenize_seconds < stop_at:
+            shorter = job.encode(frame, plan.max_length, stop_at)  # None: no time to tokenize again, keep the longer
+        if shorter is not None:
+            max_length, encoded = plan.max_length, shorter
     job.report.max_length = max_length
     ab_started = job.elapsed()
     preds = job.run_pass("ab", encoded)
@@ -809,6 +842,17 @@ def run_prediction(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cf
     job.report.actual_seconds = job.elapsed()
     log.info("inference report:\n%s", job.report.to_text())
     return PredictionResult(preds.set_index("id").loc[order].reset_index(), job.report)
+
+
+def _out_of_time(job: _Job, order: list[str], max_length: int) -> PredictionResult:
+    """Every row NaN: the time was up before the rows were tokenized."""
+    import numpy as np
+
+    log.warning("time limit: the time was up before the %d rows were tokenized; the run predicts none of them",
+                len(order))
+    job.report.rows, job.report.max_length, job.report.stopped = len(order), max_length, True
+    job.report.actual_seconds = job.elapsed()
+    return PredictionResult(_frame(order, np.full((len(order), job.workers[0].num_classes), np.nan)), job.report)
 
 
 def _finite(preds: pd.DataFrame) -> np.ndarray:
@@ -828,7 +872,10 @@ def _swap_pass(job: _Job, frame: pd.DataFrame, preds: pd.DataFrame, max_length: 
     if not swap_ids:
         return preds
     subset = frame[frame["id"].astype(str).isin(set(swap_ids))]
-    swapped = job.run_pass("ba", job.encode(swap_pairs(subset), max_length))
+    encoded = job.encode(swap_pairs(subset), max_length, job.stop.stop_at if job.stop else None)
+    if encoded is None:
+        return preds
+    swapped = job.run_pass("ba", encoded)
     swapped = swapped[_finite(swapped)]
     job.report.swapped_rows = len(swapped)
     if not len(swapped):

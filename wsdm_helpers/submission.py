@@ -200,3 +200,40 @@ def write_predictions(preds: pd.DataFrame, path: str | Path) -> Path:
 
 def _is_csv(path: Path) -> bool:
     return PREDICTION_FORMATS.get(path.suffix.lower()) == "csv"
+
+
+def check_against_sample(submission: str | Path, sample: str | Path) -> pd.DataFrame:
+    """A written submission file checked as Kaggle checks it against the competition's ``sample``
+    (sample_submission.csv): the same columns in the same order, exactly its ids (once each), and
+    valid values (WSDM: ``winner`` in {model_a, model_b}; LMSYS: probabilities summing to 1).
+    All problems are raised together; the checked submission is returned (ids as str)."""
+    import pandas as pd
+
+    from .data import read_sample_submission
+
+    expected = read_sample_submission(sample)
+    got = pd.read_csv(submission, dtype={"id": str})
+    problems = []
+    if list(got.columns) != list(expected.columns):
+        problems.append(f"columns {list(got.columns)}, but {sample} has {list(expected.columns)}")
+    dup = got["id"][got["id"].duplicated()].unique() if "id" in got.columns else []
+    if len(dup):
+        problems.append(f"{len(dup)} duplicated id(s): {_first(dup)}")
+    have, wanted = pd.Index(got.get("id", [])), pd.Index(expected["id"])
+    for what, ids in (("ids of the sample missing", wanted.difference(have, sort=False)),
+                      ("ids not in the sample", have.difference(wanted, sort=False))):
+        if len(ids):
+            problems.append(f"{len(ids)} {what}: {_first(ids)}")
+    if "winner" in got.columns:
+        bad = got["id"][~got["winner"].isin(["model_a", "model_b"])]
+        if len(bad):
+            problems.append(f"winner is not model_a or model_b for {len(bad)} id(s): {_first(bad)}")
+    elif not problems:
+        try:
+            check_predictions(got, str(submission))
+        except SubmissionError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise SubmissionError(f"submission {submission} does not match {sample}:\n" +
+                              "\n".join(f"  - {p}" for p in problems))
+    return got

@@ -117,6 +117,14 @@ class EncodedPairs:
             stats=self.stats.iloc[idx].reset_index(drop=True),
         )
 
+    @classmethod
+    def concat(cls, parts: Sequence[EncodedPairs]) -> EncodedPairs:
+        """The rows of ``parts`` one after the other (encode_pairs of consecutive slices of one frame)."""
+        return dataclasses.replace(
+            parts[0], ids=[i for p in parts for i in p.ids], input_ids=PackedRows.concat([p.input_ids for p in parts]),
+            labels=np.concatenate([p.labels for p in parts]), lengths=np.concatenate([p.lengths for p in parts]),
+            stats=pd.concat([p.stats for p in parts], ignore_index=True))
+
 
 # ---- tokenizer helpers ----------------------------------------------------------------------------
 def _backend(tokenizer: Any):
