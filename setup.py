@@ -38,7 +38,9 @@ setup(
         "torch>=2.5",  # torch.OutOfMemoryError (inference.py)
         # 5.6: accelerate no longer divides an accumulated loss (5.2-5.5 divide it there and in the Trainer), so
         # PairTrainer's loss gives the gradient and logged loss of the whole batch (tests/test_training.py)
-        "transformers>=5.6",
+        # [torch]: its torch floor (5.20 needs torch 2.6) is then part of the resolution, so a wheelhouse for an
+        # image with an older torch gets a transformers that accepts it (transformers disables an older torch)
+        "transformers[torch]>=5.6",
         "numpy>=1.24",
         "pandas>=2.0",
         "pyarrow>=14",

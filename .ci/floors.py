@@ -12,7 +12,7 @@ def floors() -> dict[str, str]:
     found = {}
     for node in ast.walk(ast.parse(SETUP.read_text())):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9][0-9.]*)", node.value.split(";")[0].strip())
+            match = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?>=([0-9][0-9.]*)", node.value.split(";")[0].strip())
             if match:
                 found[match[1]] = match[2]
     return found

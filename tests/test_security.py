@@ -182,12 +182,12 @@ def test_install_cell_never_installs_by_bare_name(name, tmp_path, monkeypatch):
     (tmp_path / "nb").mkdir()
     monkeypatch.chdir(tmp_path / "nb")
     cell = _install_cell(name)
-    with pytest.raises(RuntimeError, match="attach the dataset `wsdm bundle wheels` builds"):
-        exec(compile(cell, name, "exec"), {})
+    with pytest.raises(RuntimeError, match="attach the wheelhouse dataset"):
+        exec(compile(cell, name, "exec"), {"wsdm_source": None})
     assert calls == []
     monkeypatch.setenv("WSDM_HELPERS_SOURCE", "/wheels/wsdm_helpers-0.1.0-py3-none-any.whl")
-    exec(compile(cell, name, "exec"), {})
-    assert calls[0][-1] == "/wheels/wsdm_helpers-0.1.0-py3-none-any.whl[training,notebooks]"
+    exec(compile(cell, name, "exec"), {"wsdm_source": None})
+    assert calls[0][-1] == "wsdm_helpers[training,notebooks] @ file:///wheels/wsdm_helpers-0.1.0-py3-none-any.whl"
 
 
 def test_bundle_check_refuses_a_kernel_without_the_wheelhouse(tmp_path, monkeypatch, capsys):

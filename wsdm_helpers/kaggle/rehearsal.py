@@ -30,9 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-import pandas as pd
-
 from ..errors import WsdmError
+from ..submission import check_against_sample
 from .image_venv import image_venv
 from .images import IMAGES, NotebookImage, get_image
 from .sandbox import SessionResult, require_root_namespaces, run_session
@@ -69,18 +68,12 @@ def _log_has(result: SessionResult, text: str) -> bool:
 
 
 def check_submission(path: Path, sample: Path) -> str:
-    """The submission against the competition's sample_submission: columns, ids and values."""
-    sub, ref = pd.read_csv(path), pd.read_csv(sample)
-    problems = []
-    if list(sub.columns) != list(ref.columns):
-        problems.append(f"columns {list(sub.columns)} != {list(ref.columns)}")
-    elif sorted(sub["id"].astype(str)) != sorted(ref["id"].astype(str)):
-        problems.append(f"ids differ: {len(set(sub['id'].astype(str)) ^ set(ref['id'].astype(str)))} not in both")
-    elif "winner" in ref.columns and not sub["winner"].isin(["model_a", "model_b"]).all():
-        problems.append("winner outside {model_a, model_b}")
-    if problems:
-        raise RehearsalFailure(f"{path} does not match {sample}: " + "; ".join(problems))
-    return f"{len(sub)} rows match {sample.name} (columns {', '.join(sub.columns)})"
+    """The submission against the competition's sample_submission, as Kaggle checks it."""
+    try:
+        checked = check_against_sample(path, sample)
+    except WsdmError as exc:
+        raise RehearsalFailure(str(exc)) from None
+    return f"ok: {len(checked)} rows match {sample.name} (columns, ids, values)"
 
 
 class KaggleRehearsal:
