@@ -599,7 +599,7 @@ def _ensemble_fit(args: argparse.Namespace) -> int:
         chosen = report["cascade"]["chosen"]
         rows = " ".join(f"(run {i + 2}: --rows uncertain:{s:g})" if s < 1 else f"(run {i + 2}: all rows)"
                         for i, s in enumerate(chosen["shares"]))
-        print(f"chosen cascade: {rows}, --weights {' '.join(f'{w:.4f}' for w in chosen['weights'])}, compute "
+        print(f"chosen cascade: {rows}, --weights {' '.join(f'{w:.6g}' for w in chosen['weights'])}, compute "
               f"{chosen['compute']:.3f} of the full blend's later-member rows")
     return 0
 

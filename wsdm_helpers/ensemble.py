@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 METRICS = typing.get_args(BlendMetric)
 SPACES = typing.get_args(BlendSpace)
 LOG_FLOOR = 1e-7  # probabilities are clipped here before the log: one member's 0 must not veto a class
+MIN_WEIGHT = 1e-6  # the smallest probability-space weight a log-loss fit gives (0 would mean "not a voter")
 
 
 def align(frames: Sequence[pd.DataFrame], names: Sequence[str] | None = None) -> list[pd.DataFrame]:
@@ -180,14 +181,15 @@ def _log_loss(stack: np.ndarray, w: np.ndarray, labels: np.ndarray, usable: np.n
 def _fit_log_loss(stack: np.ndarray, labels: np.ndarray, usable: np.ndarray | None = None, steps: int = 2000,
                   lr: float = 0.5) -> np.ndarray:
     """Exponentiated-gradient descent on the simplex (convex in the weights when every member votes on
-    every row)."""
+    every row). Weights stay at least MIN_WEIGHT: a cascade's first member is the only voter on most rows,
+    however little it weighs where the later ones vote too, and a weight of 0 would make it no voter."""
     import numpy as np
 
     usable = np.ones(stack.shape[:2]) if usable is None else usable.astype("float64")
     w = np.full(stack.shape[0], 1.0 / stack.shape[0])
     for _ in range(steps):
         _, grad = _log_loss(stack, w, labels, usable)
-        w = w * np.exp(-lr * (grad - grad.min()))
+        w = np.maximum(w * np.exp(-lr * (grad - grad.min())), MIN_WEIGHT)
         w /= w.sum()
     return w
 
