@@ -280,14 +280,16 @@ def test_notebook_and_wsdm_predict_write_byte_identical_submissions(runs, data, 
 
     members = [str(runs["two0"]), str(runs["three"]), str(runs["baseline"])]
     cli_out = tmp_path / "cli" / "submission.csv"
-    assert main(["predict", *[a for r in members for a in ("--run", r)], "--weights", "1", "2", "1",
-                 "--test", str(data["wsdm_test"]), "--out", str(cli_out), "--set", "inference.devices=[cpu]",
-                 "--time-budget-minutes", "600"]) == 0
+    assert main(["predict", "--run", members[0], "--run", members[1], "--rows", "uncertain:0.5", "--run", members[2],
+                 "--weights", "1", "2", "1", "--test", str(data["wsdm_test"]), "--out", str(cli_out),
+                 "--set", "inference.devices=[cpu]", "--time-budget-minutes", "600"]) == 0
     nb = run_notebook("inference", {"run_dirs": members, "weights": [1, 2, 1], "devices": ["cpu"],
+                                    "rows": ["all", "uncertain:0.5", "all"],
                                     "test_path": str(data["wsdm_test"]), "time_budget_minutes": 600,
                                     "labels_path": str(data["labels"])}, out_root=tmp_path / "nb", log_output=False)
     assert (nb.out_dir / "submission.csv").read_bytes() == cli_out.read_bytes()
-    assert json.loads((nb.out_dir / REPORT_FILE).read_text())["runs"][1]["status"] == "done"
+    cascade = json.loads((nb.out_dir / REPORT_FILE).read_text())["runs"][1]
+    assert cascade["status"] == "done" and (cascade["planned_share"], cascade["actual_share"]) == (0.5, 0.5)
     assert (nb.out_dir / "scores.json").is_file()
 
 
