@@ -367,18 +367,13 @@ def _row_scores(probs: np.ndarray, y: np.ndarray, metric: str) -> np.ndarray:
 
 
 # ---- cascades: a later member rescores only the rows the members before it are least sure of ----------
-def rows_for_share(n_rows: int, share: float) -> int:
-    """How many of ``n_rows`` rows a cascade share covers (the same rounding as the pipeline's selection)."""
-    return round(n_rows * share)
-
-
 def cascade_usable(stack: np.ndarray, w: np.ndarray, shares: Sequence[float | None], space: str,
                    ids: Sequence[str]) -> np.ndarray:
     """[members, rows]: the rows each member votes on when member j with a share scores only that share of the
     rows, the most uncertain under the blend of the members before it (tta.uncertainty_order); None: every row."""
     import numpy as np
 
-    from .tta import uncertainty_order
+    from .tta import rows_for_share, uncertainty_order
 
     usable = np.isfinite(stack).all(axis=2)
     ids = np.asarray(ids).astype(str)
@@ -541,4 +536,4 @@ def cascade_text(cascade: dict, metric: str) -> str:
         lines.append(f"{' '.join(f'{s:g}' for s in r['shares']):<24} {r['compute']:>8.3f} {r['accuracy']:>9.4f} "
                      f"{r['log_loss']:>9.4f}  {r['vs_full']:+.4f} [{r['vs_full_ci95'][0]:+.4f}, "
                      f"{r['vs_full_ci95'][1]:+.4f}]{mark}")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)

@@ -378,8 +378,8 @@ def _uncertain_rows(member: Member, members: list[Member], preds: dict[int, pd.D
     """The ids a cascade member scores, most uncertain first (tta.select_uncertain): its share of the rows,
     by the margin of the blend of the weighted members before it, joined on id (a row none of them
     delivered counts as the most uncertain)."""
-    from .ensemble import blend_available, rows_for_share
-    from .tta import select_uncertain
+    from .ensemble import blend_available
+    from .tta import rows_for_share, select_uncertain
 
     classes = _task_frames(members, preds, task, settings)
     before = [m for m in members[:member.index] if m.weight > 0]
@@ -512,7 +512,7 @@ def read_test(test: str | Path | pd.DataFrame) -> pd.DataFrame:
 
 
 def _run_report(member: Member, n_rows: int) -> RunReport:
-    from .ensemble import rows_for_share
+    from .tta import rows_for_share
 
     share = 1.0 if member.share is None else member.share
     return RunReport(member.name, str(member.path), member.kind, member.weight, planned_share=share,

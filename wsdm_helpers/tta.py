@@ -138,17 +138,22 @@ def apply_policy(pred_ab: pd.DataFrame, pred_ba: pd.DataFrame, tta: TTA, band: f
     return out.reset_index()
 
 
+def rows_for_share(n_rows: int, share: float) -> int:
+    """How many of ``n_rows`` rows a share covers (selective TTA's tta_share, a cascade member's share)."""
+    return round(n_rows * share)
+
+
 def swap_rows_wanted(tta: TTA, n_rows: int, share: float | None) -> int:
     """How many rows a TTA policy would swap if time allowed."""
     if tta == "none":
         return 0
     if tta == "swap" or share is None:
         return n_rows
-    return round(n_rows * share)
+    return rows_for_share(n_rows, share)
 
 
 def selection(tta: TTA, n_rows: int, band: float, share: float | None) -> tuple[float | None, int | None]:
     """(band, cap) for :func:`select_uncertain` under a policy: ``swap`` takes every row."""
     if tta != "selective":
         return None, None
-    return band, (round(n_rows * share) if share is not None else None)
+    return band, (rows_for_share(n_rows, share) if share is not None else None)
