@@ -28,6 +28,7 @@ import argparse
 import hashlib
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -146,8 +147,9 @@ def to_text(rows: list[dict], title: str, first: str) -> str:
     return "\n".join(lines)
 
 
-def cached_differences(cfg, frame, out: Path) -> np.ndarray:
-    """depth_differences, kept in ``out/features.npz`` under a key of the config and the rows."""
+def cached_differences(cfg, frame, out: Path) -> tuple[np.ndarray, float]:
+    """depth_differences, kept in ``out/features.npz`` under a key of the config and the rows, with the wall
+    seconds of the model pass that made them (loading included; both orientations of every row)."""
     from wsdm_helpers.config import to_dict
 
     key = hashlib.sha256(json.dumps([to_dict(cfg.model), to_dict(cfg.format), sorted(frame["id"].astype(str))],
@@ -155,12 +157,14 @@ def cached_differences(cfg, frame, out: Path) -> np.ndarray:
     path = out / "features.npz"
     if path.is_file():
         cached = np.load(path)
-        if str(cached["key"]) == key:
-            return cached["diffs"]
+        if str(cached["key"]) == key and "seconds" in cached:
+            return cached["diffs"], float(cached["seconds"])
+    started = time.perf_counter()
     diffs = depth_differences(cfg, frame)
+    seconds = time.perf_counter() - started
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(path, diffs=diffs, key=key)
-    return diffs
+    np.savez(path, diffs=diffs, key=key, seconds=seconds)
+    return diffs, seconds
 
 
 def main() -> int:
@@ -190,7 +194,7 @@ def main() -> int:
     frame, _ = read_pairs(sample, ties="drop")
     labels = frame["label"].to_numpy()
     a_wins = labels == 0
-    diffs = cached_differences(cfg, frame, out)
+    diffs, _ = cached_differences(cfg, frame, out)
     folds = {seed: assign_folds(frame, args.folds, seed) for seed in seeds}
     logits = [[probe_logits(d, a_wins, folds[s], l2) for s in seeds] for d in diffs]
     rows = [depth_row(f"{k + 1} layers", per_seed, a_wins) for k, per_seed in enumerate(logits)]

@@ -77,3 +77,64 @@ def test_fit_on_two_baseline_cv_outputs(tmp_path):
                            metric="accuracy")
     assert report["rows"] == 160 and report["blend"]["cross_fitted"]
     assert report["gain_over_best"]["ci95"][0] <= report["gain_over_best"]["mean"] <= report["gain_over_best"]["ci95"][1]
+
+
+def _cascade_members(tmp_path, n=1000):
+    """A first member sure and right on 70% of the rows and unsure (P near 0.5) on the rest; a second member
+    moderately right everywhere: it is worth asking only where the first is unsure."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, n)
+    ids = np.array([f"r{i:04d}" for i in range(n)])
+    hard = rng.random(n) < 0.3
+    first = np.where(hard, 0.5 + rng.normal(0, 0.03, n), 0.9)
+    second = np.clip(0.75 + rng.normal(0, 0.05, n), 0.55, 0.95)
+    paths = []
+    for m, p_true in enumerate((first, second)):
+        p_b = np.where(y == 1, p_true, 1 - p_true)
+        frame = pd.DataFrame({"id": ids, "winner_model_a": 1 - p_b, "winner_model_b": p_b, "label": y,
+                              "fold": np.arange(n) % 4})
+        paths.append(tmp_path / f"c{m}.parquet")
+        frame.sample(frac=1, random_state=m).to_parquet(paths[-1])
+    return paths, hard, first
+
+
+def test_ensemble_fit_chooses_the_cascade_share_out_of_fold(tmp_path, capsys):
+    paths, hard, first = _cascade_members(tmp_path)
+    assert cli.main(["ensemble", "fit", *map(str, paths), "--cascade-shares", "0.1", "0.3", "0.5",
+                     "--out", str(tmp_path / "w.json")]) == 0
+    report = json.loads((tmp_path / "w.json").read_text())
+    cascade = report["cascade"]
+    assert [r["shares"] for r in cascade["table"]] == [[0.1], [0.3], [0.5], [1.0]]
+    full = cascade["table"][-1]
+    assert full["vs_full"] == 0 and full["compute"] == 1 and full["log_loss"] == pytest.approx(report["blend"]["log_loss"])
+    chosen = cascade["chosen"]
+    assert chosen["shares"] == [0.3] and chosen["compute"] == pytest.approx(0.3)
+    assert chosen["vs_full"] > 0 and chosen["vs_full_ci95"][0] > 0  # better than asking the second member everywhere
+    assert chosen["log_loss"] < min(m["log_loss"] for m in report["members"])
+    out = capsys.readouterr().out
+    assert "cascades" in out and "<- chosen" in out and "--rows uncertain:0.3" in out
+
+
+def test_the_cascade_rows_of_a_fold_are_its_share_most_uncertain_under_the_first_member():
+    from wsdm_helpers.ensemble import cross_fitted
+
+    rng = np.random.default_rng(2)
+    n, folds = 200, np.arange(200) % 4
+    y = rng.integers(0, 2, n)
+    p_a = rng.random((2, n))
+    stack = np.stack([p_a, 1 - p_a], axis=2)
+    ids = np.array([f"r{i:03d}" for i in range(n)])
+    probs, usable = cross_fitted(stack, y, folds, [None, 0.2], "log_loss", "probability", ids)
+    assert usable[0].all() and usable[1].sum() == 4 * 10
+    for k in range(4):
+        rows = np.flatnonzero(folds == k)
+        margin = np.abs(p_a[0, rows] - (1 - p_a[0, rows]))
+        assert set(rows[np.argsort(margin)[:10]]) == set(np.flatnonzero(usable[1] & (folds == k)))
+    np.testing.assert_allclose(probs[~usable[1]], stack[0][~usable[1]])  # the first member alone elsewhere
+
+
+def test_cascade_shares_are_checked(tmp_path):
+    paths, _, _ = _cascade_members(tmp_path, n=100)
+    with pytest.raises(SubmissionError, match="cascade shares"):
+        fit_oof_files(paths, cascade_shares=[0.0, 0.3])
+    assert cli.main(["ensemble", str(paths[0]), "--cascade-shares", "0.3", "--out", str(tmp_path / "b.parquet")]) == 2

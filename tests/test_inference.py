@@ -21,6 +21,7 @@ from wsdm_helpers.inference import (
     computed_tokens,
     deal_by_tokens,
     plan_budget,
+    plan_ranked,
     predict_proba,
     run_prediction,
 )
@@ -87,6 +88,45 @@ def test_plan_budget_keeps_context_and_cuts_tta_first():
     # AB alone takes 800 s: max_length must shrink, no time left for TTA
     short = plan_budget(lengths, 512, cfg, total / 800, 540.0, 0.0, wanted_swaps=1000)
     assert short.max_length < 512 and short.predicted_seconds <= 540
+
+
+def test_plan_ranked_keeps_context_and_drops_the_certain_end_after_tta():
+    lengths = np.full(1000, 512)
+    cfg = _cfg(max_tokens_per_batch=4096)
+    total = computed_tokens(lengths, cfg)
+    roomy = plan_ranked(lengths, 512, cfg, total / 100, 540.0, 0.0, wanted_swaps=1000)
+    assert (roomy.max_length, roomy.rows, roomy.swap_rows) == (512, 1000, 1000)
+    tight = plan_ranked(lengths, 512, cfg, total / 800, 540.0, 0.0, wanted_swaps=1000)  # AB of all rows: 800 s
+    assert tight.max_length == 512 and tight.swap_rows == 0 and tight.fits
+    assert 0.6 * 1000 < tight.rows < 0.7 * 1000  # the prefix that fits 540 s
+    assert computed_tokens(lengths[:tight.rows], cfg) * 800 / total <= 540 < \
+        computed_tokens(lengths[:tight.rows + 1], cfg) * 800 / total
+
+
+def test_a_ranked_pass_cut_by_the_stop_keeps_only_the_prefix_before_the_first_missed_row(run_dir, frame, monkeypatch):
+    from wsdm_helpers import inference
+    from wsdm_helpers.clock import ManualClock
+    from wsdm_helpers.inference import BudgetPlan, Worker
+
+    clock, forward, rate = ManualClock(), Worker._forward, 2000.0
+
+    def timed(self, rows, float32=False):
+        clock.advance(len(rows) * max(len(r) for r in rows) / rate)
+        return forward(self, rows, float32)
+
+    def optimistic(lengths, max_length, cfg, tokens_per_second, seconds_left, *args):  # 4x too fast: the stop cuts
+        return BudgetPlan(seconds_left, 4 * rate, max_length, 0, 1.0, rows=len(lengths))
+
+    monkeypatch.setattr(Worker, "_forward", timed)
+    monkeypatch.setattr(inference, "plan_ranked", optimistic)
+    ranked = frame.sample(frac=1.0, random_state=4)  # the priority order
+    total = computed_tokens([256] * len(frame), CPU1) / rate
+    result = run_prediction(run_dir, ranked, _cfg(chunk_rows=8), clock=clock, stop_at=clock.now() + 0.9 * total,
+                            ranked=True)
+    finite = np.isfinite(result.predictions["winner_model_a"]).to_numpy()
+    kept = result.report.rows_predicted
+    assert result.predictions["id"].tolist() == ranked["id"].tolist() and 0 < kept < len(frame)
+    assert finite[:kept].all() and not finite[kept:].any()  # a prefix of the priority order, nothing after it
 
 
 # ---- prediction with a tiny model -----------------------------------------------------------------

@@ -331,10 +331,11 @@ def test_notebook_and_wsdm_predict_write_byte_identical_submissions(runs, data, 
 
     members = [str(runs["two0"]), str(runs["three"]), str(runs["baseline"])]
     cli_out = tmp_path / "cli" / "submission.csv"
-    assert main(["predict", *[a for r in members for a in ("--run", r)], "--weights", "1", "2", "1",
-                 "--test", str(data["wsdm_test"]), "--out", str(cli_out), "--set", "inference.devices=[cpu]",
-                 "--time-budget-minutes", "600"]) == 0
+    assert main(["predict", "--run", members[0], "--run", members[1], "--rows", "uncertain:0.5", "--run", members[2],
+                 "--weights", "1", "2", "1", "--test", str(data["wsdm_test"]), "--out", str(cli_out),
+                 "--set", "inference.devices=[cpu]", "--time-budget-minutes", "600"]) == 0
     nb = run_notebook("inference", {"run_dirs": members, "weights": [1, 2, 1], "devices": ["cpu"],
+                                    "rows": ["all", "uncertain:0.5", "all"],
                                     "test_path": str(data["wsdm_test"]), "time_budget_minutes": 600,
                                     "labels_path": str(data["labels"])}, out_root=tmp_path / "nb", log_output=False)
     assert (nb.out_dir / "submission.csv").read_bytes() == cli_out.read_bytes()
@@ -343,8 +344,104 @@ def test_notebook_and_wsdm_predict_write_byte_identical_submissions(runs, data, 
     printed = "".join(o.get("text", "") for cell in nbformat.read(str(nb.notebook), as_version=4).cells
                       for o in cell.get("outputs", []))
     assert "submission deadline: 600 min budget less 5 min safety" in printed  # printed before any work
-    assert json.loads((nb.out_dir / REPORT_FILE).read_text())["runs"][1]["status"] == "done"
+    cascade = json.loads((nb.out_dir / REPORT_FILE).read_text())["runs"][1]
+    assert cascade["status"] == "done" and (cascade["planned_share"], cascade["actual_share"]) == (0.5, 0.5)
     assert (nb.out_dir / "scores.json").is_file()
+
+
+# ---- cascade members (--rows uncertain:SHARE) ----------------------------------------------------------
+def _most_uncertain(preds, k):
+    """The k ids with the smallest |P(a) - P(b)|, ties by id (worked out here, not with the package's order)."""
+    margin = (preds["winner_model_a"] - preds["winner_model_b"]).abs().round(9)
+    return preds.assign(margin=margin, id=preds["id"].astype(str)).sort_values(["margin", "id"])["id"].head(k).tolist()
+
+
+@pytest.fixture
+def scored(monkeypatch):
+    """The ids and predictions of every LLM run the pipeline starts, in the order it was given them."""
+    from wsdm_helpers import inference
+
+    calls, real = [], inference.run_prediction
+
+    def spy(source, frame, *args, **kwargs):
+        result = real(source, frame, *args, **kwargs)
+        calls.append((frame["id"].astype(str).tolist(), result.predictions, kwargs.get("ranked")))
+        return result
+
+    monkeypatch.setattr(inference, "run_prediction", spy)
+    return calls
+
+
+def test_a_cascade_member_scores_exactly_the_chosen_ids_and_votes_only_there(runs, data, scored, tmp_path):
+    from wsdm_helpers.features import load_baseline
+
+    test = read_pairs(data["wsdm_test"])[0]
+    base = load_baseline(runs["baseline"]).predict(test).astype({"id": str})
+    alone = submit([runs["two0"]], data["wsdm_test"], tmp_path / "alone.csv", overrides=CPU).predictions
+    result = submit([runs["baseline"], runs["two0"]], data["wsdm_test"], tmp_path / "submission.csv", weights=[1, 2],
+                    overrides=CPU, rows=[None, "uncertain:0.35"])
+    chosen = _most_uncertain(base, round(0.35 * N_TEST))
+    ids, _, ranked = scored[-1]
+    assert ids == chosen and ranked  # exactly those rows, most uncertain first
+    on = result.predictions["id"].isin(chosen).to_numpy()
+    b, a, got = (f.set_index("id").loc[result.predictions["id"], "winner_model_a"].to_numpy()
+                 for f in (base, alone.astype({"id": str}), result.predictions))
+    np.testing.assert_allclose(got[on], (b[on] + 2 * a[on]) / 3, atol=1e-6)  # its weight on its rows
+    np.testing.assert_allclose(got[~on], b[~on], atol=1e-6)  # the baseline alone elsewhere
+    llm = result.report.runs[1]
+    assert (llm.planned_share, llm.planned_rows, llm.actual_share, llm.rows_filled) == (0.35, 14, 14 / N_TEST, 0)
+    saved = json.loads((tmp_path / REPORT_FILE).read_text())["runs"][1]
+    assert (saved["planned_share"], saved["actual_share"]) == (0.35, 14 / N_TEST)
+    assert "35.0/35.0" in result.report.to_text() and result.report.rows_uniform == 0
+
+
+def test_a_binding_deadline_shrinks_the_cascade_share_from_the_certain_end(runs, data, clock, scored, tmp_path):
+    from wsdm_helpers.features import load_baseline
+
+    members = [runs["baseline"], runs["two0"]]
+    free = submit(members, data["wsdm_test"], tmp_path / "free.csv", overrides=CPU, rows=[None, "uncertain:1"],
+                  deadline=_deadline(clock, 1e6))
+    need = free.report.runs[1].actual_seconds
+    assert free.report.runs[1].actual_share == 1.0
+    finish = 1.0
+    deadline = _deadline(clock, LOAD + 0.6 * (need - LOAD) + finish)
+    result = submit(members, data["wsdm_test"], tmp_path / "submission.csv", overrides=CPU,
+                    rows=[None, "uncertain:1"], settings={"finish_seconds": finish}, deadline=deadline)
+    assert clock.now() <= deadline.end
+    llm = result.report.runs[1]
+    kept = llm.rows_predicted
+    assert 0 < kept < N_TEST and llm.actual_share == kept / N_TEST and llm.planned_share == 1.0
+    assert llm.rows_filled == N_TEST - kept and "shrank" in llm.note
+    base = load_baseline(runs["baseline"]).predict(read_pairs(data["wsdm_test"])[0]).astype({"id": str})
+    order = _most_uncertain(base, N_TEST)
+    ids, preds, _ = scored[-1]
+    assert ids == order  # given every row, most uncertain first
+    delivered = preds.loc[np.isfinite(preds["winner_model_a"]), "id"].astype(str).tolist()
+    assert sorted(delivered) == sorted(order[:kept])  # it kept the most uncertain ones, the certain end went
+
+
+def test_wsdm_predict_rows_follow_their_run_and_bad_policies_are_refused(runs, data, tmp_path, capsys):
+    from wsdm_helpers.cli import main
+
+    common = ["--test", str(data["wsdm_test"]), "--set", "inference.devices=[cpu]", "--set", "inference.tta=none"]
+    assert main(["predict", "--run", str(runs["baseline"]), "--run", str(runs["two0"]), "--rows", "uncertain:0.5",
+                 "--out", str(tmp_path / "cli.csv"), *common]) == 0
+    expected = submit([runs["baseline"], runs["two0"]], data["wsdm_test"], tmp_path / "api.csv", overrides=CPU,
+                      rows=[None, "uncertain:0.5"])
+    assert (tmp_path / "cli.csv").read_bytes() == (tmp_path / "api.csv").read_bytes()
+    assert expected.report.runs[1].planned_rows == N_TEST // 2
+    bad = {("--rows", "uncertain:0.5", "--run", str(runs["two0"])): "must follow the --run",
+           ("--run", str(runs["two0"]), "--rows", "uncertain:0.5"): "no run with a weight > 0 comes before it",
+           ("--run", str(runs["two0"]), "--run", str(runs["baseline"]), "--rows", "uncertain:0.2"): "feature baseline",
+           ("--run", str(runs["baseline"]), "--run", str(runs["two0"]), "--rows", "uncertain:1.5"): "uncertain:SHARE",
+           ("--run", str(runs["baseline"]), "--run", str(runs["two0"]), "--rows", "half"): "uncertain:SHARE"}
+    for args, message in bad.items():
+        try:
+            rc = main(["predict", *args, "--out", str(tmp_path / "bad.csv"), *common])
+        except SystemExit as exc:  # argparse's usage error
+            rc = exc.code
+        assert rc == 2 and message in capsys.readouterr().err, args
+    assert not (tmp_path / "bad.csv").exists()
 
 
 # ---- the failure policy: a commit run that would score ~0.5 stops; the hidden rerun never does ----------

@@ -53,16 +53,16 @@ def test_depth_differences_of_a_tiny_model_end_with_what_the_probe_reads(tmp_pat
     frame = make_demo_frame(12, seed=5)
     source = build_tiny_model("gemma3", train_tokenizer(pair_texts(frame), vocab_size=300), tmp_path / "model")
     cfg = load_run_config("configs/tiny-test.yaml", {"model.source": str(source), "format.pooling": "mean"})
-    diffs = probe_layers.cached_differences(cfg, frame, tmp_path / "out")
-    assert diffs.shape[:2] == (2, len(frame))
+    diffs, seconds = probe_layers.cached_differences(cfg, frame, tmp_path / "out")
+    assert diffs.shape[:2] == (2, len(frame)) and seconds > 0
     model, tokenizer, family = load_model(cfg, "cpu")
     encoded = encode_pairs(pd.concat([frame, swap_pairs(frame)], ignore_index=True), tokenizer, cfg.format,
                            family.template)
     pooled = pooled_features(model, encoded, tokenizer.pad_token_id, family.padding_side, "mean", 4)
     assert np.allclose(diffs[-1], pooled[:12] - pooled[12:], atol=1e-5)  # the whole model: train.probe_head's input
-    cached = probe_layers.cached_differences(cfg, frame, tmp_path / "out")  # read back, not recomputed
-    assert np.array_equal(cached, diffs)
-    other = probe_layers.cached_differences(cfg, frame.iloc[:6].reset_index(drop=True), tmp_path / "out")
+    cached, cached_seconds = probe_layers.cached_differences(cfg, frame, tmp_path / "out")  # read back
+    assert np.array_equal(cached, diffs) and cached_seconds == seconds  # the pass that made them, not recomputed
+    other, _ = probe_layers.cached_differences(cfg, frame.iloc[:6].reset_index(drop=True), tmp_path / "out")
     assert other.shape[1] == 6  # other rows: a new key, computed again
 
 

@@ -254,6 +254,12 @@ then 0.5. A plan-vs-actual report is printed and saved as submission_report.json
 Outside Kaggle's competition rerun the command then ends with rc 2 when a weighted run failed or more
 than --max-fallback-share of the rows came from fallbacks (--on-failure).
 
+Cascades: `--rows uncertain:SHARE` after a --run makes it a cascade member: it scores only that share of
+the test rows, the ones the blend of the weighted runs before it is least sure of (smallest |P(a) - P(b)|,
+ties by id), and its weight counts on those rows only. Under the clock its rows shrink from the most
+certain end (after TTA, before context), never grow. `wsdm ensemble fit --cascade-shares` picks the share
+out of fold. The report shows the planned and actual share of rows per run.
+
 Layout: the test file's (WSDM test: id,winner; LMSYS test: id + three probabilities) unless --task.
 
 Resume: finished chunks are saved under --work-dir (default .wsdm-chunks beside --out) and reused
@@ -268,8 +274,12 @@ def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
 
     predict = sub.add_parser("predict", help="predict with trained runs under one clock, blend, write a submission",
                              description=_PREDICT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    predict.add_argument("--run", action="append", required=True,
+    predict.add_argument("--run", action=_RunAction, required=True,
                          help="run folder: LLM or feature baseline (repeat to blend several)")
+    predict.add_argument("--rows", action=_RowsAction, default=argparse.SUPPRESS, metavar="POLICY",
+                         help="row policy of the --run just before it: all (the default) or uncertain:SHARE, a "
+                         "cascade member that scores only that share of the rows, the ones the weighted runs "
+                         "before it are least sure of (e.g. --run baseline --run gemma --rows uncertain:0.35)")
     predict.add_argument("--weights", type=float, nargs="+",
                          help="one blend weight per --run; 0 for a baseline = fallback only")
     predict.add_argument("--blend-space", default="probability", choices=choices(BlendSpace),
@@ -310,6 +320,10 @@ def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
     ensemble.add_argument("--space", default="probability", choices=choices(BlendSpace),
                           help="probability: weighted mean of probabilities (weights sum to 1); log_odds: softmax of "
                           "the weighted sum of log-probabilities (weights >= 0, their scale is a temperature)")
+    ensemble.add_argument("--cascade-shares", type=float, nargs="+", metavar="SHARE",
+                          help="fit: also score cascades, each member after the first rescoring one of these shares "
+                          "of the rows (or all), the most uncertain under the members before it "
+                          "(wsdm predict --rows uncertain:SHARE), e.g. 0.1 0.2 0.3 0.5")
     ensemble.add_argument("--out", required=True)
     ensemble.set_defaults(handler=_ensemble)
     baseline = sub.add_parser("baseline", help="train the feature baseline (seconds): a run folder and/or predictions")
@@ -322,6 +336,25 @@ def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
     baseline.add_argument("--ties", default="keep", choices=[t for t in choices(Ties) if t != "split"],
                           help="keep: 3 classes when the training file has ties")
     baseline.set_defaults(handler=_baseline)
+
+
+class _RunAction(argparse.Action):
+    """``--run``: appends the run folder, and a row policy slot (``--rows`` after it fills it)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        namespace.run = [*(getattr(namespace, "run", None) or []), value]
+        namespace.rows = [*(getattr(namespace, "rows", None) or []), None]
+
+
+class _RowsAction(argparse.Action):
+    """``--rows POLICY``: the row policy of the ``--run`` just before it."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        rows = getattr(namespace, "rows", None)
+        if not rows or rows[-1] is not None:
+            parser.error(f"--rows {value} must follow the --run it applies to (one --rows per --run), e.g. "
+                         "--run runs/gemma --rows uncertain:0.35")
+        rows[-1] = value
 
 
 def _inference_overrides(items: list[str]) -> dict:
@@ -346,7 +379,7 @@ def _predict(args: argparse.Namespace) -> int:
                 "blend_space": args.blend_space, "on_failure": args.on_failure,
                 "max_fallback_share": args.max_fallback_share}
     result = submit(args.run, args.test, args.out, weights=args.weights, overrides=_inference_overrides(args.set),
-                    settings=settings, probs_out=args.probs_out)
+                    settings=settings, probs_out=args.probs_out, rows=args.rows)
     print(f"wrote {args.out} ({len(result.predictions)} rows)")
     return 0
 
@@ -362,6 +395,8 @@ def _submit(args: argparse.Namespace) -> int:
 def _ensemble(args: argparse.Namespace) -> int:
     if args.predictions[0] == "fit":  # wsdm ensemble fit OOF... --out weights.json
         return _ensemble_fit(args)
+    if args.cascade_shares:
+        raise ConfigError("--cascade-shares belongs to wsdm ensemble fit OOF... --out weights.json")
     from .ensemble import blend_files
 
     blended = blend_files(args.predictions, args.out, weights=args.weights, oof_paths=args.oof, metric=args.metric,
@@ -524,6 +559,16 @@ def _add_cv_commands(sub: argparse._SubParsersAction) -> None:
     cv.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value, e.g. --set data.n_folds=5 (repeatable)")
     cv.set_defaults(handler=_cv)
+    merge = sub.add_parser("merge-folds", help="one run folder from the k fold adapters of a cv: the exact mean of "
+                           "their weight updates (rank k*r), heads averaged; predicts at the cost of one model",
+                           description="Stacks the k folds' LoRA factors into one adapter of rank k*r (B scaled by "
+                                       "1/k, lora_alpha by k), so its update is the mean of the folds' updates, and "
+                                       "averages their heads. Folds that differ in base model, target modules, rank, "
+                                       "alpha or head are refused. The result is an ordinary run folder for wsdm "
+                                       "predict, the inference notebook and wsdm bundle adapter.")
+    merge.add_argument("cv_dir", help="the OUTPUT folder of wsdm cv (cv_config.yaml, fold-K/ run folders)")
+    merge.add_argument("--out", required=True, help="run folder to write (new or empty)")
+    merge.set_defaults(handler=_merge_folds)
     pseudo = sub.add_parser("pseudo-label", help="soft labels for pairs (labelled or not) from a run or a blend")
     pseudo.add_argument("--run", action="append", required=True, help="run folder (repeat to blend several)")
     pseudo.add_argument("--weights", type=float, nargs="+", help="one blend weight per --run (default: equal)")
@@ -533,6 +578,13 @@ def _add_cv_commands(sub: argparse._SubParsersAction) -> None:
     pseudo.add_argument("--set", action="append", default=[], metavar="inference.KEY=VALUE",
                         help="override the runs' inference settings, e.g. inference.tta=swap")
     pseudo.set_defaults(handler=_pseudo_label)
+
+
+def _merge_folds(args: argparse.Namespace) -> int:
+    from .merge_folds import merge_folds
+
+    print(merge_folds(args.cv_dir, args.out).to_text())
+    return 0
 
 
 def _cv(args: argparse.Namespace) -> int:
@@ -567,11 +619,18 @@ def _ensemble_fit(args: argparse.Namespace) -> int:
     if args.weights or args.oof or len(args.predictions) < 3:
         raise ConfigError("wsdm ensemble fit takes two or more OOF files and --out weights.json "
                           "(no --weights / --oof), e.g. wsdm ensemble fit cv-a/oof.parquet cv-b/oof.parquet --out w.json")
-    report = fit_oof_files(args.predictions[1:], args.out, metric=args.metric, space=args.space)
+    report = fit_oof_files(args.predictions[1:], args.out, metric=args.metric, space=args.space,
+                           cascade_shares=args.cascade_shares)
     print(fit_report_text(report))
     space = "" if args.space == "probability" else f" --space {args.space} (wsdm predict: --blend-space {args.space})"
     print(f"wrote {args.out}; blend the test predictions with --weights "
           f"{' '.join(f'{w:.4f}' for w in report['weights'])}{space}")
+    if args.cascade_shares:
+        chosen = report["cascade"]["chosen"]
+        rows = " ".join(f"(run {i + 2}: --rows uncertain:{s:g})" if s < 1 else f"(run {i + 2}: all rows)"
+                        for i, s in enumerate(chosen["shares"]))
+        print(f"chosen cascade: {rows}, --weights {' '.join(f'{w:.6g}' for w in chosen['weights'])}, compute "
+              f"{chosen['compute']:.3f} of the full blend's later-member rows")
     return 0
 
 

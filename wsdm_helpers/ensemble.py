@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 METRICS = typing.get_args(BlendMetric)
 SPACES = typing.get_args(BlendSpace)
 LOG_FLOOR = 1e-7  # probabilities are clipped here before the log: one member's 0 must not veto a class
+MIN_WEIGHT = 1e-6  # the smallest probability-space weight a log-loss fit gives (0 would mean "not a voter")
 
 
 def align(frames: Sequence[pd.DataFrame], names: Sequence[str] | None = None) -> list[pd.DataFrame]:
@@ -94,14 +95,30 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=-1, keepdims=True)
 
 
-def mix(stack: np.ndarray, w: np.ndarray, space: str) -> np.ndarray:
-    """The blend of ``stack`` ([members, rows, classes] probabilities) with weights ``w`` in ``space``."""
+def mix(stack: np.ndarray, w: np.ndarray, space: str, usable: np.ndarray | None = None) -> np.ndarray:
+    """The blend of ``stack`` ([members, rows, classes] probabilities) with weights ``w`` in ``space``.
+
+    ``usable`` ([members, rows]): a member votes only on its usable rows (a cascade member's share, a run
+    that did not reach a row or returned NaN there): in probability space the others' weights are
+    renormalised on that row; in log-odds space its term is left out (no evidence). Rows no member covers
+    are NaN.
+    """
     import numpy as np
 
-    if space == "log_odds":
-        return _softmax(np.tensordot(w, _log(stack), axes=1))
-    mixed = np.tensordot(w, stack, axes=1)
-    return mixed / mixed.sum(axis=-1, keepdims=True)
+    if usable is None:
+        if space == "log_odds":
+            return _softmax(np.tensordot(w, _log(stack), axes=1))
+        mixed = np.tensordot(w, stack, axes=1)
+        return mixed / mixed.sum(axis=-1, keepdims=True)
+    if space == "log_odds":  # probability 1 for every class: log 0, a term that adds nothing
+        mixed = _softmax(np.tensordot(w, _log(np.where(usable[:, :, None], stack, 1.0)), axes=1))
+    else:
+        row_w = w[:, None] * usable
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mixed = np.einsum("mr,mrc->rc", row_w, np.where(usable[:, :, None], stack, 0.0)) / row_w.sum(axis=0)[:, None]
+            mixed = mixed / mixed.sum(axis=1, keepdims=True)
+    mixed[~usable.any(axis=0)] = np.nan
+    return mixed
 
 
 def blend(frames: Sequence[pd.DataFrame], weights: Sequence[float] | None = None,
@@ -133,15 +150,7 @@ def blend_available(frames: Sequence[pd.DataFrame], ids: Sequence[str], weights:
     stack = np.stack([f.assign(id=f["id"].astype(str)).set_index("id").reindex(list(ids))[cols].to_numpy(float)
                       for f in frames])
     usable = np.isfinite(stack).all(axis=2)
-    if space == "log_odds":  # probability 1 for every class: log 0, a term that adds nothing
-        mixed = mix(np.where(usable[:, :, None], stack, 1.0), w, space)
-    else:
-        row_w = w[:, None] * usable
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mixed = np.einsum("mr,mrc->rc", row_w, np.where(usable[:, :, None], stack, 0.0)) / row_w.sum(axis=0)[:, None]
-            mixed = mixed / mixed.sum(axis=1, keepdims=True)
-    mixed[~usable.any(axis=0)] = np.nan
-    return _ids_frame(ids, cols, mixed), usable
+    return _ids_frame(ids, cols, mix(stack, w, space, usable)), usable
 
 
 def _ids_frame(ids: Sequence[str], cols: list[str], values: np.ndarray) -> pd.DataFrame:
@@ -168,23 +177,28 @@ def _labels_for(ids: pd.Series, labels: pd.DataFrame | pd.Series) -> np.ndarray:
     return values
 
 
-def _log_loss(stack: np.ndarray, w: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
-    """Mean log loss of the mixture and its gradient with respect to the weights."""
+def _log_loss(stack: np.ndarray, w: np.ndarray, labels: np.ndarray, usable: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean log loss of the mixture (each row's weights renormalised over its ``usable`` members) and its
+    gradient with respect to the weights."""
     import numpy as np
 
-    picked = stack[:, np.arange(len(labels)), labels]  # [models, rows]: P(true class) per model
-    mix = np.clip(w @ picked, 1e-15, None)
-    return float(-np.log(mix).mean()), -(picked / mix).mean(axis=1)
+    picked = stack[:, np.arange(len(labels)), labels] * usable  # [models, rows]: P(true class) per model
+    mixed, total = np.clip(w @ picked, 1e-15, None), np.clip(w @ usable, 1e-15, None)
+    return float(-np.log(mixed / total).mean()), -(picked / mixed - usable / total).mean(axis=1)
 
 
-def _fit_log_loss(stack: np.ndarray, labels: np.ndarray, steps: int = 2000, lr: float = 0.5) -> np.ndarray:
-    """Exponentiated-gradient descent on the simplex (the objective is convex in the weights)."""
+def _fit_log_loss(stack: np.ndarray, labels: np.ndarray, usable: np.ndarray | None = None, steps: int = 2000,
+                  lr: float = 0.5) -> np.ndarray:
+    """Exponentiated-gradient descent on the simplex (convex in the weights when every member votes on
+    every row). Weights stay at least MIN_WEIGHT: a cascade's first member is the only voter on most rows,
+    however little it weighs where the later ones vote too, and a weight of 0 would make it no voter."""
     import numpy as np
 
+    usable = np.ones(stack.shape[:2]) if usable is None else usable.astype("float64")
     w = np.full(stack.shape[0], 1.0 / stack.shape[0])
     for _ in range(steps):
-        _, grad = _log_loss(stack, w, labels)
-        w = w * np.exp(-lr * (grad - grad.min()))
+        _, grad = _log_loss(stack, w, labels, usable)
+        w = np.maximum(w * np.exp(-lr * (grad - grad.min())), MIN_WEIGHT)
         w /= w.sum()
     return w
 
@@ -230,10 +244,15 @@ def _check_fit(metric: str, space: str) -> None:
     check_space(space)
 
 
-def _fit(stack: np.ndarray, labels: np.ndarray, metric: str, space: str) -> np.ndarray:
+def _fit(stack: np.ndarray, labels: np.ndarray, metric: str, space: str, usable: np.ndarray | None = None) -> np.ndarray:
+    """Weights optimising ``metric`` for :func:`mix` (with ``usable``: each member voting on its rows only)."""
+    import numpy as np
+
     if metric == "accuracy":
-        return _fit_accuracy(stack, labels, space)
-    return _fit_log_odds(stack, labels) if space == "log_odds" else _fit_log_loss(stack, labels)
+        return _fit_accuracy(stack, labels, space, usable)
+    if space == "log_odds":  # a left-out term is a probability-1 row: log 0 (see mix)
+        return _fit_log_odds(stack if usable is None else np.where(usable[:, :, None], stack, 1.0), labels)
+    return _fit_log_loss(stack, labels, usable)
 
 
 def _simplex_grid(n: int, resolution: int) -> np.ndarray:
@@ -243,15 +262,18 @@ def _simplex_grid(n: int, resolution: int) -> np.ndarray:
     return np.array([[*c, resolution - sum(c)] for c in points], dtype="float64") / resolution
 
 
-def _fit_accuracy(stack: np.ndarray, labels: np.ndarray, space: str) -> np.ndarray:
-    """Best accuracy on a simplex grid (coarser for many models); ties broken by lower log loss."""
+def _fit_accuracy(stack: np.ndarray, labels: np.ndarray, space: str, usable: np.ndarray | None = None) -> np.ndarray:
+    """Best accuracy on a simplex grid (coarser for many models); ties broken by lower log loss. With
+    ``usable``, weights that leave a row without a weighted member are not candidates."""
     import numpy as np
 
     resolution = {1: 1, 2: 50, 3: 20, 4: 10}.get(stack.shape[0], 5)
     rows = np.arange(len(labels))
     best, best_key = None, None
     for w in _simplex_grid(stack.shape[0], resolution):
-        mixed = mix(stack, w, space)
+        if usable is not None and not (w @ usable > 0).all():
+            continue
+        mixed = mix(stack, w, space, usable)
         key = ((mixed.argmax(axis=1) == labels).mean(), np.log(np.clip(mixed[rows, labels], 1e-15, None)).mean())
         if best_key is None or key > best_key:
             best, best_key = w, key
@@ -354,8 +376,95 @@ def _row_scores(probs: np.ndarray, y: np.ndarray, metric: str) -> np.ndarray:
     return np.log(np.clip(probs[np.arange(len(y)), y], 1e-15, 1 - 1e-15))
 
 
+# ---- cascades: a later member rescores only the rows the members before it are least sure of ----------
+def cascade_usable(stack: np.ndarray, w: np.ndarray, shares: Sequence[float | None], space: str,
+                   ids: Sequence[str]) -> np.ndarray:
+    """[members, rows]: the rows each member votes on when member j with a share scores only that share of the
+    rows, the most uncertain under the blend of the members before it (tta.uncertainty_order); None: every row."""
+    import numpy as np
+
+    from .tta import rows_for_share, uncertainty_order
+
+    usable = np.isfinite(stack).all(axis=2)
+    ids = np.asarray(ids).astype(str)
+    for j, share in enumerate(shares):
+        if share is None:
+            continue
+        before = mix(stack[:j], w[:j], space, usable[:j])
+        chosen = np.zeros(len(ids), dtype=bool)
+        chosen[uncertainty_order(before[:, 0], before[:, 1], ids)[:rows_for_share(len(ids), share)]] = True
+        usable[j] &= chosen
+    return usable
+
+
+def fit_cascade(stack: np.ndarray, y: np.ndarray, shares: Sequence[float | None], metric: str, space: str,
+                ids: Sequence[str]) -> np.ndarray:
+    """Blend weights for a cascade: fitted on the rows each member votes on. Which rows a member scores depends
+    on the weights of the members before it, so the rows and the weights are fitted in turn, once per later
+    member (with two members the order of the first alone decides, one round is exact)."""
+    w = _fit(stack, y, metric, space)
+    for _ in range(len(shares) - 1 if any(s is not None for s in shares) else 0):
+        w = _fit(stack, y, metric, space, cascade_usable(stack, w, shares, space, ids))
+    return w
+
+
+def cross_fitted(stack: np.ndarray, y: np.ndarray, folds: np.ndarray | None, shares: Sequence[float | None],
+                 metric: str, space: str, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, [members, rows] usable) of the cascade (or, shares all None, the plain blend) with each
+    fold's rows chosen and blended by weights fitted on the other folds; in sample when ``folds`` is None.
+    A fold's share is counted on its own rows, as a test set's is."""
+    import numpy as np
+
+    ids = np.asarray(ids).astype(str)
+    parts = [np.ones(len(y), dtype=bool)] if folds is None else [folds == k for k in np.unique(folds)]
+    probs, usable = np.zeros(stack.shape[1:]), np.zeros(stack.shape[:2], dtype=bool)
+    for rows in parts:
+        fit = ~rows if folds is not None else rows
+        w = fit_cascade(stack[:, fit], y[fit], shares, metric, space, ids[fit])
+        usable[:, rows] = cascade_usable(stack[:, rows], w, shares, space, ids[rows])
+        probs[rows] = mix(stack[:, rows], w, space, usable[:, rows])
+    return probs, usable
+
+
+def _interval(diff: np.ndarray, boot: np.ndarray) -> list[float]:
+    import numpy as np
+
+    means = diff[boot].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def _cascade_grid(stack, y, folds, ids, metric: str, space: str, grid: Sequence[float], full: np.ndarray,
+                  boot: np.ndarray) -> dict:
+    """Every combination of ``grid`` shares (and 1: every row) for the members after the first: the weights
+    fitted on all rows, the cross-fitted score, its paired difference to the full blend and the compute (rows
+    the later members score, as a share of the full blend's)."""
+    from . import metrics
+
+    table = []
+    for combo in itertools.product(sorted({*grid, 1.0}), repeat=stack.shape[0] - 1):
+        shares = [None, *(None if s == 1.0 else s for s in combo)]
+        weights = fit_cascade(stack, y, shares, metric, space, ids)
+        probs, usable = cross_fitted(stack, y, folds, shares, metric, space, ids)
+        diff = _row_scores(probs, y, metric) - _row_scores(full, y, metric)
+        table.append({"shares": [float(s) for s in combo], "weights": [float(w) for w in weights],
+                      "actual_shares": usable[1:].mean(axis=1).tolist(), "compute": float(usable[1:].mean()),
+                      "accuracy": metrics.accuracy(y, probs), "log_loss": metrics.log_loss(y, probs),
+                      "vs_full": float(diff.mean()), "vs_full_ci95": _interval(diff, boot)})
+    score = (lambda r: (r["accuracy"], -r["log_loss"])) if metric == "accuracy" else (lambda r: -r["log_loss"])
+    chosen = max(table, key=lambda r: (score(r), -r["compute"]))
+    return {"grid": sorted({*grid, 1.0}), "table": table, "chosen": chosen,
+            "meaning": "vs_full: the cascade's per-row score minus the full blend's (accuracy, or log probability "
+                       "of the label), cross-fitted; compute: rows the later members score / the full blend's"}
+
+
+def check_shares(shares: Sequence[float]) -> None:
+    bad = [s for s in shares if not 0 < s <= 1]
+    if bad or not shares:
+        raise SubmissionError(f"cascade shares {list(shares)} must be numbers in (0, 1], e.g. 0.1 0.2 0.3 0.5")
+
+
 def fit_oof_files(paths: Sequence[str], out: str | None = None, metric: str = "log_loss", n_boot: int = 2000,
-                  seed: int = 0, space: str = "probability") -> dict:
+                  seed: int = 0, space: str = "probability", cascade_shares: Sequence[float] | None = None) -> dict:
     """``wsdm ensemble fit``: blend weights fitted on the members' out-of-fold files, joined on id.
 
     The report holds each member's CV and the blend's. When every file carries the same ``fold``
@@ -363,6 +472,11 @@ def fit_oof_files(paths: Sequence[str], out: str | None = None, metric: str = "l
     weights fitted on the other folds, so the blend is scored on rows its weights never saw. The
     gain over the best member (log loss: best minus blend; accuracy: blend minus best) comes with a
     bootstrap 95% interval over rows. The weights to use on the test set are fitted on all rows.
+
+    ``cascade_shares``: also score cascades (``wsdm predict --rows uncertain:SHARE``), each member after
+    the first rescoring a share of the grid (or every row) chosen by the blend of the members before it,
+    with weights fitted for each combination and cross-fitted like the blend; the report's ``cascade``
+    holds the table and the best (the cheaper one on a tie).
     """
     import numpy as np
 
@@ -372,37 +486,38 @@ def fit_oof_files(paths: Sequence[str], out: str | None = None, metric: str = "l
     _check_fit(metric, space)
     if out:
         check_output_file(out, {".json": "JSON"}, "--out", {"an out-of-fold file": paths})
+    if cascade_shares is not None:
+        check_shares(cascade_shares)
     names = [str(p) for p in paths]
     frames = [_read_oof(p) for p in paths]
     labels = _oof_labels(frames, names)
     aligned = align(frames, names)
-    ids = aligned[0]["id"]
+    ids = aligned[0]["id"].astype(str).to_numpy()
     y = labels.loc[list(ids)].to_numpy().astype("int64")
     cols = prob_columns(aligned[0])
     stack = np.stack([f[cols].to_numpy() for f in aligned])
     weights = _fit(stack, y, metric, space)
     folds = _shared_folds(frames, ids)
-    blended = mix(stack, weights, space)
-    if folds is not None:
-        for k in np.unique(folds):
-            rows = folds == k
-            blended[rows] = mix(stack[:, rows], _fit(stack[:, ~rows], y[~rows], metric, space), space)
+    full = [None] * len(stack)
+    blended = cross_fitted(stack, y, folds, full, metric, space, ids)[0] if folds is not None else mix(stack, weights, space)
     members = [{"path": name, "weight": float(w), "accuracy": metrics.accuracy(y, p), "log_loss": metrics.log_loss(y, p)}
                for name, w, p in zip(names, weights, stack, strict=True)]
     best = max(range(len(members)), key=lambda i: -members[i]["log_loss"] if metric == "log_loss"
                else members[i]["accuracy"])
     diff = _row_scores(blended, y, metric) - _row_scores(stack[best], y, metric)
     boot = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
-    gains = diff[boot].mean(axis=1)
     report = {
         "metric": metric, "space": space, "rows": int(len(y)), "members": members, "weights": [float(w) for w in weights],
         "blend": {"accuracy": metrics.accuracy(y, blended), "log_loss": metrics.log_loss(y, blended),
                   "cross_fitted": folds is not None},
-        "gain_over_best": {"best_member": names[best], "mean": float(diff.mean()),
-                           "ci95": [float(np.percentile(gains, 2.5)), float(np.percentile(gains, 97.5))],
+        "gain_over_best": {"best_member": names[best], "mean": float(diff.mean()), "ci95": _interval(diff, boot),
                            "bootstrap": n_boot, "meaning": "log loss of the best member minus the blend's"
                            if metric == "log_loss" else "accuracy of the blend minus the best member's"},
     }
+    if cascade_shares is not None:
+        if len(stack) < 2:
+            raise SubmissionError("a cascade needs two or more OOF files: the first member scores every row")
+        report["cascade"] = _cascade_grid(stack, y, folds, ids, metric, space, cascade_shares, blended, boot)
     if out:
         atomic_write_json(out, report)
     return report
@@ -418,4 +533,19 @@ def fit_report_text(report: dict) -> str:
     lines.append(f"{'blend (' + kind + ')':<60} {'':>7} {b['accuracy']:>9.4f} {b['log_loss']:>9.4f}")
     lines.append(f"gain over the best member ({g['meaning']}): {g['mean']:+.4f}, "
                  f"95% bootstrap CI [{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}] over {report['rows']} rows")
+    if "cascade" in report:
+        lines.append(cascade_text(report["cascade"], report["metric"]))
     return "\n".join(lines)
+
+
+def cascade_text(cascade: dict, metric: str) -> str:
+    """The cascade grid: the later members' shares, the compute, the scores and the paired difference to the
+    full blend."""
+    lines = [f"\ncascades (later members rescore the most uncertain rows; cross-fitted; vs full blend in {metric})",
+             f"{'shares':<24} {'compute':>8} {'accuracy':>9} {'log_loss':>9}  {'vs full (95% CI)':<28}"]
+    for r in cascade["table"]:
+        mark = "  <- chosen" if r == cascade["chosen"] else ""
+        lines.append(f"{' '.join(f'{s:g}' for s in r['shares']):<24} {r['compute']:>8.3f} {r['accuracy']:>9.4f} "
+                     f"{r['log_loss']:>9.4f}  {r['vs_full']:+.4f} [{r['vs_full_ci95'][0]:+.4f}, "
+                     f"{r['vs_full_ci95'][1]:+.4f}]{mark}")
+    return "\n".join(line.rstrip() for line in lines)

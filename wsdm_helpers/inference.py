@@ -138,6 +138,7 @@ class BudgetPlan:
     swap_rows: int  # rows the swap pass can afford (before knowing which ones)
     predicted_seconds: float  # predicted time from the plan to the end of the run
     fits: bool = True  # False: even the shortest context overruns, the run stops when its time is up
+    rows: int | None = None  # ranked rows (a cascade member's): the first ``rows`` of them fit; None: every row
 
 
 def _candidate_lengths(max_length: int) -> list[int]:
@@ -145,6 +146,34 @@ def _candidate_lengths(max_length: int) -> list[int]:
     floor = max(128, max_length // 4)
     steps = [max_length - k * max(max_length // 8, 1) for k in range(8)]
     return [max_length] + [n for n in steps[1:] if n >= floor]
+
+
+def plan_ranked(lengths: Sequence[int], max_length: int, cfg: InferenceConfig, tokens_per_second: float,
+                seconds_left: float, tokenize_seconds_per_row: float, wanted_swaps: int) -> BudgetPlan:
+    """For rows in priority order (a cascade member's, most uncertain first): keep max_length and every
+    row if the AB pass fits, else the longest prefix of the rows that does (the share shrinks from the
+    certain end); the swap pass gets what is left, so TTA is still given up first."""
+    import numpy as np
+
+    lengths = np.asarray(lengths)
+
+    def ab_seconds(k: int) -> float:
+        return computed_tokens(lengths[:k], cfg) / tokens_per_second
+
+    fit = len(lengths)
+    if ab_seconds(fit) > seconds_left:  # bisect: a prefix of ``fit`` rows fits, one of ``over`` rows does not
+        fit, over = 0, len(lengths)
+        while over - fit > 1:
+            mid = (fit + over) // 2
+            fit, over = (mid, over) if ab_seconds(mid) <= seconds_left else (fit, mid)
+    ab = ab_seconds(fit)
+    per_swap = ab / max(fit, 1) + tokenize_seconds_per_row
+    swaps = int(min(wanted_swaps, fit, max(seconds_left - ab, 0) / per_swap + 1e-9))
+    if fit < len(lengths):
+        log.warning("time budget: %d of the %d ranked rows fit the %.0fs left at max_length=%d; the rest, the most "
+                    "certain ones, are left to the members before this one", fit, len(lengths), seconds_left,
+                    max_length)
+    return BudgetPlan(seconds_left, tokens_per_second, int(max_length), swaps, ab + swaps * per_swap, rows=fit)
 
 
 def plan_budget(lengths: Sequence[int], max_length: int, cfg: InferenceConfig, tokens_per_second: float,
@@ -660,8 +689,10 @@ class _Job:
         self.report.tokenize_seconds += self.clock.now() - started
         return EncodedPairs.concat(parts) if sum(len(p) for p in parts) == len(frame) else None
 
-    def run_pass(self, pass_name: str, encoded) -> pd.DataFrame:
-        """Chunks along the length-sorted order (longest first; ties by id, so input order does not matter).
+    def run_pass(self, pass_name: str, encoded, ranked: bool = False) -> pd.DataFrame:
+        """Chunks along the length-sorted order (longest first; ties by id, so input order does not matter),
+        or with ``ranked`` along the rows' own order (a cascade member's priority; each chunk is still
+        batched by length).
 
         A chunk the time limit cut short is returned with NaN rows and not saved; later chunks are
         not started (their rows are NaN too).
@@ -670,7 +701,7 @@ class _Job:
         import pandas as pd
 
         ids = [str(i) for i in encoded.ids]
-        order = np.lexsort((np.array(ids), -np.asarray(encoded.lengths)))
+        order = np.arange(len(ids)) if ranked else np.lexsort((np.array(ids), -np.asarray(encoded.lengths)))
         chunks = [order[i:i + self.cfg.chunk_rows] for i in range(0, len(order), self.cfg.chunk_rows)]
         parts = []
         with _RowBar(len(ids), f"{pass_name} pass", self.cfg.progress_bar) as bar:
@@ -714,15 +745,16 @@ class _Job:
         worker.real_tokens = worker.computed_tokens = 0
         return rate * len(self.workers)
 
-    def plan(self, encoded, max_length: int, n_rows: int, stop_at: float) -> BudgetPlan:
+    def plan(self, encoded, max_length: int, n_rows: int, stop_at: float, ranked: bool) -> BudgetPlan:
         plan = self.store.load_plan()
         if plan is not None:
             log.info("time budget: reusing the saved plan %s", plan)
             return plan
         rate = self.pilot(encoded)
         wanted = swap_rows_wanted(self.cfg.tta, n_rows, self.cfg.tta_share)
-        plan = plan_budget(encoded.lengths, max_length, self.planning, rate, stop_at - self.clock.now(),
-                           self.report.tokenize_seconds / max(n_rows, 1), wanted)
+        plan = (plan_ranked if ranked else plan_budget)(encoded.lengths, max_length, self.planning, rate,
+                                                        stop_at - self.clock.now(),
+                                                        self.report.tokenize_seconds / max(n_rows, 1), wanted)
         log.info("time budget plan: max_length=%d, up to %d swapped rows, predicted %.0fs of the %.0fs left "
                  "(%.0f tokens/s on %d device(s))", plan.max_length, plan.swap_rows, plan.predicted_seconds,
                  plan.budget_seconds, rate, len(self.workers))
@@ -783,7 +815,7 @@ def _job_key(run: LoadedRun, cfg: InferenceConfig, frame: pd.DataFrame, extra: d
 def run_prediction(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cfg: InferenceConfig | None = None,
                    progress: Callable[[ChunkEvent], None] | None = None, *, clock: Clock | None = None,
                    stop_at: float | None = None, latest: float | None = None,
-                   store_key: dict | None = None) -> PredictionResult:
+                   store_key: dict | None = None, ranked: bool = False) -> PredictionResult:
     """Predictions (id + class probabilities, in ``frame``'s row order) and an :class:`InferenceReport`.
 
     ``model_source``: a run folder (``wsdm train`` output) or a LoadedRun. ``cfg``: defaults to the
@@ -794,6 +826,9 @@ def run_prediction(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cf
     by ``stop_at`` (the pipeline's whole remaining time: finishing one run beats several runs that all
     miss the same rows); the limit then becomes the plan's predicted end plus ``EXTENSION_MARGIN``.
     ``store_key``: more values the saved chunks and plan must match (the pipeline's deadline).
+    ``ranked``: ``frame``'s rows are in priority order (a cascade member's, most uncertain first): under
+    the time limit the run keeps its context and scores a prefix of them (:func:`plan_ranked`; a batch the
+    stop cuts drops the rows after the first one it missed), never more time than ``stop_at``.
     """
     clock = clock or SystemClock()
     started = clock.now()
@@ -817,8 +852,10 @@ def run_prediction(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cf
     if encoded is None:
         return _out_of_time(job, order, max_length)
     if stop_at is not None:
-        job.report.plan = job.plan(encoded, max_length, len(frame), stop_at)
+        job.report.plan = job.plan(encoded, max_length, len(frame), stop_at, ranked)
         plan = job.report.plan
+        if plan.rows is not None and plan.rows < len(encoded):
+            encoded = encoded.select(range(plan.rows))
         if not plan.fits and latest is not None and latest > stop_at:
             stop_at = min(latest, clock.now() + plan.predicted_seconds * (1 + EXTENSION_MARGIN))
             log.info("time budget: the run needs %.0fs at max_length=%d, more than its share; it may go on "
@@ -832,8 +869,11 @@ def run_prediction(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cf
             max_length, encoded = plan.max_length, shorter
     job.report.max_length = max_length
     ab_started = job.elapsed()
-    preds = job.run_pass("ab", encoded)
-    job.report.rows_predicted = len(frame) - (job.stop.unreached if job.stop else 0)
+    preds = job.run_pass("ab", encoded, ranked)
+    if ranked:
+        preds, job.report.rows_predicted = _ranked_prefix(preds, order, job.stop is not None and job.stop.hit)
+    else:
+        job.report.rows_predicted = len(frame) - (job.stop.unreached if job.stop else 0)
     if cfg.tta != "none" and not (job.stop and job.stop.hit):
         preds = _swap_pass(job, frame, preds, max_length, job.elapsed() - ab_started + job.report.tokenize_seconds)
     job.report.stopped = job.report.rows_predicted < len(frame)  # a cut BA pass only loses TTA rows
@@ -859,6 +899,19 @@ def _finite(preds: pd.DataFrame) -> np.ndarray:
     import numpy as np
 
     return np.isfinite(preds[prob_columns(preds)].to_numpy(float)).all(axis=1)
+
+
+def _ranked_prefix(preds: pd.DataFrame, order: list[str], cut: bool) -> tuple[pd.DataFrame, int]:
+    """A ranked run's predictions for every id of ``order`` (the scored prefix, then NaN) and the prefix's
+    length. When the stop ``cut`` the pass, the prefix ends before the first row it did not score (a row the
+    model returned as NaN ends it too: fewer rows, never rows out of order)."""
+    import numpy as np
+    import pandas as pd
+
+    finite = _finite(preds)
+    kept = int(np.argmin(finite)) if cut and not finite.all() else len(preds)
+    rest = _frame(order[kept:], np.full((len(order) - kept, len(prob_columns(preds))), np.nan))
+    return pd.concat([preds.iloc[:kept], rest], ignore_index=True), kept
 
 
 def _swap_pass(job: _Job, frame: pd.DataFrame, preds: pd.DataFrame, max_length: int, ab_seconds: float) -> pd.DataFrame:

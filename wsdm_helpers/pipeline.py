@@ -15,15 +15,19 @@ byte-identical files. What it guarantees, in order of importance:
    that all miss the same shortest rows), so the runs after it get less, or are stopped, or are
    skipped when the time left would not even cover the loading time measured so far. The finish
    keeps ``finish_seconds``, or more when a dry run on the test rows shows this machine needs more;
-2. never zero: rows a run did not reach, or returned as NaN/inf, are filled from the other runs
+2. a cascade member (row policy ``uncertain:SHARE``) scores only that share of the rows, the ones the
+   blend of the weighted runs before it is least sure of (joined on id, most uncertain first, ties by
+   id), and votes on those rows only; it keeps its context, and under the deadline (after TTA) its rows
+   shrink from the most certain end, never grow;
+3. never zero: rows a run did not reach, or returned as NaN/inf, are filled from the other runs
    (their weights renormalised per row), then from the feature-baseline runs given with weight 0
    (fallback only), then 0.5 / uniform as the very last resort; every fill is counted per run;
-3. the layout follows the test file (a WSDM test gives ``id,winner``, an LMSYS test the three
+4. the layout follows the test file (a WSDM test gives ``id,winner``, an LMSYS test the three
    probabilities) or an explicit task, never the class count: a 3-class model on a WSDM test is
    renormalised over P(a), P(b); a 2-class model on an LMSYS test leaves ``tie_share`` to the tie;
-4. a plan-vs-actual report per run is printed and saved next to the submission
-   (``submission_report.json``);
-5. a broken submission is not mistaken for a good one: outside Kaggle's hidden competition rerun
+5. a plan-vs-actual report per run (time, context, swaps, planned and actual share of rows) is printed
+   and saved next to the submission (``submission_report.json``);
+6. a broken submission is not mistaken for a good one: outside Kaggle's hidden competition rerun
    (an interactive or commit run on Kaggle, any local run), once the submission is written, a
    weighted run that failed, or more than ``max_fallback_share`` of the rows taken from the fallback
    baseline or 0.5, raises :class:`SubmissionError` naming the runs and their errors
@@ -160,6 +164,7 @@ class Member:
     kind: Literal["llm", "baseline"]
     weight: float
     index: int  # position in the caller's list (blend order)
+    share: float | None = None  # a cascade member: this share of the rows, the most uncertain so far; None: all
 
     @property
     def name(self) -> str:
@@ -180,22 +185,69 @@ def run_kind(path: str | Path) -> str | None:
     return "baseline" if baseline else "llm" if llm else None
 
 
-def run_members(runs: Sequence[str | Path], weights: Sequence[float] | None) -> list[Member]:
+ALL_ROWS = "all"
+UNCERTAIN = "uncertain:"
+
+
+def parse_rows(policy: str | None) -> float | None:
+    """A run's row policy: ``"all"`` (or None) -> None; ``"uncertain:SHARE"`` -> SHARE, a number in (0, 1]."""
+    if policy is None or policy == ALL_ROWS:
+        return None
+    text = str(policy)
+    try:
+        share = float(text.removeprefix(UNCERTAIN)) if text.startswith(UNCERTAIN) else None
+    except ValueError:
+        share = None
+    if share is None or not 0 < share <= 1:
+        raise ConfigError(f"row policy {policy!r} must be 'all' or 'uncertain:SHARE' with SHARE in (0, 1], "
+                          "e.g. uncertain:0.35 (the run scores the 35% of rows the runs before it are least sure of)")
+    return share
+
+
+def _row_problems(members: list[Member], policies: Sequence[str | None]) -> list[str]:
+    problems = []
+    for m, policy in zip(members, policies, strict=True):
+        try:
+            m.share = parse_rows(policy)
+        except ConfigError as exc:
+            problems.append(f"run {m.name}: {exc}")
+            continue
+        if m.share is None:
+            continue
+        if m.kind == "baseline":
+            problems.append(f"run {m.name}: --rows {policy} on a feature baseline; it scores every row in seconds, "
+                            "give the row policy to an LLM run after it")
+        elif m.weight == 0:
+            problems.append(f"run {m.name}: --rows {policy} with weight 0; a cascade member needs a weight > 0")
+        elif not any(v.weight > 0 for v in members[:m.index]):
+            problems.append(f"run {m.name}: --rows {policy}, but no run with a weight > 0 comes before it to say "
+                            "which rows are uncertain; the first weighted run scores every row")
+    return problems
+
+
+def run_members(runs: Sequence[str | Path], weights: Sequence[float] | None,
+             rows: Sequence[str | None] | None = None) -> list[Member]:
     from .ensemble import check_weights
 
     if not runs:
         raise ConfigError("no run folders given")
     check_weights(weights, len(runs))
+    if rows is not None and len(rows) != len(runs):
+        raise ConfigError(f"got {len(rows)} row policies {list(rows)} for {len(runs)} run(s); give one per run "
+                          "('all' or 'uncertain:SHARE'), or none")
     problems = []
     kinds = [run_kind(r) for r in runs]
     bad = [str(r) for r, k in zip(runs, kinds, strict=True) if k is None]
     if bad:
         problems.append(f"not a run folder: {', '.join(bad)} (an LLM run has config.yaml and adapter/ or model/, "
                         "from `wsdm train`; a feature baseline has baseline.json, from `wsdm baseline --run-dir`)")
+    weights = list(weights) if weights is not None else [1.0] * len(runs)
+    members = [Member(Path(r), k or "llm", float(w), i)
+               for i, (r, k, w) in enumerate(zip(runs, kinds, weights, strict=True))]
+    problems += _row_problems(members, rows if rows is not None else [None] * len(runs))
     if problems:
         raise ConfigError("cannot start the submission:\n" + "\n".join(f"  - {p}" for p in problems))
-    weights = list(weights) if weights is not None else [1.0] * len(runs)
-    return [Member(Path(r), k, float(w), i) for i, (r, k, w) in enumerate(zip(runs, kinds, weights, strict=True))]
+    return members
 
 
 def inference_settings(run_dir: str | Path, overrides: dict[str, Any] | None) -> InferenceConfig:
@@ -232,7 +284,10 @@ class RunReport:
     swapped_rows: int = 0
     rows_predicted: int = 0
     nan_rows: int = 0  # rows the run returned as NaN or inf
-    rows_filled: int = 0  # rows it did not deliver (not reached, NaN, failed), filled from the others
+    rows_filled: int = 0  # rows of its planned ones it did not deliver (not reached, NaN, failed), filled from the others
+    planned_share: float = 1.0  # share of the test rows its row policy gives it (a cascade member: its share)
+    planned_rows: int = 0  # those rows
+    actual_share: float = 0.0  # share of the test rows it delivered (the blend uses it there)
     chunks_resumed: int = 0  # chunks read back from the resume folder instead of computed
     note: str = ""
 
@@ -253,13 +308,15 @@ class SubmissionReport:
 
     def to_text(self) -> str:
         header = (f"{'run':<28} {'kind':<8} {'status':<8} {'share':>7} {'planned':>8} {'actual':>7} "
-                  f"{'load':>6} {'max_len':>7} {'swaps':>11} {'rows':>7} {'nan':>5} {'filled':>6}")
+                  f"{'load':>6} {'max_len':>7} {'swaps':>11} {'rows% plan/act':>14} {'rows':>7} {'nan':>5} "
+                  f"{'filled':>6}")
         lines = [header, "-" * len(header)]
         for r in self.runs:
             swaps = f"{r.swapped_rows}/{'-' if r.planned_swap_rows is None else r.planned_swap_rows}"
+            rows = f"{100 * r.planned_share:.1f}/{100 * r.actual_share:.1f}"
             lines.append(f"{r.run[:28]:<28} {r.kind:<8} {r.status:<8} {_s(r.share_seconds):>7} "
                          f"{_s(r.planned_seconds):>8} {_s(r.actual_seconds):>7} {_s(r.load_seconds):>6} "
-                         f"{r.max_length or '-':>7} {swaps:>11} {r.rows_predicted:>7} {r.nan_rows:>5} "
+                         f"{r.max_length or '-':>7} {swaps:>11} {rows:>14} {r.rows_predicted:>7} {r.nan_rows:>5} "
                          f"{r.rows_filled:>6}" + (f"  {r.note}" if r.note else ""))
         deadline = "no limit" if self.deadline_seconds is None else f"deadline {self.deadline_seconds:.1f}s"
         lines.append(f"{self.task} submission of {self.rows} rows written to {self.submission} after "
@@ -294,8 +351,9 @@ def _predict_llm(member: Member, frame: pd.DataFrame, cfg: InferenceConfig, repo
                  deadline: Deadline, stop_at: float | None, latest: float | None, store_key: dict) -> pd.DataFrame:
     from .inference import run_prediction
 
+    ranked = member.share is not None
     result = run_prediction(member.path, frame, cfg, clock=deadline.clock, stop_at=stop_at, latest=latest,
-                            store_key=store_key)
+                            store_key=store_key, ranked=ranked)
     r = result.report
     report.actual_seconds, report.load_seconds = r.actual_seconds, r.load_seconds
     report.max_length, report.swapped_rows, report.rows_predicted = r.max_length, r.swapped_rows, r.rows_predicted
@@ -307,7 +365,38 @@ def _predict_llm(member: Member, frame: pd.DataFrame, cfg: InferenceConfig, repo
     if r.plan is not None and not r.plan.fits:
         report.note = "the shortest context did not fit its share: it took more" + (
             ", up to the time left" if r.stopped else "")
+    if ranked and r.stopped:
+        report.note = f"its rows shrank to fit the time: the {r.rows_predicted} most uncertain of {len(frame)}"
     return result.predictions
+
+
+def _task_frames(members: list[Member], preds: dict[int, pd.DataFrame], task: str,
+                 settings: PipelineConfig) -> dict[int, pd.DataFrame]:
+    """Each member's predictions so far in the task's classes."""
+    from .submission import to_task_classes
+
+    return {m.index: to_task_classes(preds[m.index], task, settings.tie_share) for m in members if m.index in preds}
+
+
+def _uncertain_rows(member: Member, members: list[Member], preds: dict[int, pd.DataFrame], ids: list[str],
+                    task: str, settings: PipelineConfig) -> list[str]:
+    """The ids a cascade member scores, most uncertain first (tta.select_uncertain): its share of the rows,
+    by the margin of the blend of the weighted members before it, joined on id (a row none of them
+    delivered counts as the most uncertain)."""
+    from .ensemble import blend_available
+    from .tta import rows_for_share, select_uncertain
+
+    classes = _task_frames(members, preds, task, settings)
+    before = [m for m in members[:member.index] if m.weight > 0]
+    blended, _ = blend_available([classes.get(m.index, _empty(ids, task)) for m in before], ids,
+                                 [m.weight for m in before], settings.blend_space)
+    return select_uncertain(blended, max_rows=rows_for_share(len(ids), member.share))
+
+
+def _rows_of(frame: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
+    """``frame``'s rows for ``ids``, in that order."""
+    position = {i: k for k, i in enumerate(frame["id"].astype(str))}
+    return frame.iloc[[position[i] for i in ids]].reset_index(drop=True)
 
 
 def _free_memory() -> None:
@@ -331,10 +420,12 @@ def _work_dir(settings: PipelineConfig, out: Path) -> Path | None:
     return Path(settings.work_dir) if settings.work_dir else out.parent / ".wsdm-chunks"
 
 
-def _run_all(members: list[Member], frame: pd.DataFrame, configs: dict[int, InferenceConfig],
+def _run_all(members: list[Member], frame: pd.DataFrame, task: str, configs: dict[int, InferenceConfig],
              settings: PipelineConfig, deadline: Deadline, work_dir: Path | None, reports: list[RunReport],
              blend_key: dict) -> dict[int, pd.DataFrame]:
-    """Predictions per member index: the baselines first (seconds), then the LLM runs under the clock."""
+    """Predictions per member index: the baselines first (seconds), then the LLM runs in blend order under
+    the clock (a cascade member on the rows the members before it are least sure of)."""
+    ids = frame["id"].astype(str).tolist()
     preds: dict[int, pd.DataFrame] = {}
     for m in (m for m in members if m.kind == "baseline"):
         preds[m.index] = _predict_baseline(m, frame, reports[m.index], deadline)
@@ -358,8 +449,9 @@ def _run_all(members: list[Member], frame: pd.DataFrame, configs: dict[int, Infe
         cfg = configs[m.index]
         if work_dir is not None:
             cfg = dataclasses.replace(cfg, work_dir=str(work_dir / m.name))
+        rows = frame if m.share is None else _rows_of(frame, _uncertain_rows(m, members, preds, ids, task, settings))
         try:
-            preds[m.index] = _predict_llm(m, frame, cfg, report, deadline, stop_at, latest, blend_key)
+            preds[m.index] = _predict_llm(m, rows, cfg, report, deadline, stop_at, latest, blend_key)
         except Exception as exc:  # never zero: the other runs and the baseline fill its rows
             log.exception("submission: run %s failed; its rows are filled from the other runs", m.path)
             report.status, report.note = "failed", f"{type(exc).__name__}: {exc}"[:200]
@@ -394,11 +486,11 @@ def _finish_reserve(frame: pd.DataFrame, settings: PipelineConfig, deadline: Dea
 
 def _combine(members: list[Member], preds: dict[int, pd.DataFrame], ids: list[str], task: str,
              settings: PipelineConfig, report: SubmissionReport) -> pd.DataFrame:
-    """Blend the weighted members over the rows each delivered; fill the rest (fallback baseline, 0.5)."""
+    """Blend the weighted members over the rows each delivered (a cascade member: within its rows); fill the
+    rest (fallback baseline, 0.5)."""
     from .ensemble import blend_available
-    from .submission import to_task_classes
 
-    classes = {m.index: to_task_classes(preds[m.index], task, settings.tie_share) for m in members if m.index in preds}
+    classes = _task_frames(members, preds, task, settings)
     voters = [m for m in members if m.weight > 0]
     fallback = [m for m in members if m.weight == 0 and m.kind == "baseline" and m.index in classes]
     empty = _empty(ids, task)
@@ -406,12 +498,14 @@ def _combine(members: list[Member], preds: dict[int, pd.DataFrame], ids: list[st
     blended, usable = blend_available(frames, ids, [m.weight for m in voters], settings.blend_space)
     for m, ok in zip(voters, usable, strict=True):
         rr = report.runs[m.index]
-        rr.rows_filled = int((~ok).sum())
+        rr.rows_filled, rr.actual_share = rr.planned_rows - int(ok.sum()), float(ok.mean())
         if m.index in classes:  # rows it reached but returned as NaN or inf
             rr.nan_rows = rr.rows_predicted - int(ok.sum())
     missing = ~usable.any(axis=0)
-    if missing.any() and fallback:
+    if fallback:
         backup, covered = blend_available([classes[m.index] for m in fallback], ids)
+        for m, ok in zip(fallback, covered, strict=True):
+            report.runs[m.index].actual_share = float(ok.mean())
         take = missing & covered.any(axis=0)
         blended.loc[take, blended.columns[1:]] = backup.loc[take, blended.columns[1:]].to_numpy()
         report.rows_from_fallback = int(take.sum())
@@ -447,14 +541,26 @@ def read_test(test: str | Path | pd.DataFrame) -> pd.DataFrame:
     return test if isinstance(test, pd.DataFrame) else read_pairs(test, ties="keep")[0]
 
 
+def _run_report(member: Member, n_rows: int) -> RunReport:
+    from .tta import rows_for_share
+
+    share = 1.0 if member.share is None else member.share
+    return RunReport(member.name, str(member.path), member.kind, member.weight, planned_share=share,
+                     planned_rows=rows_for_share(n_rows, share))
+
+
 def submit(runs: Sequence[str | Path], test: str | Path | pd.DataFrame, out: str | Path,
            weights: Sequence[float] | None = None, overrides: dict[str, Any] | None = None,
            settings: PipelineConfig | dict[str, Any] | None = None, deadline: Deadline | None = None,
-           probs_out: str | Path | None = None) -> SubmissionResult:
+           probs_out: str | Path | None = None, rows: Sequence[str | None] | None = None) -> SubmissionResult:
     """Predict with every run, blend, fill, validate and write ``out`` (and ``REPORT_FILE`` beside it).
 
     ``runs``: LLM run folders and feature-baseline run folders, in blend order. ``weights``: one per
-    run (default equal); a baseline with weight 0 is the fallback only. ``overrides``: typed inference
+    run (default equal); a baseline with weight 0 is the fallback only. ``rows``: one row policy per run
+    (default all): ``"all"``, or ``"uncertain:SHARE"`` for a cascade member, an LLM run that scores only
+    that share of the test rows, the ones the blend of the weighted runs before it is least sure of (its
+    weight counts on those rows only; under the deadline the share shrinks from the certain end, never
+    grows). ``overrides``: typed inference
     settings applied on top of every LLM run's own. ``deadline``: the clock and the moment the
     submission must be written (default: ``settings.time_budget_minutes`` from now).
     """
@@ -469,16 +575,18 @@ def submit(runs: Sequence[str | Path], test: str | Path | pd.DataFrame, out: str
     out = check_output_file(out, SUBMISSION_FORMATS, "--out", inputs)
     if probs_out:
         check_output_file(probs_out, PREDICTION_FORMATS, "--probs-out", {**inputs, "the submission --out": out})
-    members = run_members(runs, weights)
+    members = run_members(runs, weights, rows)
     configs = {m.index: inference_settings(m.path, overrides) for m in members if m.kind == "llm"}
     frame = read_test(test)
     task = task_for_test(frame, settings.task)
     ids = frame["id"].astype(str).tolist()
     report = SubmissionReport(task, len(ids), str(out), deadline.end - deadline.started if deadline.limited else None,
-                              runs=[RunReport(m.name, str(m.path), m.kind, m.weight) for m in members])
+                              runs=[_run_report(m, len(ids)) for m in members])
     blend_key = {"weights": [m.weight for m in members], "runs": [str(m.path) for m in members],
-                 "time_budget_minutes": settings.time_budget_minutes, "safety_minutes": settings.safety_minutes}
-    preds = _run_all(members, frame, configs, settings, deadline, _work_dir(settings, out), report.runs, blend_key)
+                 "time_budget_minutes": settings.time_budget_minutes, "safety_minutes": settings.safety_minutes,
+                 "rows": [m.share for m in members], "blend_space": settings.blend_space}
+    preds = _run_all(members, frame, task, configs, settings, deadline, _work_dir(settings, out), report.runs,
+                     blend_key)
     blended = _combine(members, preds, ids, task, settings, report)
     if probs_out:
         write_predictions(blended, probs_out)
@@ -491,7 +599,7 @@ def submit(runs: Sequence[str | Path], test: str | Path | pd.DataFrame, out: str
 
 
 def enforce_failure_policy(report: SubmissionReport, settings: PipelineConfig) -> None:
-    """Raise when the written submission hides failures (see the module docstring, point 5)."""
+    """Raise when the written submission hides failures (see the module docstring, point 6)."""
     from .kaggle import is_competition_rerun
 
     rerun = is_competition_rerun()

@@ -94,14 +94,27 @@ def average_orientations(probs_ab: np.ndarray, probs_ba: np.ndarray, average: st
     return average_pair(np.asarray(probs_ab), flip_probs(probs_ba), average)
 
 
+def margins(p_a: np.ndarray, p_b: np.ndarray) -> np.ndarray:
+    """|P(a) - P(b)| per row, rounded off float noise; -1 where it is unknown (NaN: no prediction), so
+    that a row nothing predicted counts as the most uncertain of all."""
+    margin = np.round(np.abs(np.asarray(p_a, float) - np.asarray(p_b, float)), 9)
+    return np.where(np.isnan(margin), -1.0, margin)
+
+
+def uncertainty_order(p_a: np.ndarray, p_b: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Row positions, most uncertain first (smallest :func:`margins`; rows without a prediction first),
+    ties broken by id: the one order of "uncertain rows" for selective TTA and cascade members."""
+    return np.lexsort((np.asarray(ids).astype(str), margins(p_a, p_b)))
+
+
 def select_uncertain(preds: pd.DataFrame, band: float | None = None, max_rows: int | None = None) -> list[str]:
-    """Ids of the rows worth a swap pass: |P(a) - P(b)| <= 2 * band (for two classes: P(a) within
-    0.5 +- band), at most ``max_rows`` of them, most uncertain first (ties broken by id)."""
-    margin = np.round((preds["winner_model_a"] - preds["winner_model_b"]).abs().to_numpy(), 9)  # float noise
+    """Ids of the rows worth another look (a swap pass, a cascade member): |P(a) - P(b)| <= 2 * band (for
+    two classes: P(a) within 0.5 +- band), at most ``max_rows`` of them, in :func:`uncertainty_order`."""
+    margin = margins(preds["winner_model_a"], preds["winner_model_b"])
     ids = preds["id"].astype(str).to_numpy()
-    order = np.lexsort((ids, margin))
+    order = uncertainty_order(preds["winner_model_a"], preds["winner_model_b"], ids)
     if band is not None:
-        order = order[margin[order] <= 2 * band + 1e-12]
+        order = order[(margin[order] >= 0) & (margin[order] <= 2 * band + 1e-12)]  # a band needs a prediction
     if max_rows is not None:
         order = order[:max(0, max_rows)]
     return ids[order].tolist()
@@ -125,17 +138,22 @@ def apply_policy(pred_ab: pd.DataFrame, pred_ba: pd.DataFrame, tta: TTA, band: f
     return out.reset_index()
 
 
+def rows_for_share(n_rows: int, share: float) -> int:
+    """How many of ``n_rows`` rows a share covers (selective TTA's tta_share, a cascade member's share)."""
+    return round(n_rows * share)
+
+
 def swap_rows_wanted(tta: TTA, n_rows: int, share: float | None) -> int:
     """How many rows a TTA policy would swap if time allowed."""
     if tta == "none":
         return 0
     if tta == "swap" or share is None:
         return n_rows
-    return round(n_rows * share)
+    return rows_for_share(n_rows, share)
 
 
 def selection(tta: TTA, n_rows: int, band: float, share: float | None) -> tuple[float | None, int | None]:
     """(band, cap) for :func:`select_uncertain` under a policy: ``swap`` takes every row."""
     if tta != "selective":
         return None, None
-    return band, (round(n_rows * share) if share is not None else None)
+    return band, (rows_for_share(n_rows, share) if share is not None else None)
