@@ -26,6 +26,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from .. import __version__
 from ..errors import BundleError
@@ -47,6 +48,9 @@ DEFAULT_PACKAGES = ("peft",)
 # The image's own GPU stack: never downloaded, never replaced.
 IMAGE_RUNTIME = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
 DEFAULT_IMAGE = "kaggle-2026-05"
+# Packages whose declared torch floor is below what they call, for a target torch below the version given
+# (found by the rehearsal): transformers 5.19 calls torch.accelerator (torch 2.6) while declaring torch>=2.4.
+TORCH_CAPS = (("2.6", "transformers<5.19"),)
 DEFAULT_GLIBC = "2.35"  # Kaggle's and Colab's images run Ubuntu 22.04 (backend-info os-info*.txt)
 DEFAULT_ARCH = "x86_64"
 PIP_OUTPUT_TAIL = 25
@@ -176,7 +180,7 @@ def resolve_closure(requirements: Sequence[str], *, python_version: str, platfor
     versions are accepted, and a second resolution with those pinned checks that they fit together
     (a pin pip names in a conflict is dropped and the resolution repeated).
     """
-    held = [f"torch=={torch}"]
+    held = [f"torch=={torch}", *(cap for below, cap in TORCH_CAPS if Version(torch) < Version(below))]
     installs = _resolve(requirements, python_version, platforms, held, index_args)
     kept = _accepted_image_versions(installs, image_packages or {}, python_version)
     for _ in range(attempts):
