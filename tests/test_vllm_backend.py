@@ -90,7 +90,7 @@ def test_classifier_run_predicts_the_same_with_both_backends_with_swap_tta(class
 
 def test_rows_in_another_order_are_joined_on_id(classifier, data):
     frame = read_pairs(data["test"], ties="keep")[0]
-    hf, vllm = _both(classifier, frame.iloc[::-1].reset_index(drop=True), tta="none")
+    hf, vllm = _both(classifier, frame.iloc[::-1].reset_index(drop=True), tta_average="log_odds")
     assert vllm.predictions["id"].tolist() == frame["id"].iloc[::-1].tolist()
     _assert_close(hf, vllm)
 
@@ -111,10 +111,11 @@ def test_interrupted_vllm_run_resumes_from_its_chunks(classifier, data, tmp_path
     from wsdm_helpers.config import InferenceConfig, from_dict
 
     frame = read_pairs(data["test"], ties="keep")[0]
-    cfg = from_dict(InferenceConfig, {**VLLM, "tta": "none", "work_dir": str(tmp_path)}, "inference.")
+    cfg = from_dict(InferenceConfig, {**VLLM, "work_dir": str(tmp_path)}, "inference.")
     first = run_prediction(classifier, frame, cfg)
     again = run_prediction(classifier, frame, cfg)
-    assert first.report.chunks_computed == 3 and again.report.chunks_loaded == 3 and again.report.chunks_computed == 0
+    assert first.report.chunks_computed == 6  # 3 chunks of 16 rows, AB and BA
+    assert again.report.chunks_loaded == 6 and again.report.chunks_computed == 0
     pd.testing.assert_frame_equal(first.predictions, again.predictions)
 
 
@@ -137,7 +138,7 @@ def test_binding_deadline_stops_the_vllm_run_between_chunks_and_the_submission_i
 
     monkeypatch.setattr(VllmWorker, "score_batch", timed)
     frame = read_pairs(data["test"], ties="keep")[0]
-    tokens = _both(classifier, frame, tta="none")[1].report.real_tokens  # the AB pass
+    tokens = _both(classifier, frame)[1].report.real_tokens / 2  # the AB pass (AB and BA have the same lengths)
     # the pilot (a warm-up and three request groups) takes most of an AB pass: this leaves about half of one
     deadline = Deadline(clock, clock.now(), clock.now() + 1.3 * tokens / RATE)
     result = submit([classifier, tmp_path / "baseline"], data["test"], tmp_path / "submission.csv",

@@ -772,7 +772,7 @@ def run_prediction(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cf
     order = _check_frame(frame)
     cfg = cfg or _saved_config(model_source).inference
     cfg.validate("inference.")  # batching values stay as given: each worker resolves them for its device
-    with _backend(model_source, cfg) as (run, workers, weights):
+    with open_backend(model_source, cfg) as (run, workers, weights):
         return _predict(run, workers, weights, frame, order, cfg, progress, clock, started, stop_at, latest,
                         store_key)
 
@@ -798,7 +798,7 @@ def backend_problems(model_source: str | Path | LoadedRun, cfg: InferenceConfig)
 
 
 @contextlib.contextmanager
-def _backend(model_source: str | Path | LoadedRun, cfg: InferenceConfig):
+def open_backend(model_source: str | Path | LoadedRun, cfg: InferenceConfig):
     """(run, workers, weights fingerprint) for ``cfg.backend``; a vLLM engine is shut down on exit."""
     if cfg.backend == "vllm":
         problems = backend_problems(model_source, cfg)

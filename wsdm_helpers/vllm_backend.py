@@ -14,8 +14,8 @@ them stays the one of :mod:`inference` (pilot, time plan, chunks, stop rule, TTA
   masked) are the class logits;
 - the engine: ``tensor_parallel_size`` GPUs (default: every GPU among the devices), ``max_model_len``
   from the run's ``max_length``, the family's dtype rules (fp16 on a T4, fp32 for Gemma 3 there),
-  prefix caching with swap TTA (both orientations share the prompt), eager mode on a CPU (compiling
-  costs minutes there).
+  prefix caching with swap TTA (both orientations share the prompt; not with mean pooling, whose mean
+  would miss the cached tokens), eager mode on a CPU (compiling costs minutes there).
 
 Requests go to the engine in groups of ``inference.request_rows`` rows; the stop rule is checked
 between groups. The engine starts its core in a child process: a script that predicts with it must
@@ -36,8 +36,19 @@ from typing import TYPE_CHECKING, Any
 from .config import InferenceConfig, RunConfig, load_run_config
 from .errors import ConfigError
 from .inference import Worker
-from .modeling import (FAMILIES, MERGED_MARKER, ModelFamily, answer_ids_for, cache_root, family_of_folder,
-                       load_run, load_tokenizer, resolve_dtype, resolve_source, save_merged)
+from .modeling import (
+    FAMILIES,
+    MERGED_MARKER,
+    ModelFamily,
+    answer_ids_for,
+    cache_root,
+    family_of_folder,
+    load_run,
+    load_tokenizer,
+    resolve_dtype,
+    resolve_source,
+    save_merged,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -114,13 +125,14 @@ def merge_dtype(dtype: torch.dtype) -> str:
 
 
 def merge_key(run_dir: Path, dtype: str) -> str:
-    """A digest of what the merged weights depend on: the weight files' contents, the model and head
-    settings (the base's location left out, so a bundle copied elsewhere keeps its key) and the dtype."""
+    """A digest of what the merged weights depend on: the safetensors files' contents, the model and head
+    settings and the dtype; paths are left out (the base's location, adapter_config.json's rewritten
+    base path), so a bundle copied to Kaggle keeps its key."""
     cfg = load_run_config(run_dir / "config.yaml")
     sha = hashlib.sha1(repr((dtype, cfg.format.head, cfg.model.num_labels, cfg.model.num_layers,
                              cfg.model.family)).encode())
     weights = run_dir / ("model" if (run_dir / "model").is_dir() else "adapter")
-    for path in sorted(p for p in weights.rglob("*") if p.is_file()):
+    for path in sorted(weights.rglob("*.safetensors")):
         sha.update(path.relative_to(weights).as_posix().encode())
         with path.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
@@ -171,7 +183,9 @@ def engine_arguments(run_cfg: RunConfig, cfg: InferenceConfig, family: ModelFami
         # a generated answer token needs one position past the longest pair
         "max_model_len": run_cfg.format.max_length + (0 if classifier else 1),
         "tensor_parallel_size": tp, "gpu_memory_utilization": cfg.gpu_memory_utilization,
-        "enable_prefix_caching": cfg.tta != "none", "enforce_eager": device == "cpu"}
+        # a mean over a cached prefix would miss its tokens: vLLM serves MEAN pooling without prefix caching
+        "enable_prefix_caching": cfg.tta != "none" and not (classifier and run_cfg.format.pooling == "mean"),
+        "enforce_eager": device == "cpu"}
     gib = cfg.kv_cache_gib or (CPU_KV_CACHE_GIB if device == "cpu" else None)
     if gib:
         kwargs["kv_cache_memory_bytes"] = int(gib * 2**30)
