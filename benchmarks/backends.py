@@ -41,12 +41,13 @@ def build_run(source: str, out: Path) -> Path:
     format; float32 weights (each backend casts them to its dtype)."""
     import torch
 
-    from wsdm_helpers.config import InferenceConfig, load_run_config, save_yaml
+    from wsdm_helpers.config import InferenceConfig, TrainConfig, load_run_config, save_yaml
     from wsdm_helpers.modeling import load_model, resolve_source
 
     preset = load_run_config(PRESET)
     cfg = dataclasses.replace(preset, model=dataclasses.replace(preset.model, source=str(resolve_source(source)),
                                                                 dtype="float32"),
+                              train=TrainConfig(),  # the head is seeded, not a probe: nothing trained
                               inference=InferenceConfig(tta="none", progress_bar=False))
     torch.manual_seed(0)
     model, tokenizer, _ = load_model(cfg, "cpu")

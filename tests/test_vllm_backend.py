@@ -6,6 +6,7 @@ LoRA, so there is a real adapter to merge. vLLM's engines are kept open for the 
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +152,31 @@ def test_binding_deadline_stops_the_vllm_run_between_chunks_and_the_submission_i
     sub = pd.read_csv(tmp_path / "submission.csv", dtype={"id": str})
     assert sub.columns.tolist() == ["id", "winner"] and sorted(sub["id"]) == sorted(frame["id"].astype(str))
     assert set(sub["winner"]) <= {"model_a", "model_b"}
+
+
+@pytest.mark.slow
+def test_real_preset_probe_format_on_gemma3_270m_predicts_the_same_with_both_backends(data, tmp_path):
+    """Gemma 3 270M (the packaged GGUF) in the real preset's format: mean pooling, max_length 256, swap TTA
+    averaged in log-odds; a seeded head stands in for the probe (a probe run is a head on the same model)."""
+    import torch
+
+    from wsdm_helpers.config import InferenceConfig, save_yaml
+    from wsdm_helpers.errors import MissingResourceError
+    from wsdm_helpers.modeling import load_model, resolve_source
+
+    preset = load_run_config(Path(__file__).resolve().parents[1] / "configs" / "cpu-real-gemma3-270m.yaml")
+    try:
+        source = str(resolve_source("pypi:gemma3-270m"))
+    except MissingResourceError as exc:
+        pytest.skip(str(exc))
+    cfg = dataclasses.replace(preset, model=dataclasses.replace(preset.model, source=source, dtype="float32"),
+                              inference=InferenceConfig(progress_bar=False))
+    torch.manual_seed(0)
+    model, tokenizer, _ = load_model(cfg, "cpu")
+    model.save_pretrained(str(tmp_path / "model"))
+    tokenizer.save_pretrained(str(tmp_path / "tokenizer"))
+    save_yaml(cfg, tmp_path / "config.yaml")
+    frame = read_pairs(data["test"], ties="keep")[0].head(16)
+    hf, vllm = _both(tmp_path, frame, tta_average="log_odds")
+    assert cfg.format.pooling == "mean" and vllm.report.swapped_rows == 16
+    _assert_close(hf, vllm)

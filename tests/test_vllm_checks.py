@@ -75,9 +75,13 @@ def test_bundle_adapter_merged_ships_the_folder_the_vllm_backend_loads(lora_run,
     monkeypatch.setenv("WSDM_CACHE", str(tmp_path / "cache"))
     bundle = tmp_path / "bundle"
     assert main(["bundle", "adapter", str(lora_run), "--out", str(bundle), "--username", "tester", "--base-model",
-                 "/kaggle/input/tiny-gemma3", "--merged", "float32"]) == 0
-    assert (bundle / "merged" / MERGED_MARKER).is_file() and list((bundle / "merged").glob("*.safetensors"))
-    assert merged_folder(bundle, "float32") == bundle / "merged"  # the bundle is a run folder: no merge again
+                 "/kaggle/input/tiny-gemma3", "--merged"]) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(bundle / "merged" / "model.safetensors"), "pt") as fh:
+        assert {fh.get_slice(k).get_dtype() for k in fh.keys()} == {"BF16"}  # the default merge dtype
+    # the bundle is a run folder whose base is not here: its merged/ serves an engine of either dtype
+    assert merged_folder(bundle, "float32") == bundle / "merged" == merged_folder(bundle, "bfloat16")
     assert not (tmp_path / "cache" / "merged").exists()
 
 

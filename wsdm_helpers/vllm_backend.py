@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 POOLERS = {"last": "LAST", "mean": "MEAN"}  # format.pooling -> vLLM's sequence pooling type
 CPU_KV_CACHE_GIB = 1.0
 BUNDLED = "merged"  # a run folder's merged model, written by `wsdm bundle adapter --merged`
+MERGE_DTYPES = ("float32", "bfloat16")
 _KEPT: dict[str, Any] | None = None  # engines kept open by keep_engines(), by their arguments
 
 
@@ -147,11 +148,13 @@ def _marker(folder: Path) -> str | None:
 
 def merged_folder(run_dir: str | Path, dtype: str, out: Path | None = None) -> Path:
     """The run's merged model folder in ``dtype`` (float32 or bfloat16): ``out`` when given, else the
-    bundled ``<run>/merged`` made from the same weights, else ``$WSDM_CACHE/merged/<key>``, written
-    there once (the base loaded unquantized on the CPU: a QLoRA run merges into 16-bit weights)."""
+    bundled ``<run>/merged`` made from the same weights (in either dtype: the engine casts, so Kaggle needs
+    no base), else ``$WSDM_CACHE/merged/<key>``, written there once (the base loaded unquantized on the
+    CPU: a QLoRA run merges into 16-bit weights)."""
     run_dir = Path(run_dir)
     key = merge_key(run_dir, dtype)
-    if out is None and _marker(run_dir / BUNDLED) == key:
+    bundled = _marker(run_dir / BUNDLED)
+    if out is None and bundled is not None and bundled in {merge_key(run_dir, d) for d in MERGE_DTYPES}:
         return run_dir / BUNDLED
     target = out or cache_root() / "merged" / key
     if _marker(target) != key:
