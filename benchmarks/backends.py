@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "lmsys-arena-sample" / "train_sample.csv"
-PRESET = Path(__file__).resolve().parents[1] / "configs" / "cpu-real-gemma3-270m.yaml"
+PRESET = "cpu-real-gemma3-270m"  # config.resolve_preset finds it wherever configs/ lies
 BACKENDS = ("hf", "vllm")
 
 
@@ -41,10 +41,10 @@ def build_run(source: str, out: Path) -> Path:
     format; float32 weights (each backend casts them to its dtype)."""
     import torch
 
-    from wsdm_helpers.config import InferenceConfig, TrainConfig, load_run_config, save_yaml
+    from wsdm_helpers.config import InferenceConfig, TrainConfig, load_run_config, resolve_preset, save_yaml
     from wsdm_helpers.modeling import load_model, resolve_source
 
-    preset = load_run_config(PRESET)
+    preset = load_run_config(resolve_preset(PRESET))
     cfg = dataclasses.replace(preset, model=dataclasses.replace(preset.model, source=str(resolve_source(source)),
                                                                 dtype="float32"),
                               train=TrainConfig(),  # the head is seeded, not a probe: nothing trained
@@ -120,14 +120,15 @@ def encoded_rows(run_dir: Path, frame) -> list[list[int]]:
 
     cfg = load_run_config(run_dir / "config.yaml")
     family = family_of_folder(run_dir / "model")
-    return encode_pairs(frame, load_tokenizer(run_dir / "tokenizer", family), cfg.format, family.template).input_ids
+    encoded = encode_pairs(frame, load_tokenizer(run_dir / "tokenizer", family), cfg.format, family.template)
+    return [list(r) for r in encoded.input_ids]
 
 
 def shapes_for(backend: str, device: str, length: int, n_rows: int) -> list[tuple[int, int]]:
     if backend == "hf":
         budgets = (1024, 2048, 4096) if device == "cpu" else (8192, 16384, 32768)
         return sorted({(max(1, min(n_rows, b // length)), length) for b in budgets})
-    groups = (16, 64, 256) if device == "cpu" else (64, 256, 1024)
+    groups = (8, 32, 128) if device == "cpu" else (64, 256, 1024)
     return sorted({(min(n_rows, g), length) for g in groups})
 
 
@@ -141,7 +142,7 @@ def measure(run_dir: Path, sets: dict, device: str, repeats: int) -> dict:
             for name, frame in sets.items():
                 rows = encoded_rows(run_dir, frame)
                 length = int(np.median([len(r) for r in rows]))
-                pool = rows * (1 + 1024 // max(len(rows), 1))
+                pool = rows * (1 + 1024 // len(rows))  # enough rows for the largest shape
                 for _ in range(repeats):
                     for backend in BACKENDS:
                         e2e = end_to_end(run_dir, frame, backend, device)

