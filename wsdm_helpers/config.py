@@ -289,6 +289,7 @@ Optimizer = Literal["auto", "adamw_torch", "adamw_torch_fused", "adafactor", "sg
                     "paged_lion_8bit", "paged_lion_32bit"]
 BITSANDBYTES_OPTIMIZERS = tuple(o for o in typing.get_args(Optimizer) if "8bit" in o or "32bit" in o)
 Tta = Literal["none", "swap", "selective"]
+Backend = Literal["hf", "vllm"]  # what runs the forward passes of prediction
 BestMetric = Literal["log_loss", "accuracy", "log_loss_swap_tta", "accuracy_swap_tta", "flip_rate"]
 HIGHER_IS_BETTER = ("accuracy", "accuracy_swap_tta")  # the other best_metric values are minimised
 Task = Literal["wsdm", "lmsys"]  # submission layout: winner model_a/model_b, or the three lmsys probabilities
@@ -570,6 +571,19 @@ class InferenceConfig(Section):
         "run", help="weights for prediction: run (the run's model.quantization), none, 4bit (NF4) or 8bit (LLM.int8; "
         "both CUDA with bitsandbytes); for a 16-bit run too big for one GPU, 4bit or model_parallel=true; "
         "`wsdm predict --set model.quantization=X` sets it")
+    backend: Backend = option("hf", help="hf (transformers, one model copy per device, length-sorted padded "
+                              "batches) or vllm (the adapter merged into the base once, served by vLLM: paged "
+                              "attention, no padding, tensor parallel, prefix caching for swap TTA; pip install "
+                              "'wsdm_helpers[vllm]')")
+    tensor_parallel_size: int | None = option(None, help="vllm: GPUs one engine is split over (2 on 2x T4); "
+                                              "null = every GPU among the devices (1 on a CPU)")
+    gpu_memory_utilization: float = option(0.9, help="vllm: share of each GPU's memory the engine may take "
+                                           "(weights, activations and KV cache)")
+    kv_cache_gib: float | None = option(None, help="vllm: KV-cache size in GiB; null = what gpu_memory_utilization "
+                                        "leaves on a GPU, 1 GiB on a CPU (vLLM's CPU backend would otherwise "
+                                        "reserve that share of host memory)")
+    request_rows: int = option(256, help="vllm: rows sent to the engine at once (it batches them continuously); "
+                               "the time limit is checked between such groups")
 
     def check(self) -> list[str]:
         problems = [f"devices: {d!r} is not a device name; use cpu, cuda or cuda:N" for d in self.devices
@@ -583,7 +597,12 @@ class InferenceConfig(Section):
                             f"safety_minutes={self.safety_minutes}")
         if self.batch_overhead_tokens is not None and self.batch_overhead_tokens < 0:
             problems.append(f"batch_overhead_tokens={self.batch_overhead_tokens} must be at least 0 (or null)")
-        for name in ("max_tokens_per_batch", "max_batch_size", "chunk_rows", "pilot_batches"):
+        if not 0 < self.gpu_memory_utilization <= 1:
+            problems.append(f"gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]")
+        if self.kv_cache_gib is not None and self.kv_cache_gib <= 0:
+            problems.append(f"kv_cache_gib={self.kv_cache_gib} must be positive (or null)")
+        for name in ("max_tokens_per_batch", "max_batch_size", "chunk_rows", "pilot_batches", "request_rows",
+                     "tensor_parallel_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} must be at least 1")
         return problems

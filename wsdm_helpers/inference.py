@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from .batching import plan_batches
 from .clock import Clock, SystemClock
-from .config import InferenceConfig, load_run_config, to_dict
+from .config import InferenceConfig, RunConfig, load_run_config, to_dict
 from .errors import ConfigError, DataError
 from .io import atomic_write_json, atomic_write_parquet
 from .tta import columns_for, merge_swapped, prob_columns, select_uncertain, selection, swap_pairs, swap_rows_wanted
@@ -149,16 +149,18 @@ def _candidate_lengths(max_length: int) -> list[int]:
 
 
 def plan_ranked(lengths: Sequence[int], max_length: int, cfg: InferenceConfig, tokens_per_second: float,
-                seconds_left: float, tokenize_seconds_per_row: float, wanted_swaps: int) -> BudgetPlan:
+                seconds_left: float, tokenize_seconds_per_row: float, wanted_swaps: int,
+                cost: Callable[[Sequence[int]], int] | None = None) -> BudgetPlan:
     """For rows in priority order (a cascade member's, most uncertain first): keep max_length and every
     row if the AB pass fits, else the longest prefix of the rows that does (the share shrinks from the
-    certain end); the swap pass gets what is left, so TTA is still given up first."""
+    certain end); the swap pass gets what is left, so TTA is still given up first. ``cost`` as in
+    :func:`plan_budget`."""
     import numpy as np
 
     lengths = np.asarray(lengths)
 
     def ab_seconds(k: int) -> float:
-        return computed_tokens(lengths[:k], cfg) / tokens_per_second
+        return (cost or (lambda x: computed_tokens(x, cfg)))(lengths[:k]) / tokens_per_second
 
     fit = len(lengths)
     if ab_seconds(fit) > seconds_left:  # bisect: a prefix of ``fit`` rows fits, one of ``over`` rows does not
@@ -177,14 +179,16 @@ def plan_ranked(lengths: Sequence[int], max_length: int, cfg: InferenceConfig, t
 
 
 def plan_budget(lengths: Sequence[int], max_length: int, cfg: InferenceConfig, tokens_per_second: float,
-                seconds_left: float, tokenize_seconds_per_row: float, wanted_swaps: int) -> BudgetPlan:
+                seconds_left: float, tokenize_seconds_per_row: float, wanted_swaps: int,
+                cost: Callable[[Sequence[int]], int] | None = None) -> BudgetPlan:
     """Keep max_length if the AB pass fits in ``seconds_left``, else shorten it; the swap pass gets
     what is left.
 
     Lengths at a shorter max_length are estimated as ``min(length, L)`` (truncation keeps every
     field's head and tail, so the total shrinks to the budget). Context comes before TTA: a swap
     pass is worth less than the text it would cost. When even the shortest candidate overruns, the
-    plan says so (``fits=False``) and the run's per-batch stop ends it on time.
+    plan says so (``fits=False``) and the run's per-batch stop ends it on time. ``cost``: the tokens
+    the engine computes for rows of these lengths (default: padded batches, :func:`computed_tokens`).
     """
     import numpy as np
 
@@ -193,7 +197,7 @@ def plan_budget(lengths: Sequence[int], max_length: int, cfg: InferenceConfig, t
     for length in _candidate_lengths(max_length):
         clipped = np.minimum(lengths, length)
         retokenize = tokenize_seconds_per_row * n if length != max_length else 0.0
-        ab_seconds = computed_tokens(clipped, cfg) / tokens_per_second + retokenize
+        ab_seconds = (cost or (lambda x: computed_tokens(x, cfg)))(clipped) / tokens_per_second + retokenize
         per_swap = ab_seconds / n + tokenize_seconds_per_row
         left = seconds_left - ab_seconds
         if left >= 0 or length == _candidate_lengths(max_length)[-1]:
@@ -246,9 +250,9 @@ class Worker:
             torch.cuda.set_device(self.device)
         lengths = [len(x) for x in input_ids]
         out = np.full((len(input_ids), self.num_classes), np.nan)
-        batches = plan_batches(lengths, cfg.for_device(self.device.type))
+        batches = self.groups(lengths, cfg.for_device(self.device.type))
         for k, batch in enumerate(batches):
-            if stop is not None and stop.before_batch(len(batch) * max(lengths[i] for i in batch)):
+            if stop is not None and stop.before_batch(self.batch_tokens([lengths[i] for i in batch])):
                 stop.skipped(sum(len(b) for b in batches[k:]))
                 break
             rows = [input_ids[i] for i in batch]
@@ -262,6 +266,18 @@ class Worker:
             if on_rows:
                 on_rows(len(batch))
         return out
+
+    def groups(self, lengths: Sequence[int], cfg: InferenceConfig) -> list[np.ndarray]:
+        """The batches this worker scores rows of these lengths in (the pilot times some of them)."""
+        return plan_batches(lengths, cfg)
+
+    def planned_tokens(self, lengths: Sequence[int], cfg: InferenceConfig) -> int:
+        """Tokens computed for rows of these lengths, padding included (what the time plan divides)."""
+        return computed_tokens(lengths, cfg)
+
+    def batch_tokens(self, lengths: Sequence[int]) -> int:
+        """Tokens computed for one batch of rows of these lengths (padded to the longest)."""
+        return len(lengths) * max(lengths)
 
     def score_batch(self, rows: list[list[int]]) -> np.ndarray:
         padded = len(rows) * max(len(r) for r in rows)
@@ -565,9 +581,12 @@ def score_rows(input_ids: list[list[int]], ids: list[str], workers: list[Worker]
 
     shares = deal_by_tokens([len(x) for x in input_ids], len(workers))
     jobs = [(w, s) for w, s in zip(workers, shares, strict=True) if len(s)]
-    with _cpu_threads(workers), ThreadPoolExecutor(len(jobs)) as pool:
-        futures = [pool.submit(w.score, [input_ids[i] for i in s], cfg, on_rows, stop) for w, s in jobs]
-        results = [f.result() for f in futures]
+    if len(jobs) == 1:  # in the caller's thread (a vLLM engine's client is not shared between threads)
+        results = [jobs[0][0].score([input_ids[i] for i in jobs[0][1]], cfg, on_rows, stop)]
+    else:
+        with _cpu_threads(workers), ThreadPoolExecutor(len(jobs)) as pool:
+            futures = [pool.submit(w.score, [input_ids[i] for i in s], cfg, on_rows, stop) for w, s in jobs]
+            results = [f.result() for f in futures]
     probs = np.empty((len(input_ids), results[0].shape[1]))
     for (_, share), result in zip(jobs, results, strict=True):
         probs[share] = result
@@ -589,6 +608,7 @@ class ChunkEvent:
 class InferenceReport:
     rows: int = 0
     devices: list[str] = dataclasses.field(default_factory=list)
+    backend: str = "hf"
     max_length: int = 0
     tta: str = "none"
     swapped_rows: int = 0
@@ -611,7 +631,7 @@ class InferenceReport:
         return self.real_tokens / self.computed_tokens if self.computed_tokens else 1.0
 
     def to_text(self) -> str:
-        lines = [f"{self.rows} rows on {self.devices}, max_length={self.max_length}, tta={self.tta} "
+        lines = [f"{self.rows} rows on {self.devices} ({self.backend}), max_length={self.max_length}, tta={self.tta} "
                  f"({self.swapped_rows} rows swapped)" + (f"; stopped by the time limit after {self.rows_predicted}"
                                                            " rows" if self.stopped else ""),
                  f"chunks: {self.chunks_computed} computed, {self.chunks_loaded} resumed from work_dir",
@@ -657,16 +677,17 @@ class _RowBar:
 
 
 class _Job:
-    """State of one run_prediction call: the model copies, the chunk store, the clock and the report."""
+    """State of one run_prediction call: the workers (HF model copies or a vLLM engine), the chunk store,
+    the clock and the report. ``run`` gives the config, tokenizer and family the rows are encoded with."""
 
-    def __init__(self, runs: list[LoadedRun], cfg: InferenceConfig, store: ChunkStore,
+    def __init__(self, run: Any, workers: list, cfg: InferenceConfig, store: ChunkStore,
                  progress: Callable[[ChunkEvent], None] | None, clock: Clock, started: float):
-        self.run, self.cfg, self.store, self.progress = runs[0], cfg, store, progress
-        self.workers = [_worker(r) for r in runs]
+        self.run, self.cfg, self.store, self.progress = run, cfg, store, progress
+        self.workers = workers
         self.planning = cfg.for_device(self.workers[0].device.type)  # pilot and time plan: the first device
         self.clock, self.start = clock, started
         self.stop: StopRule | None = None
-        self.report = InferenceReport(devices=[str(w.device) for w in self.workers], tta=cfg.tta)
+        self.report = InferenceReport(devices=[str(w.device) for w in self.workers], tta=cfg.tta, backend=cfg.backend)
 
     def elapsed(self) -> float:
         return self.clock.now() - self.start
@@ -735,7 +756,7 @@ class _Job:
         import numpy as np
 
         worker = self.workers[0]
-        batches = plan_batches(encoded.lengths, self.planning)
+        batches = worker.groups(encoded.lengths, self.planning)
         picks = sorted({int(i) for i in np.linspace(0, len(batches) - 1, min(self.cfg.pilot_batches, len(batches)))})
         worker.score_batch([encoded.input_ids[i] for i in batches[-1]])  # warm-up, not timed
         before, started = worker.computed_tokens, self.clock.now()
@@ -752,9 +773,10 @@ class _Job:
             return plan
         rate = self.pilot(encoded)
         wanted = swap_rows_wanted(self.cfg.tta, n_rows, self.cfg.tta_share)
-        plan = (plan_ranked if ranked else plan_budget)(encoded.lengths, max_length, self.planning, rate,
-                                                        stop_at - self.clock.now(),
-                                                        self.report.tokenize_seconds / max(n_rows, 1), wanted)
+        plan = (plan_ranked if ranked else plan_budget)(
+            encoded.lengths, max_length, self.planning, rate, stop_at - self.clock.now(),
+            self.report.tokenize_seconds / max(n_rows, 1), wanted,
+            cost=lambda lengths: self.workers[0].planned_tokens(lengths, self.planning))
         log.info("time budget plan: max_length=%d, up to %d swapped rows, predicted %.0fs of the %.0fs left "
                  "(%.0f tokens/s on %d device(s))", plan.max_length, plan.swap_rows, plan.predicted_seconds,
                  plan.budget_seconds, rate, len(self.workers))
@@ -799,13 +821,17 @@ ENCODE_ROWS = 1024  # rows tokenized between two looks at the clock
 _RESULT_NEUTRAL = ("work_dir", "progress_bar")
 
 
-def _job_key(run: LoadedRun, cfg: InferenceConfig, frame: pd.DataFrame, extra: dict | None) -> dict:
+def weights_fingerprint(model: Any) -> list:
+    """The last tensors of a model (head and top layers, adapters included): name, shape and sum."""
+    tail = list(model.named_parameters())[-8:]
+    return [(name, list(p.shape), float(p.detach().float().sum())) for name, p in tail]
+
+
+def _job_key(run: Any, weights: Any, cfg: InferenceConfig, frame: pd.DataFrame, extra: dict | None) -> dict:
     """What a saved plan and its chunks depend on besides each chunk's own token ids: the weights
-    (fingerprinted by the last tensors: head and top layers, adapters included), the model, format
-    and inference settings, the whole test set (ids and text: the plan is made for it), and the
-    caller's ``extra`` (the pipeline's deadline and blend)."""
-    tail = list(run.model.named_parameters())[-8:]
-    weights = [(name, list(p.shape), float(p.detach().float().sum())) for name, p in tail]
+    (:func:`weights_fingerprint`, or the merged folder's key under vLLM), the model, format and
+    inference settings (the backend among them), the whole test set (ids and text: the plan is made
+    for it), and the caller's ``extra`` (the pipeline's deadline and blend)."""
     settings = {k: v for k, v in to_dict(cfg).items() if k not in _RESULT_NEUTRAL}
     rows = _digest(frame[["id", "prompt", "response_a", "response_b"]].astype(str).to_numpy().tolist())
     return {"weights": weights, "config": to_dict(run.config.model), "format": to_dict(run.config.format),
@@ -833,20 +859,63 @@ def run_prediction(model_source: str | Path | LoadedRun, frame: pd.DataFrame, cf
     clock = clock or SystemClock()
     started = clock.now()
     order = _check_frame(frame)
-    runs = load_runs(model_source, cfg)
-    cfg = cfg or runs[0].config.inference
+    cfg = cfg or _saved_config(model_source).inference
     cfg.validate("inference.")  # batching values stay as given: each worker resolves them for its device
-    trained = runs[0].config.train
+    with open_backend(model_source, cfg) as (run, workers, weights):
+        return _predict(run, workers, weights, frame, order, cfg, progress, clock, started, stop_at, latest,
+                        store_key, ranked)
+
+
+def _saved_config(model_source: str | Path | LoadedRun) -> RunConfig:
+    if hasattr(model_source, "config"):
+        return model_source.config
+    run_dir = Path(model_source)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no config.yaml); give the output_dir of `wsdm train`")
+    return load_run_config(run_dir / "config.yaml")
+
+
+def backend_problems(model_source: str | Path | LoadedRun, cfg: InferenceConfig) -> list[str]:
+    """What keeps ``cfg.backend`` from serving this run (empty for hf), checked before anything loads."""
+    if cfg.backend == "hf":
+        return []
+    from .vllm_backend import vllm_problems
+
+    if not isinstance(model_source, (str, Path)):
+        return ["inference.backend=vllm needs a run folder (it merges the adapter from disk), not a LoadedRun"]
+    return vllm_problems(_saved_config(model_source), cfg, Path(model_source))
+
+
+@contextlib.contextmanager
+def open_backend(model_source: str | Path | LoadedRun, cfg: InferenceConfig):
+    """(run, workers, weights fingerprint) for ``cfg.backend``; a vLLM engine is shut down on exit."""
+    if cfg.backend == "vllm":
+        problems = backend_problems(model_source, cfg)
+        if problems:
+            raise ConfigError("inference.backend=vllm cannot serve this run:\n" + "\n".join(f"  - {p}" for p in problems))
+        from .vllm_backend import open_vllm
+
+        with open_vllm(Path(model_source), cfg) as opened:
+            yield opened
+        return
+    runs = load_runs(model_source, cfg)
+    yield runs[0], [_worker(r) for r in runs], weights_fingerprint(runs[0].model)
+
+
+def _predict(run: Any, workers: list, weights: Any, frame: pd.DataFrame, order: list[str], cfg: InferenceConfig,
+             progress: Callable[[ChunkEvent], None] | None, clock: Clock, started: float, stop_at: float | None,
+             latest: float | None, store_key: dict | None, ranked: bool) -> PredictionResult:
+    trained = run.config.train
     if (trained.probe_head or trained.swap_loss) and cfg.tta != "swap":
         log.warning("inference.tta=%s on a run trained for swap TTA (train.probe_head / train.swap_loss): one "
                     "orientation alone keeps a position bias, so these predictions lean to one side; use "
                     "inference.tta=swap", cfg.tta)
     if stop_at is None and cfg.time_budget_minutes:
         stop_at = started + (cfg.time_budget_minutes - cfg.safety_minutes) * 60
-    store = ChunkStore(cfg.work_dir or None, _job_key(runs[0], cfg, frame, store_key))
-    job = _Job(runs, cfg, store, progress, clock, started)
+    store = ChunkStore(cfg.work_dir or None, _job_key(run, weights, cfg, frame, store_key))
+    job = _Job(run, workers, cfg, store, progress, clock, started)
     job.report.load_seconds = job.elapsed()
-    max_length = runs[0].config.format.max_length
+    max_length = run.config.format.max_length
     hard_end = stop_at if latest is None or stop_at is None else max(stop_at, latest)  # until the plan says
     encoded = job.encode(frame, max_length, hard_end)
     if encoded is None:

@@ -48,6 +48,8 @@ class ModelFamily:
     attn_implementation: str = "sdpa"  # the family's safe default
     softcap_attr: str = ""  # config attribute of attention soft-capping: sdpa cannot do it (an error)
     float16_ok: bool = True  # False: activations overflow float16 (NaN logits); bf16 or fp32 only
+    vllm: bool = False  # inference.backend=vllm serves this family's merged model (vllm_backend.py)
+    vllm_classifier: str = ""  # the architecture vLLM loads its classifier as; empty: the one transformers saves
 
     @property
     def padding_side(self) -> str:
@@ -60,13 +62,17 @@ class ModelFamily:
 
 FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (
     # Gemma-2 soft-caps attention logits: eager (the default) and flash_attention_2 do, sdpa cannot.
+    # vLLM turns a saved <Arch>ForSequenceClassification into its <Arch>ForCausalLM plus the score head.
     ModelFamily("gemma2", ("gemma2",), "gemma", _DECODER_TARGETS, ("score",),
-                attn_implementation="eager", softcap_attr="attn_logit_softcapping"),
+                attn_implementation="eager", softcap_attr="attn_logit_softcapping", vllm=True),
     # Gemma 3's activations exceed float16's range: Gemma 3 270M gave NaN logits in fp16 on an H200.
-    ModelFamily("gemma3", ("gemma3", "gemma3_text"), "gemma", _DECODER_TARGETS, ("score",), float16_ok=False),
-    ModelFamily("qwen2", ("qwen2", "qwen3"), "chatml", _DECODER_TARGETS, ("score",)),
-    ModelFamily("llama", ("llama",), "llama3", _DECODER_TARGETS, ("score",)),
-    ModelFamily("mistral", ("mistral",), "mistral", _DECODER_TARGETS, ("score",)),
+    # transformers saves Gemma3TextForSequenceClassification, which vLLM maps to its embedding model
+    # ("no module or parameter named 'model'"); as Gemma3ForSequenceClassification it loads.
+    ModelFamily("gemma3", ("gemma3", "gemma3_text"), "gemma", _DECODER_TARGETS, ("score",), float16_ok=False,
+                vllm=True, vllm_classifier="Gemma3ForSequenceClassification"),
+    ModelFamily("qwen2", ("qwen2", "qwen3"), "chatml", _DECODER_TARGETS, ("score",), vllm=True),
+    ModelFamily("llama", ("llama",), "llama3", _DECODER_TARGETS, ("score",), vllm=True),
+    ModelFamily("mistral", ("mistral",), "mistral", _DECODER_TARGETS, ("score",), vllm=True),
     ModelFamily("phi3", ("phi3",), "phi3", ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"), ("score",)),
     # DeBERTa's ContextPooler is newly initialised in the classification model: train and save it too.
     ModelFamily("deberta-v2", ("deberta-v2",), "encoder", ("query_proj", "key_proj", "value_proj"),
@@ -664,8 +670,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", base_sourc
     ``base_source`` replaces the base model location recorded in config.yaml (for example the
     Kaggle dataset path of the same backbone); ``dtype`` replaces model.dtype (for example float16),
     the family's rules still applied with their fallback (:func:`resolve_dtype`); ``quantization``
-    replaces model.quantization (for example 4bit, for a 16-bit run too big for one GPU).
-    ``device_map``/``max_memory``: model-parallel placement (see :func:`load_model`).
+    replaces model.quantization (for example 4bit, for a 16-bit run too big for one GPU; ``"none"``: the base
+    unquantized, to merge the adapter into it). ``device_map``/``max_memory``: model-parallel placement (see
+    :func:`load_model`).
     """
     import torch
 
@@ -687,3 +694,18 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", base_sourc
     model.eval()
     answer_ids = answer_ids_for(tokenizer, cfg.format, cfg.model.num_labels)
     return LoadedRun(model, tokenizer, cfg, family, PairScorer(model, cfg.format.head, answer_ids, cfg.format.pooling))
+
+
+MERGED_MARKER = ".wsdm-merged"
+
+
+def save_merged(run: LoadedRun, out: str | Path, marker: str = "") -> Path:
+    """The run's model with its LoRA adapter merged into the base (the trained score head kept) as a
+    safetensors model folder with the tokenizer, written atomically; ``marker`` goes into its
+    ``MERGED_MARKER`` file (what the folder was made from). A full fine-tune is saved as it is."""
+    model = run.model.merge_and_unload() if hasattr(run.model, "merge_and_unload") else run.model
+    with atomic_dir(Path(out)) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        run.tokenizer.save_pretrained(str(tmp))
+        (tmp / MERGED_MARKER).write_text(marker + "\n")
+    return Path(out)

@@ -265,6 +265,16 @@ def inference_settings(run_dir: str | Path, overrides: dict[str, Any] | None) ->
     return cfg
 
 
+def _check_backends(members: list[Member], configs: dict[int, InferenceConfig]) -> None:
+    """Every LLM run's backend can serve it (vLLM installed, its family, head and dtype), before anything loads:
+    a run that failed later would only be filled from the others."""
+    from .inference import backend_problems
+
+    problems = [f"{m.path}: {p}" for m in members if m.index in configs for p in backend_problems(m.path, configs[m.index])]
+    if problems:
+        raise ConfigError("cannot start the submission:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
 # ---- report -----------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class RunReport:
@@ -577,6 +587,7 @@ def submit(runs: Sequence[str | Path], test: str | Path | pd.DataFrame, out: str
         check_output_file(probs_out, PREDICTION_FORMATS, "--probs-out", {**inputs, "the submission --out": out})
     members = run_members(runs, weights, rows)
     configs = {m.index: inference_settings(m.path, overrides) for m in members if m.kind == "llm"}
+    _check_backends(members, configs)
     frame = read_test(test)
     task = task_for_test(frame, settings.task)
     ids = frame["id"].astype(str).tolist()

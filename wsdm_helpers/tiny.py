@@ -67,18 +67,20 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
 
 
 def build_tiny_model(family: str, tokenizer, out_dir: str | Path, num_labels: int = 2,
-                     head: str = "classifier", seed: int = 0) -> Path:
+                     head: str = "classifier", seed: int = 0, **sizes: int) -> Path:
     """Save a randomly initialised tiny model of ``family`` with ``tokenizer`` to ``out_dir``.
 
     ``head="mcq"`` saves a causal LM (what a pretrained decoder checkpoint is); ``"classifier"`` a
     sequence-classification model with ``num_labels`` outputs. Loading goes through ``from_pretrained``.
+    ``sizes`` replace config values (vLLM's CPU attention needs ``head_dim`` of 32 or more).
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if family not in TINY_CONFIGS:
         raise ValueError(f"no tiny config for family {family!r}; known: {', '.join(TINY_CONFIGS)}")
-    model_type, sizes = TINY_CONFIGS[family]
+    model_type, defaults = TINY_CONFIGS[family]
+    sizes = {**defaults, **sizes}
     special = {name: getattr(tokenizer, f"{name}_id") for name in ("pad_token", "bos_token", "eos_token")}
     config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), num_labels=num_labels,
                                   **{f"{k}_id": v for k, v in special.items()}, **sizes)

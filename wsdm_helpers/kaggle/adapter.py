@@ -105,8 +105,11 @@ def _check_run_dir(run_dir: Path) -> str:
 
 def bundle_adapter(run_dir: str | Path, out: str | Path, *, base_model: str | None = None,
                    username: str | None = None, slug: str | None = None, title: str | None = None,
-                   replace: bool = False) -> BundleReport:
+                   replace: bool = False, merged: str | None = None) -> BundleReport:
     """Pack the run folder ``run_dir`` as the ``wsdm-adapter`` dataset at ``out`` and check it.
+
+    ``merged`` (float32 or bfloat16): also the adapter merged into the base in that dtype, as ``merged/``,
+    which ``inference.backend=vllm`` loads directly (vllm_backend.merged_folder; no merge on Kaggle).
 
     ``slug`` and ``title`` name the dataset (one per model of an ensemble). A run folder holding
     symlinks is refused before anything is copied; ``replace`` allows rebuilding over an earlier bundle.
@@ -128,6 +131,10 @@ def bundle_adapter(run_dir: str | Path, out: str | Path, *, base_model: str | No
         for path in sorted(stage.rglob("*.json")):
             if not path.is_symlink():
                 _portable_json(path, base_model)
+        if merged:
+            from ..vllm_backend import BUNDLED, merged_folder
+
+            merged_folder(run_dir, merged, out=stage / BUNDLED)
         write_dataset_metadata(stage, meta)
         write_manifest(stage, "adapter", weights=weights, base_model=source)
     return check_bundle(out)
