@@ -114,7 +114,7 @@ def test_a_ranked_pass_cut_by_the_stop_keeps_only_the_prefix_before_the_first_mi
         clock.advance(len(rows) * max(len(r) for r in rows) / rate)
         return forward(self, rows, float32)
 
-    def optimistic(lengths, max_length, cfg, tokens_per_second, seconds_left, *args):  # 4x too fast: the stop cuts
+    def optimistic(lengths, max_length, cfg, tokens_per_second, seconds_left, *args, **kwargs):  # 4x too fast: the stop cuts
         return BudgetPlan(seconds_left, 4 * rate, max_length, 0, 1.0, rows=len(lengths))
 
     monkeypatch.setattr(Worker, "_forward", timed)
