@@ -1,0 +1,153 @@
+"""Issue 27's faults (rows 1, 2, 4, 5, 6, 7, 8, 13): each test fails on the code before its fix."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wsdm_helpers.cli import main
+from wsdm_helpers.config import FormatConfig
+from wsdm_helpers.data import read_pairs, read_table
+from wsdm_helpers.errors import DataError
+from wsdm_helpers.tiny import train_tokenizer
+from wsdm_helpers.tokenization import encode_pairs
+
+LONE = "abc \ud800"  # a lone UTF-16 surrogate, as json.loads makes it from the escape "\\ud800"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer(["hello world abc", "Prompt: Response A: Response B: Which is better? A B"] * 20,
+                           vocab_size=300)
+
+
+# ---- row 1: lone surrogates, NULs and invalid escapes in text cells -------------------------------
+def _lmsys_test_csv(path, prompt_cell):
+    pd.DataFrame({"id": ["1", "2"], "prompt": [prompt_cell, '["fine"]'], "response_a": '["a"]',
+                  "response_b": '["b"]'}).to_csv(path, index=False)
+    return path
+
+
+def test_lone_surrogate_in_an_lmsys_cell_is_replaced_and_reported(tmp_path, tok, capsys):
+    path = _lmsys_test_csv(tmp_path / "t.csv", json.dumps(["abc \ud800"]))
+    frame, report = read_pairs(path)
+    assert frame["prompt"][0] == ["abc \ufffd"] and report.replaced_text_rows == 1
+    encode_pairs(frame, tok, FormatConfig(max_length=64), template="plain")
+    assert main(["data", "validate", str(path)]) == 0
+    assert "replaced characters: 1 rows" in capsys.readouterr().out
+
+
+def test_escaped_surrogate_pair_stays_one_character(tmp_path):
+    path = _lmsys_test_csv(tmp_path / "t.csv", '["smile \\ud83d\\ude00"]')
+    frame, report = read_pairs(path)
+    assert frame["prompt"][0] == ["smile \U0001F600"] and report.replaced_text_rows == 0
+
+
+def test_encoder_replaces_a_lone_surrogate_the_readers_way(tok):
+    frame = pd.DataFrame({"id": ["1"], "prompt": [[LONE]], "response_a": ["a"], "response_b": ["b"]})
+    clean = frame.assign(prompt=[["abc \ufffd"]])
+    fmt = FormatConfig(max_length=64)
+    assert encode_pairs(frame, tok, fmt, "plain").input_ids == encode_pairs(clean, tok, fmt, "plain").input_ids
+
+
+def test_a_lone_surrogate_in_an_id_is_refused_by_row(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"id": "x\\ud800", "prompt": "p", "response_a": "a", "response_b": "b"}\n')
+    with pytest.raises(DataError, match=r"t.jsonl, column 'id'.*surrogate.*row 0"):
+        read_pairs(path)
+
+
+bad_text = st.lists(st.sampled_from(["a", " ", "\x00", "\ud800", "\udfff", "\ud83d\ude00", "\ud83d", "\\", "é", "\n"]),
+                    max_size=6).map("".join)
+FUZZ = settings(max_examples=25, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ_LAYOUTS = {
+    "wsdm.parquet": ["id", "prompt", "response_a", "response_b", "winner", "language"],
+    "wsdm.jsonl": ["id", "prompt", "response_a", "response_b", "winner", "language", "model_a"],
+    "lmsys.csv": ["id", "prompt", "response_a", "response_b", "winner_model_a", "winner_model_b", "winner_tie"],
+    "chosen_rejected.jsonl": ["id", "prompt", "chosen", "rejected"],
+    "hh.jsonl.gz": ["chosen", "rejected"],
+    "wsdm_records.json": ["id", "prompt", "response_a", "response_b"],
+}
+
+
+def _fuzz_cell(column: str, text: str, layout: str, row: int):
+    if column == "id":
+        return f"r{row}"
+    if column == "winner":
+        return "model_a" if row % 2 else "model_b"
+    if column.startswith("winner_"):
+        return int(column == "winner_tie")
+    if layout.startswith("lmsys"):  # JSON cells: escapes (\\ud800), and some invalid escapes (\\x)
+        return json.dumps([text, None]) if row % 3 else '["' + text.replace('"', "") + '"]'
+    if layout.startswith("hh"):
+        return f"\n\nHuman: {text}\n\nAssistant: {text}{row}"
+    return text
+
+
+def _write_fuzz(columns: dict[str, list], path) -> None:
+    """Write the columns as the file kind the name says. Surrogates go out as JSON escapes in json/jsonl, and
+    as invalid UTF-8 (their surrogatepass bytes) in csv and in parquet string columns."""
+    name = path.name
+    if name.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        def column(values):
+            if isinstance(values[0], int):
+                return pa.array(values)
+            raw = pa.array([v.encode("utf-8", "surrogatepass") for v in values], pa.binary())
+            return raw.view(pa.string())  # no UTF-8 check: the bytes land in the file as they are
+
+        pq.write_table(pa.table({k: column(v) for k, v in columns.items()}), path)
+    elif name.endswith(".csv"):
+        lines = [",".join(columns)] + [",".join(_csv_quote(columns[k][i]) for k in columns)
+                                       for i in range(len(next(iter(columns.values()))))]
+        path.write_bytes("\n".join(lines).encode("utf-8", "surrogatepass"))
+    else:
+        records = [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+        text = json.dumps(records) if name.endswith(".json") else "\n".join(json.dumps(r) for r in records)
+        path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+
+
+def _csv_quote(value) -> str:
+    return '"' + str(value).replace('"', '""') + '"'
+
+
+@FUZZ
+@given(layout=st.sampled_from(sorted(FUZZ_LAYOUTS)), ties=st.sampled_from(["keep", "drop", "split"]),
+       texts=st.lists(bad_text, min_size=1, max_size=4))
+def test_fuzz_bad_text_cells_every_reader_and_the_encoder(tmp_path, tok, layout, ties, texts):
+    """Surrogates (escaped pairs, lone halves), NULs, invalid escapes and invalid UTF-8 (csv bytes
+    written with surrogatepass): read or DataError naming the file, and every row accounted for; the
+    rows read always encode."""
+    columns = {c: [_fuzz_cell(c, t + c[:1], layout, i) for i, t in enumerate(texts)] for c in FUZZ_LAYOUTS[layout]}
+    path = tmp_path / layout
+    _write_fuzz(columns, path)
+    try:
+        frame, report = read_pairs(path, ties=ties)
+    except DataError as exc:
+        assert path.name in str(exc) and "Fix:" in str(exc)
+        return
+    assert len(frame) == len(read_table(path)) - report.ties_dropped + report.ties_split
+    assert not any(_has_surrogate(t) for c in ("prompt", "response_a", "response_b") for row in frame[c]
+                   for t in row if t)
+    enc = encode_pairs(frame, tok, FormatConfig(max_length=96), template="plain")
+    assert enc.ids == frame["id"].tolist()
+
+
+def _has_surrogate(text: str) -> bool:
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
+@FUZZ
+@given(cells=st.lists(st.tuples(bad_text, bad_text, bad_text), min_size=1, max_size=4))
+def test_fuzz_encoder_takes_any_text(tok, cells):
+    frame = pd.DataFrame({"id": [f"r{i}" for i in range(len(cells))], "prompt": [[c[0]] for c in cells],
+                          "response_a": [[c[1], None] for c in cells], "response_b": [[c[2], c[0]] for c in cells]})
+    enc = encode_pairs(frame, tok, FormatConfig(max_length=96), template="plain")
+    assert enc.ids == frame["id"].tolist() and all(len(x) <= 96 for x in enc.input_ids)
