@@ -655,7 +655,10 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", base_sourc
     """
     import torch
 
+    from .run_folder import check_run_folder
+
     run_dir = Path(run_dir)
+    check_run_folder(run_dir)
     overrides = {"model.source": base_source, "model.dtype": dtype}
     cfg = load_run_config(run_dir / "config.yaml", {k: v for k, v in overrides.items() if v})
     device = torch.device(device)

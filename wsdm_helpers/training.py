@@ -305,9 +305,52 @@ def halve_batch(batch_size: int, accumulation: int) -> tuple[int, int]:
 
 
 def last_checkpoint(checkpoint_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint; newer incomplete ones (a kill mid-save by an older version, a
+    truncated file) are removed with a warning naming the one resumed instead."""
+    found = sorted((p for p in checkpoint_dir.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
+                   key=lambda p: int(p.name[11:]), reverse=True) if checkpoint_dir.is_dir() else []
+    for i, folder in enumerate(found):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return str(folder)
+        older = next((str(p) for p in found[i + 1:] if checkpoint_problem(p) is None), None)
+        log.warning("%s is incomplete (%s): removed; resuming from %s instead", folder, problem,
+                    older or "the start (no complete checkpoint)")
+        shutil.rmtree(folder)
+    return None
 
-    return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a Trainer checkpoint folder cannot be resumed (a missing or cut-short file), or None. Cheap:
+    it reads the safetensors headers and the zip directories of torch's files, not the tensors."""
+    names = {p.name for p in folder.iterdir()}
+    missing = [n for n in ("trainer_state.json", "optimizer.pt") if n not in names]
+    if not names & {"adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json"}:
+        missing.append("adapter_model.safetensors")
+    if missing:
+        return f"{', '.join(missing)} missing"
+    for path in sorted(folder.iterdir()):
+        problem = _file_problem(path)
+        if problem:
+            return f"{path.name} {problem}"
+    return None
+
+
+def _file_problem(path: Path) -> str | None:
+    import zipfile
+
+    from .run_folder import safetensors_header
+
+    if path.suffix == ".safetensors":
+        return None if safetensors_header(path) is not None else "is cut short"
+    if path.suffix in (".pt", ".pth", ".bin"):
+        return None if zipfile.is_zipfile(path) else "is cut short (not a complete torch zip file)"
+    if path.suffix == ".json":
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return "is not complete JSON"
+    return None
 
 
 # ---- resume ---------------------------------------------------------------------------------------

@@ -1,0 +1,137 @@
+"""Issue 27's faults of run folders and training (rows 2, 5, 6, 7, 8, 13) on tiny models: each test fails on
+the code before its fix."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+pytest.importorskip("torch")
+
+from test_training import tiny_cfg  # noqa: E402
+
+from wsdm_helpers.training import train  # noqa: E402
+
+
+# ---- row 8: a checkpoint cut short by a kill ---------------------------------------------------------
+@pytest.mark.parametrize("damage", ["empty folder", "truncated optimizer", "truncated adapter", "no state"])
+def test_resume_skips_an_incomplete_last_checkpoint(demo, tiny_model, tmp_path, caplog, damage):
+    cfg = tiny_cfg(demo, tiny_model("llama"), tmp_path / "run",
+                   {"train.max_steps": 3, "train.save_steps": 1, "train.eval_steps": 0, "train.keep_checkpoints": True})
+    train(cfg)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    last = checkpoints / "checkpoint-3"
+    if damage == "empty folder":
+        for f in last.iterdir():
+            f.unlink()
+    elif damage == "no state":
+        (last / "trainer_state.json").unlink()
+    else:
+        target = last / ("optimizer.pt" if damage == "truncated optimizer" else "adapter_model.safetensors")
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING):
+        result = train(cfg)
+    assert result.metrics["resumed_from_step"] == 2 and result.metrics["global_step"] == 3
+    warning = next(r.message for r in caplog.records if "checkpoint-3" in r.message and "incomplete" in r.message)
+    assert "checkpoint-2" in warning
+
+
+def test_checkpoints_are_written_aside_and_renamed_when_complete(demo, tiny_model, tmp_path, monkeypatch):
+    from wsdm_helpers.trainer import PairTrainer
+
+    checkpoints, during = tmp_path / "run" / "checkpoints", []
+    save_rng = PairTrainer._save_rng_state
+
+    def spy(self, output_dir):  # the Trainer's last write into a checkpoint folder but trainer_state.json
+        during.append((output_dir, sorted(p.name for p in checkpoints.iterdir())))
+        return save_rng(self, output_dir)
+
+    monkeypatch.setattr(PairTrainer, "_save_rng_state", spy)
+    cfg = tiny_cfg(demo, tiny_model("llama"), tmp_path / "run",
+                   {"train.max_steps": 2, "train.save_steps": 1, "train.eval_steps": 0, "train.keep_checkpoints": True})
+    train(cfg)
+    assert [d for d, _ in during] == [str(checkpoints / ".saving" / f"checkpoint-{n}") for n in (1, 2)]
+    assert [names for _, names in during] == [[".saving", "settings.json"],
+                                              [".saving", "checkpoint-1", "settings.json"]]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-1", "checkpoint-2", "settings.json"]
+    state = json.loads((checkpoints / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+
+
+# ---- row 5: a run folder that cannot load names the cause up front ---------------------------------
+@pytest.fixture(scope="module")
+def trained_run(demo, tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "run"
+    train(tiny_cfg(demo, tiny_model("llama"), out, {"train.max_steps": 1, "train.eval_steps": 0}))
+    return out
+
+
+def _copy_run(run, tmp_path):
+    import shutil
+
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _edit_yaml(path, section, key, value):
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    data[section][key] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _no_tokenizer(run):
+    import shutil
+
+    shutil.rmtree(run / "tokenizer")
+
+
+def _num_labels_edited(run):
+    _edit_yaml(run / "config.yaml", "model", "num_labels", 3)
+
+
+def _rank_edited(run):
+    path = run / "adapter" / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "r": 8}))
+
+
+BROKEN_RUNS = {
+    "tokenizer": (_no_tokenizer, r"tokenizer/ is missing"),
+    "num_labels": (_num_labels_edited, r"config\.yaml has model\.num_labels=3 but the adapter's score layer has 2 outputs"),
+    "rank": (_rank_edited, r"adapter/adapter_config\.json says r=8 but its LoRA tensors have rank 4"),
+}
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN_RUNS))
+def test_a_run_that_cannot_load_names_the_cause_before_loading(trained_run, tmp_path, broken):
+    from wsdm_helpers.errors import BundleError, ConfigError
+    from wsdm_helpers.kaggle.adapter import bundle_adapter
+    from wsdm_helpers.modeling import load_run
+
+    damage, cause = BROKEN_RUNS[broken]
+    run = _copy_run(trained_run, tmp_path)
+    damage(run)
+    with pytest.raises(ConfigError, match=rf"{run}: cannot be loaded:\n  - {cause}"):
+        load_run(run)
+    with pytest.raises(BundleError, match=cause):  # the same check, one home
+        bundle_adapter(run, tmp_path / "bundle")
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN_RUNS))
+def test_predict_reports_the_cause_of_a_failed_run(trained_run, tmp_path, broken):
+    import pandas as pd
+
+    from wsdm_helpers.cli import main
+
+    damage, cause = BROKEN_RUNS[broken]
+    run = _copy_run(trained_run, tmp_path)
+    damage(run)
+    pd.DataFrame({"id": ["1", "2"], "prompt": "p", "response_a": "a", "response_b": "b"}).to_parquet(tmp_path / "t.parquet")
+    main(["predict", "--run", str(run), "--test", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "s.csv")])
+    report = json.loads((tmp_path / "submission_report.json").read_text())
+    import re
+
+    note = report["runs"][0]["note"]
+    assert note.startswith(f"ConfigError: {run}: cannot be loaded") and re.search(cause, note), note
