@@ -135,3 +135,55 @@ def test_predict_reports_the_cause_of_a_failed_run(trained_run, tmp_path, broken
 
     note = report["runs"][0]["note"]
     assert note.startswith(f"ConfigError: {run}: cannot be loaded") and re.search(cause, note), note
+
+
+# ---- row 2: the run records the identity of its base model and of its adapter -----------------------
+def test_a_run_loaded_on_another_base_model_is_refused_naming_both(trained_run, demo, tmp_path):
+    from wsdm_helpers.errors import ConfigError
+    from wsdm_helpers.modeling import load_run
+    from wsdm_helpers.tiny import build_tiny_model
+
+    other = build_tiny_model("llama", demo[1], tmp_path / "other-base", seed=7)  # same family, same shapes
+    run = _copy_run(trained_run, tmp_path)
+    trained_on = json.loads((run / "identity.json").read_text())["base_model"]["folder"]
+    with pytest.raises(ConfigError, match=rf"trained on the base model {trained_on} .* but model.source gives "
+                                          rf"{other} .*weights differ"):
+        load_run(run, base_source=str(other))
+    _edit_yaml(run / "config.yaml", "model", "source", str(other))  # the same, edited in config.yaml
+    with pytest.raises(ConfigError, match=rf"but model.source gives {other}"):
+        load_run(run)
+
+
+def test_a_copied_base_model_folder_is_the_same_base(trained_run, tmp_path):
+    import shutil
+
+    from wsdm_helpers.modeling import load_run
+
+    recorded = json.loads((trained_run / "identity.json").read_text())["base_model"]["folder"]
+    copy = shutil.copytree(recorded, tmp_path / "moved-base")
+    assert load_run(_copy_run(trained_run, tmp_path), base_source=str(copy)).model is not None
+
+
+def test_another_runs_adapter_copied_in_is_refused(trained_run, demo, tiny_model, tmp_path):
+    import shutil
+
+    from wsdm_helpers.errors import ConfigError
+    from wsdm_helpers.modeling import load_run
+
+    other = train(tiny_cfg(demo, tiny_model("llama"), tmp_path / "other",
+                           {"train.max_steps": 1, "train.eval_steps": 0, "train.learning_rate": 0.05})).run_dir
+    run = _copy_run(trained_run, tmp_path)
+    shutil.rmtree(run / "adapter")
+    shutil.copytree(other / "adapter", run / "adapter")
+    with pytest.raises(ConfigError, match=r"adapter/adapter_model.safetensors is not the adapter this run trained"):
+        load_run(run)
+
+
+def test_an_old_run_without_identity_loads_with_a_warning(trained_run, tmp_path, caplog):
+    from wsdm_helpers.modeling import load_run
+
+    run = _copy_run(trained_run, tmp_path)
+    (run / "identity.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        load_run(run)
+    assert any("identity.json" in r.message and "cannot check" in r.message for r in caplog.records)

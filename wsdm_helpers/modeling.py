@@ -655,7 +655,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", base_sourc
     """
     import torch
 
-    from .run_folder import check_run_folder
+    from .run_folder import check_identity, check_run_folder
 
     run_dir = Path(run_dir)
     check_run_folder(run_dir)
@@ -670,6 +670,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", base_sourc
         from peft import PeftModel
 
         check_weight_files(run_dir / "adapter", "the run's adapter", cfg.model.allow_pickled_weights)
+        check_identity(run_dir, resolve_source(cfg.model.source))
         base, _, family = load_model(cfg, device, device_map=device_map, max_memory=max_memory, fallback_dtype=True)
         model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
     tokenizer = load_tokenizer(run_dir / "tokenizer", family)

@@ -7,7 +7,9 @@ tensors do not have) instead of failing deep inside transformers or peft.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,11 @@ from typing import Any
 from .config import RunConfig, load_run_config
 from .errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 RUN_CONFIG = "config.yaml"
+IDENTITY = "identity.json"  # the base model's and the adapter's fingerprints, written at the end of training
+SAMPLE_BYTES = 4096  # read from the start of every tensor of the base model: its values' fingerprint
 WEIGHT_FOLDERS = ("adapter", "model")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # the classification head's weight [num_labels, hidden], plain or as peft's modules_to_save copy
@@ -119,5 +125,68 @@ def _full_model_problems(model: Path, cfg: RunConfig) -> list[str]:
 def check_run_folder(run_dir: str | Path) -> None:
     """ConfigError listing every problem of the folder (``run_folder_problems``)."""
     _, problems = run_folder_problems(Path(run_dir))
+    if problems:
+        raise ConfigError(f"{run_dir}: cannot be loaded:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+# ---- identity: which base model and which adapter a run is ---------------------------------------------
+def weights_fingerprint(folder: Path) -> dict[str, str]:
+    """Cheap fingerprints of a model folder's weights, independent of how they are sharded or where the
+    folder lies: ``tensors`` hashes every tensor's name, dtype and shape; ``values`` the first
+    SAMPLE_BYTES of every tensor's data (a few MB read for a 9B model). Pickled weights: names, sizes and
+    the first bytes of each file."""
+    tensors, values = hashlib.sha256(), hashlib.sha256()
+    files = sorted(folder.glob("*.safetensors"))
+    for path in files:
+        header = safetensors_header(path) or {}
+        start = 8 + int.from_bytes(path.open("rb").read(8), "little")
+        with open(path, "rb") as fh:
+            for name in sorted(header):
+                tensors.update(f"{name}:{header[name]['dtype']}:{header[name]['shape']};".encode())
+                fh.seek(start + header[name]["data_offsets"][0])
+                values.update(fh.read(min(SAMPLE_BYTES, header[name]["data_offsets"][1] - header[name]["data_offsets"][0])))
+    for path in [] if files else sorted(p for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth")):
+        tensors.update(f"{path.name}:{path.stat().st_size};".encode())
+        values.update(path.open("rb").read(SAMPLE_BYTES))
+    return {"tensors": tensors.hexdigest()[:16], "values": values.hexdigest()[:16]}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def run_identity(run_dir: Path, base_folder: Path) -> dict[str, Any]:
+    """What identity.json records: the base model (its folder, for messages, and fingerprints) and the adapter."""
+    return {"base_model": {"folder": str(base_folder), **weights_fingerprint(base_folder)},
+            "adapter": {ADAPTER_WEIGHTS: file_sha256(run_dir / "adapter" / ADAPTER_WEIGHTS)}}
+
+
+def check_identity(run_dir: Path, base_folder: Path) -> None:
+    """ConfigError when ``base_folder`` is not the base model the run trained on, or adapter/ is not the
+    adapter it trained. A run folder from before identity.json (or a full fine-tune) loads with a warning."""
+    path = run_dir / IDENTITY
+    if not path.is_file():
+        if (run_dir / "adapter").is_dir():
+            log.warning("%s has no %s (a run from an older version): cannot check that %s is the base model it "
+                        "was trained on", run_dir, IDENTITY, base_folder)
+        return
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    problems = []
+    base = recorded["base_model"]
+    now = weights_fingerprint(base_folder)
+    if any(base[k] != now[k] for k in now):
+        what = "tensor shapes" if base["tensors"] != now["tensors"] else "weights"
+        problems.append(f"it was trained on the base model {base['folder']} (fingerprint {base['values']}) but "
+                        f"model.source gives {base_folder} (fingerprint {now['values']}): their {what} differ. Point "
+                        f"model.source in {run_dir / RUN_CONFIG} at the model it was trained on")
+    adapter = run_dir / "adapter" / ADAPTER_WEIGHTS
+    if adapter.is_file() and file_sha256(adapter) != recorded["adapter"][ADAPTER_WEIGHTS]:
+        problems.append(f"adapter/{ADAPTER_WEIGHTS} is not the adapter this run trained (sha256 "
+                        f"{file_sha256(adapter)}, recorded {recorded['adapter'][ADAPTER_WEIGHTS]}): copy the whole "
+                        "run folder of the adapter, not its adapter/ alone")
     if problems:
         raise ConfigError(f"{run_dir}: cannot be loaded:\n" + "\n".join(f"  - {p}" for p in problems))

@@ -484,7 +484,7 @@ def train(cfg: RunConfig, callbacks: list | None = None) -> TrainResult:
         oof = evals[1].oof_frame(cfg.inference) if evals else None
         if oof is not None:
             metrics.update(_oof_metrics(oof, cfg.inference))
-        _write_run(run_dir, cfg, trainer, tokenizer, oof, metrics)
+        _write_run(run_dir, cfg, trainer, tokenizer, oof, metrics, resolved.folder)
     trainer.accelerator.wait_for_everyone()
     return TrainResult(run_dir, metrics)
 
@@ -607,13 +607,18 @@ def _oof_metrics(oof, icfg: InferenceConfig) -> dict[str, Any]:
             "per_language": metrics.per_language_accuracy(oof["language"], labels, probs).to_dict(orient="records")}
 
 
-def _write_run(run_dir: Path, cfg: RunConfig, trainer, tokenizer, oof, metrics: dict[str, Any]) -> None:
+def _write_run(run_dir: Path, cfg: RunConfig, trainer, tokenizer, oof, metrics: dict[str, Any],
+               base_folder: Path) -> None:
+    from .run_folder import IDENTITY, run_identity
+
     run_dir.mkdir(parents=True, exist_ok=True)
     weights = "adapter" if cfg.lora.enabled else "model"
     with atomic_dir(run_dir / weights) as tmp:
         trainer.model.save_pretrained(str(tmp))
         if not cfg.lora.enabled:
             tokenizer.save_pretrained(str(tmp))
+    if cfg.lora.enabled:
+        atomic_write_json(run_dir / IDENTITY, run_identity(run_dir, base_folder))
     with atomic_dir(run_dir / "tokenizer") as tmp:
         tokenizer.save_pretrained(str(tmp))
     save_yaml(cfg, run_dir / "config.yaml")

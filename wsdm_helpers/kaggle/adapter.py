@@ -30,7 +30,7 @@ from .checks import BUILD_PATH_RE, BundleReport, check_bundle, write_manifest
 from .common import dataset_from_template, staged_folder, write_dataset_metadata
 
 DATASET = "wsdm-adapter"
-COPIED = ("config.yaml", "metrics.json", "adapter", "model", "tokenizer")
+COPIED = ("config.yaml", "metrics.json", "identity.json", "adapter", "model", "tokenizer")
 # peft's stub model card: "[More Information Needed]" and the build machine's base-model path.
 LEFT_BEHIND = ("README.md",)
 
