@@ -151,3 +151,31 @@ def test_fuzz_encoder_takes_any_text(tok, cells):
                           "response_a": [[c[1], None] for c in cells], "response_b": [[c[2], c[0]] for c in cells]})
     enc = encode_pairs(frame, tok, FormatConfig(max_length=96), template="plain")
     assert enc.ids == frame["id"].tolist() and all(len(x) <= 96 for x in enc.input_ids)
+
+
+# ---- row 4: layout detection decides on the whole file ---------------------------------------------
+def _lmsys_test(path, n=30, plain_rows=()):
+    prompts = ["Hi there" if i in plain_rows else json.dumps([f"question {i}"]) for i in range(n)]
+    pd.DataFrame({"id": [f"q{i}" for i in range(n)], "prompt": prompts, "response_a": '["a"]',
+                  "response_b": '["b"]'}).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("row", [0, 25])
+def test_one_plain_prompt_in_an_lmsys_test_is_named_wherever_it_is(tmp_path, row, capsys):
+    path = _lmsys_test(tmp_path / "test.csv", plain_rows=(row,))
+    with pytest.raises(DataError, match=rf"test.csv, column 'prompt'.*JSON lists of turns in 29 rows.*plain text in "
+                                        rf"1 row.*ids: q{row};"):
+        read_pairs(path)
+    assert main(["data", "validate", str(path)]) == 2
+    assert f"ids: q{row}" in capsys.readouterr().err
+
+
+def test_layout_is_decided_on_every_row(tmp_path):
+    assert read_pairs(_lmsys_test(tmp_path / "lmsys.csv"))[1].layout == "lmsys"
+    plain = tmp_path / "wsdm.csv"
+    pd.DataFrame({"id": ["1", "2", "3"], "prompt": ["Hi", '["looks", "like json"]', "Bye"], "response_a": "a",
+                  "response_b": "b"}).to_csv(plain, index=False)
+    with pytest.raises(DataError, match=r"ids: 2;.*or pass --layout"):
+        read_pairs(plain)
+    assert read_pairs(plain, layout="wsdm")[0]["prompt"].tolist() == [["Hi"], ['["looks", "like json"]'], ["Bye"]]

@@ -325,7 +325,7 @@ def detect_layout(table: pd.DataFrame, path: Any = "<frame>") -> str:
         if set(_mapped_columns(preset.column_map)) <= cols:
             return f"columns:{name}"
     if set(REQUIRED_COLUMNS["wsdm"]) <= cols:
-        return "lmsys" if _cells_are_json_lists(table["prompt"]) else "wsdm"
+        return _prompt_layout(table, path)
     raise _layout_error(path, cols)
 
 
@@ -334,12 +334,32 @@ def _looks_canonical(table: pd.DataFrame) -> bool:
     return isinstance(first, (list, np.ndarray))
 
 
-def _cells_are_json_lists(column: pd.Series, probe: int = 20) -> bool:
-    cells = [c for c in column.head(probe).tolist() if isinstance(c, str)]
+def _prompt_layout(table: pd.DataFrame, path: Any) -> str:
+    """lmsys when every text prompt cell is a JSON list of turns, wsdm when none is; a file with both is
+    a DataError naming the rows of the smaller kind (a guess from some rows would misread the others)."""
+    cells = table["prompt"].tolist()
+    is_list = np.array([isinstance(c, str) and _is_turn_list(c) for c in cells])
+    is_text = np.array([isinstance(c, str) for c in cells]) & ~is_list
+    if not is_list.any() or not is_text.any():
+        return "lmsys" if is_list.any() else "wsdm"
+    n_list, n_text = int(is_list.sum()), int(is_text.sum())
+    odd = is_text if n_text <= n_list else is_list
+    ids = np.asarray(_row_ids(table, path), dtype=object)[odd]
+    rows = {True: "rows", False: "row"}
+    raise _fail(path, f"prompt cells are JSON lists of turns in {n_list} {rows[n_list > 1]} (the LMSYS layout) but "
+                      f"plain text in {n_text} {rows[n_text > 1]} (the WSDM layout)",
+                "write every prompt in one layout (LMSYS: a JSON list of turns such as [\"Hi there\"]; WSDM: plain "
+                "text), or pass --layout lmsys or --layout wsdm (data.layout)", column="prompt", ids=ids)
+
+
+def _is_turn_list(cell: str) -> bool:
+    if not cell.lstrip().startswith("["):
+        return False
     try:
-        return bool(cells) and all(c.lstrip().startswith("[") and isinstance(loads_json(c), list) for c in cells)
+        turns = loads_json(cell)
     except json.JSONDecodeError:
         return False
+    return isinstance(turns, list) and all(t is None or isinstance(t, str) for t in turns)
 
 
 def _mapped_columns(column_map: dict) -> list[str]:
