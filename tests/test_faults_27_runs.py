@@ -187,3 +187,38 @@ def test_an_old_run_without_identity_loads_with_a_warning(trained_run, tmp_path,
     with caplog.at_level(logging.WARNING):
         load_run(run)
     assert any("identity.json" in r.message and "cannot check" in r.message for r in caplog.records)
+
+
+# ---- row 6: one writer per train.output_dir ---------------------------------------------------------
+HOLD_LOCK = """
+import sys
+from wsdm_helpers.io import writer_lock
+with writer_lock(sys.argv[1], "train.output_dir"):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_train_into_one_output_dir_is_refused_with_the_holders_pid(demo, tiny_model, tmp_path, caplog):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from wsdm_helpers.errors import OutputError
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert holder.stdout.readline() == b"locked\n"
+    cfg = tiny_cfg(demo, tiny_model("llama"), out, {"train.max_steps": 1, "train.eval_steps": 0})
+    with pytest.raises(OutputError, match=rf"{out} is being written by another process \(pid {holder.pid}\)"):
+        train(cfg)
+    assert not (out / "checkpoints").exists()
+    holder.send_signal(signal.SIGKILL)  # dies holding it: the lock file stays, its pid is gone
+    holder.wait()
+    assert (out / ".wsdm-writer.lock").is_file()
+    with caplog.at_level(logging.WARNING):
+        train(cfg)
+    assert any(f"pid {holder.pid}" in r.message and "taken over" in r.message for r in caplog.records)
+    assert not (out / ".wsdm-writer.lock").exists()

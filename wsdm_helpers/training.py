@@ -29,11 +29,13 @@ run stops before training and lists each changed key with its old and new value.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
 import logging
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,7 @@ from .config import (
     to_dict,
 )
 from .errors import ConfigError, NumericalError
-from .io import atomic_dir, atomic_write_json, atomic_write_parquet, check_output_dir
+from .io import atomic_dir, atomic_write_json, atomic_write_parquet, check_output_dir, writer_lock
 
 log = logging.getLogger(__name__)
 
@@ -445,16 +447,23 @@ def _free_accelerator_memory() -> None:
 
 # ---- train ----------------------------------------------------------------------------------------
 def train(cfg: RunConfig, callbacks: list | None = None) -> TrainResult:
-    """Train ``cfg`` and write the run folder (see the module docstring). Resumes when it can."""
+    """Train ``cfg`` and write the run folder (see the module docstring). Resumes when it can. The first
+    process holds ``train.output_dir``'s writer lock (io.writer_lock): a second run into it is refused."""
+    cfg.validate()
+    preflight(cfg)
+    run_dir = check_output_dir(cfg.train.output_dir, what="train.output_dir")
+    first_process = int(os.environ.get("RANK", "0")) == 0  # the other processes of a launch write no run files
+    with writer_lock(run_dir, "train.output_dir") if first_process else contextlib.nullcontext():
+        return _train_into(run_dir, cfg, callbacks)
+
+
+def _train_into(run_dir: Path, cfg: RunConfig, callbacks: list | None) -> TrainResult:
     import torch
     from transformers import set_seed
 
     from .modeling import answer_ids_for, recorded_source, resolve_model
     from .trainer import TimeLimit
 
-    cfg.validate()
-    preflight(cfg)
-    run_dir = check_output_dir(cfg.train.output_dir, what="train.output_dir")
     checkpoint_dir = run_dir / "checkpoints"
     resolved = resolve_model(cfg, "cuda" if torch.cuda.is_available() else "cpu")  # once, for the whole run
     family, tokenizer = resolved.family, resolved.tokenizer
