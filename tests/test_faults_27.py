@@ -179,3 +179,70 @@ def test_layout_is_decided_on_every_row(tmp_path):
     with pytest.raises(DataError, match=r"ids: 2;.*or pass --layout"):
         read_pairs(plain)
     assert read_pairs(plain, layout="wsdm")[0]["prompt"].tolist() == [["Hi"], ['["looks", "like json"]'], ["Bye"]]
+
+
+# ---- rows 7 and 13: cv folders know the config they were made with ---------------------------------
+@pytest.fixture(scope="module")
+def cv_data(tmp_path_factory):
+    from wsdm_helpers.data import write_canonical
+    from wsdm_helpers.demo_data import make_demo_frame
+
+    path = tmp_path_factory.mktemp("cvdata") / "train.parquet"
+    write_canonical(make_demo_frame(80, seed=2), path)
+    return path
+
+
+def test_a_fold_copied_from_a_cv_with_other_settings_is_refused(cv_data, tmp_path):
+    import shutil
+
+    from wsdm_helpers.config import DataConfig
+    from wsdm_helpers.cv import run_baseline_cv
+    from wsdm_helpers.errors import ConfigError
+
+    data = DataConfig(train_path=str(cv_data), n_folds=2)
+    run_baseline_cv(data, tmp_path / "cvA", "logreg", folds=[0])
+    run_baseline_cv(data, tmp_path / "cvB", "hgb")
+    shutil.copytree(tmp_path / "cvB" / "fold-1", tmp_path / "cvA" / "fold-1")  # "copy the fold-K folders together"
+    with pytest.raises(ConfigError, match=r"cvA/fold-1 was made by a cv with other settings \(baseline: 'hgb' -> "
+                                          r"'logreg'\).*delete .*fold-1.* --folds 1"):
+        run_baseline_cv(data, tmp_path / "cvA", "logreg")
+    assert not (tmp_path / "cvA" / "oof.parquet").exists()
+
+
+def test_a_copied_or_moved_cv_folder_is_the_same_cv(cv_data, tmp_path):
+    import shutil
+
+    from wsdm_helpers.config import DataConfig
+    from wsdm_helpers.cv import run_baseline_cv
+
+    data = DataConfig(train_path=str(cv_data), n_folds=2)
+    first = run_baseline_cv(data, tmp_path / "cvA", "logreg", folds=[0])
+    assert first.missing == [1]
+    shutil.copytree(tmp_path / "cvA", tmp_path / "copy")
+    shutil.move(tmp_path / "cvA", tmp_path / "moved")
+    for folder in ("copy", "moved"):
+        result = run_baseline_cv(data, tmp_path / folder, "logreg")
+        assert result.done == [0, 1] and result.report is not None
+
+
+def test_a_cv_with_other_settings_names_the_values_and_the_fix(cv_data, tmp_path):
+    from wsdm_helpers.config import DataConfig
+    from wsdm_helpers.cv import run_baseline_cv
+    from wsdm_helpers.errors import ConfigError
+
+    run_baseline_cv(DataConfig(train_path=str(cv_data), n_folds=2), tmp_path / "cv", "logreg", folds=[0])
+    with pytest.raises(ConfigError, match=r"data.seed: 42 -> 3.*same settings.*or use a new output folder"):
+        run_baseline_cv(DataConfig(train_path=str(cv_data), n_folds=2, seed=3), tmp_path / "cv", "logreg")
+
+
+def test_an_llm_cv_config_moved_with_its_folder_is_the_same(tmp_path):
+    from wsdm_helpers.cv import check_config
+
+    def resolved(out):
+        return {"data": {"folds_file": str(out / "folds.parquet"), "seed": 0}, "train": {"output_dir": str(out)}}
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    check_config(tmp_path / "a", resolved(tmp_path / "a"))
+    (tmp_path / "b" / "cv_config.yaml").write_bytes((tmp_path / "a" / "cv_config.yaml").read_bytes())
+    check_config(tmp_path / "b", resolved(tmp_path / "b"))
