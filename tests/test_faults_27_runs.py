@@ -222,3 +222,36 @@ def test_a_second_train_into_one_output_dir_is_refused_with_the_holders_pid(demo
         train(cfg)
     assert any(f"pid {holder.pid}" in r.message and "taken over" in r.message for r in caplog.records)
     assert not (out / ".wsdm-writer.lock").exists()
+
+
+# ---- row 13: a fold run moved with its cv folder resumes ---------------------------------------------
+def test_a_run_whose_folds_file_moved_resumes(demo, tiny_model, tmp_path):
+    import shutil
+
+    from test_training import InterruptAfterSave
+
+    from wsdm_helpers.data import fold_table, read_canonical
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    fold_table(read_canonical(demo[0]), 4, 42).to_parquet(old / "folds.parquet")
+    cfg = tiny_cfg(demo, tiny_model("llama"), old / "fold-0", {"data.folds_file": str(old / "folds.parquet")})
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[InterruptAfterSave(at=4)])
+    shutil.move(old, new)  # the whole cv folder, mid-fold
+    moved = tiny_cfg(demo, tiny_model("llama"), new / "fold-0", {"data.folds_file": str(new / "folds.parquet")})
+    metrics = train(moved).metrics
+    assert metrics["resumed_from_step"] == 4
+    assert metrics["best_checkpoint"].startswith(str(new / "fold-0" / "checkpoints"))
+
+
+def test_a_moved_runs_best_checkpoint_is_found_under_its_new_folder(tmp_path):
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from wsdm_helpers.trainer import MovedCheckpoints
+
+    (tmp_path / "new" / "checkpoint-2").mkdir(parents=True)
+    state = TrainerState(best_model_checkpoint=str(tmp_path / "old" / "checkpoint-2"))
+    args = TrainingArguments(output_dir=str(tmp_path / "new"), report_to="none", use_cpu=True)
+    MovedCheckpoints().on_train_begin(args, state, TrainerControl())
+    assert state.best_model_checkpoint == str(tmp_path / "new" / "checkpoint-2")

@@ -63,6 +63,17 @@ class TextProgress(ProgressCallback):
         super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
 
 
+class MovedCheckpoints(TrainerCallback):
+    """A resumed run whose folder moved: the best checkpoint its state recorded is looked up under its name
+    in this run's checkpoint folder (else the Trainer would skip loading the best model at the end)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        best = state.best_model_checkpoint
+        here = Path(args.output_dir) / Path(best).name if best else None
+        if best and not Path(best).exists() and here.exists():
+            state.best_model_checkpoint = str(here)
+
+
 class TimeLimit(TrainerCallback):
     """``train.max_hours``: saves a checkpoint and stops training once another step might not end within
     ``seconds`` of the start: elapsed + 2 x the longest step so far (its evaluation and checkpoint
@@ -148,6 +159,7 @@ class PairTrainer(Trainer):
         self.train_tokens = 0  # real (non-pad) tokens of this process's training batches
         self.step_timer = StepTimer()
         self.add_callback(self.step_timer)
+        self.add_callback(MovedCheckpoints)
         self._staging: str | None = None
         if plain_progress() and not self.args.disable_tqdm:
             self.pop_callback(DEFAULT_PROGRESS_CALLBACK)

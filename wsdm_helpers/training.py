@@ -368,6 +368,10 @@ def training_settings(cfg: RunConfig) -> dict[str, Any]:
     as JSON values."""
     flat = {f"{section}.{key}": value for section in ("data", "format", "model", "lora", "train")
             for key, value in to_dict(getattr(cfg, section)).items()}
+    if cfg.data.folds_file:  # its rows, not where it lies: a cv folder moved mid-fold resumes
+        from .run_folder import file_sha256
+
+        flat["data.folds_file"] = f"sha256:{file_sha256(Path(cfg.data.folds_file))}"
     return json.loads(json.dumps({k: v for k, v in flat.items() if k not in _NOT_TRAINING}))
 
 
