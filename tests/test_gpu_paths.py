@@ -357,6 +357,119 @@ def test_max_hours_saves_a_checkpoint_and_the_next_session_resumes(tmp_path, fra
     assert (tmp_path / "run" / "metrics.json").is_file()
 
 
+def _tree(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mode, p.read_bytes()) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+class _AdapterAtFinalEval(TrainerCallback):
+    """Notes whether the adapter was on disk when the final evaluation ran."""
+
+    def __init__(self, run: Path):
+        self.run, self.seen = run, None
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if "final_accuracy" in (metrics or {}):
+            self.seen = (self.run / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_the_next_kaggle_session_resumes_from_the_attached_output_of_the_last(tmp_path, tokenizer):
+    """Session 1 stops at max_hours; /kaggle/working is empty in session 2, which has session 1's output
+    attached read-only as train.resume_from: it resumes at the saved step and writes the adapter."""
+    import shutil
+    import stat
+
+    from wsdm_helpers.config import load_run_config
+    from wsdm_helpers.data import write_canonical
+    from wsdm_helpers.trainer import TimeLimit
+    from wsdm_helpers.training import train
+
+    data = tmp_path / "train.parquet"
+    write_canonical(make_demo_frame(60, seed=1), data)
+    model = build_tiny_model("llama", tokenizer, tmp_path / "model")
+    working = tmp_path / "kaggle" / "working"
+    settings = {"data.train_path": str(data), "model.source": str(model), "train.output_dir": str(working / "run")}
+    first = train(load_run_config(TINY_PRESET, settings), callbacks=[TimeLimit(55, clock=_Clock(10))])
+    assert first.metrics["stopped"] == "max_hours" and first.metrics["global_step"] == 3
+    attached = tmp_path / "kaggle" / "input" / "train-gemma-session-1"
+    shutil.copytree(working, attached)
+    shutil.rmtree(working)  # the next Kaggle session starts with an empty /kaggle/working
+    for path in attached.rglob("*"):
+        path.chmod(path.stat().st_mode & ~0o222)  # /kaggle/input is read-only
+    before = _tree(attached)
+    steps, at_final = _Steps(), _AdapterAtFinalEval(working / "run")
+    second = train(load_run_config(TINY_PRESET, {**settings, "train.resume_from": str(attached)}),
+                   callbacks=[steps, at_final])
+    assert steps.seen == [4, 5, 6] and second.metrics["resumed_from_step"] == 3
+    assert second.metrics["global_step"] == 6 and "final" in second.metrics
+    assert at_final.seen is True  # the adapter was saved before the final evaluation
+    assert (working / "run" / "metrics.json").is_file() and (working / "run" / "oof.parquet").is_file()
+    assert _tree(attached) == before  # the attached output is only read
+    for path in attached.rglob("*"):
+        path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    changed = {**settings, "train.resume_from": str(attached), "train.output_dir": str(tmp_path / "other"),
+               "train.learning_rate": 0.5}
+    with pytest.raises(ConfigError, match=r"other training settings(.|\n)*train.learning_rate: 0.01 -> 0.5"):
+        train(load_run_config(TINY_PRESET, changed))
+    with pytest.raises(ConfigError, match="no complete checkpoint"):
+        train(load_run_config(TINY_PRESET, {**settings, "train.resume_from": str(working)}))  # finished: none kept
+
+
+def test_resume_from_takes_the_latest_complete_checkpoint_and_names_ambiguous_outputs(tmp_path):
+    import json
+    import shutil
+
+    from wsdm_helpers.training import import_previous_checkpoint
+
+    previous = tmp_path / "input" / "session-1" / "runs" / "gemma" / "checkpoints"
+    for step, complete in ((2, True), (4, True), (6, False)):  # checkpoint-6: the session ended while saving it
+        (previous / f"checkpoint-{step}").mkdir(parents=True)
+        (previous / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"w")
+        if complete:
+            state = {"global_step": step, "best_model_checkpoint": "/kaggle/working/runs/gemma/checkpoints/checkpoint-2"}
+            (previous / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps(state))
+    (previous / "settings.json").write_text("{}")
+    local = tmp_path / "working" / "checkpoints"
+    assert import_previous_checkpoint(tmp_path / "input" / "session-1", local) == 4
+    assert sorted(p.name for p in local.iterdir()) == ["checkpoint-2", "checkpoint-4", "settings.json"]
+    state = json.loads((local / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["best_model_checkpoint"] == str(local / "checkpoint-2")  # the copy, not the old session's path
+    assert import_previous_checkpoint(tmp_path / "input" / "session-1", local) is None  # has it already
+    shutil.copytree(previous.parent, tmp_path / "input" / "session-1" / "runs" / "qwen")
+    with pytest.raises(ConfigError, match="several run folders with checkpoints: .*gemma.*qwen"):
+        import_previous_checkpoint(tmp_path / "input" / "session-1", tmp_path / "w2")
+    with pytest.raises(ConfigError, match="is not a folder"):
+        import_previous_checkpoint(tmp_path / "input" / "missing", tmp_path / "w2")
+
+
+def test_the_final_evaluation_is_skipped_when_off_or_when_it_would_not_end_in_time(tmp_path, tokenizer):
+    from types import SimpleNamespace
+
+    from wsdm_helpers.config import load_run_config
+    from wsdm_helpers.data import write_canonical
+    from wsdm_helpers.trainer import TimeLimit
+    from wsdm_helpers.training import _final_eval_skipped, train
+
+    data = tmp_path / "train.parquet"
+    write_canonical(make_demo_frame(60, seed=1), data)
+    model = build_tiny_model("llama", tokenizer, tmp_path / "model")
+    cfg = load_run_config(TINY_PRESET, {"data.train_path": str(data), "model.source": str(model),
+                                        "train.output_dir": str(tmp_path / "run"), "train.final_eval": False})
+    result = train(cfg)
+    assert result.metrics["final_eval_skipped"] == "train.final_eval=false" and "final" not in result.metrics
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "run" / "oof.parquet").exists()
+
+    limit = TimeLimit(100, clock=_Clock(10))
+    limit.on_train_begin(None, None, None)  # start 10
+    limit.on_evaluate(None, None, None, metrics={"eval_samples_per_second": 2.0})
+    trainer = SimpleNamespace(callback_handler=SimpleNamespace(callbacks=[limit]), args=SimpleNamespace(world_size=1))
+    evals = (None, SimpleNamespace(dataset=[0] * 160))  # 80 s at 2 rows/s
+    on = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, final_eval=True))
+    assert _final_eval_skipped(on, trainer, evals) is None  # 100 - (30 - 10) = 80 s left: it fits
+    assert _final_eval_skipped(on, trainer, evals).startswith("train.max_hours: about 80s needed")  # 70 s left
+
+
 @pytest.mark.parametrize("name", ["gemma2-9b-qlora-t4", "gemma2-9b-2xt4", "qwen2.5-14b-qlora"])
 def test_kaggle_presets_evaluate_briefly_and_stop_before_the_session_ends(name):
     """A 12 h Kaggle session: periodic evaluations of a few hundred rows in one orientation every few

@@ -70,18 +70,49 @@ def test_environment_kaggle_from_input_folder(monkeypatch, tmp_path):
     assert kaggle.environment() == "kaggle"
 
 
-def test_offline_install_command_is_the_notebook_cell():
+def test_offline_install_command_runs_the_wheelhouse_installer():
     assert offline_install_command("/kaggle/input/wsdm-helpers-wheels") == (
-        "pip install --no-index --find-links /kaggle/input/wsdm-helpers-wheels "
-        "-r /kaggle/input/wsdm-helpers-wheels/requirements.txt")
+        "python /kaggle/input/wsdm-helpers-wheels/install.py")
 
 
 def test_default_packages_pin_what_trained_the_adapters():
     import importlib.metadata
 
-    specs = default_packages()
-    assert [s.split("==")[0] for s in specs] == ["peft", "bitsandbytes"]
-    assert f"peft=={importlib.metadata.version('peft')}" in specs
+    assert default_packages() == [f"peft=={importlib.metadata.version('peft')}"]
+
+
+def _wheelhouse_for(folder: Path, python_version: str) -> Path:
+    """A wheelhouse folder as `wsdm bundle wheels` lays it out, targeting ``python_version``."""
+    import shutil
+
+    from wsdm_helpers.kaggle import install_wheelhouse
+
+    folder.mkdir()
+    shutil.copyfile(install_wheelhouse.__file__, folder / "install.py")
+    (folder / "manifest.json").write_text(json.dumps({"kind": "wheelhouse", "target": {
+        "python_version": python_version, "torch": "2.5.1"}}))
+    (folder / "requirements.txt").write_text("wsdm-package-that-does-not-exist==1.0\n")
+    return folder
+
+
+def test_installer_refuses_another_python_before_pip_runs(tmp_path):
+    wheelhouse = _wheelhouse_for(tmp_path / "wheels", "3.9")
+    done = subprocess.run([sys.executable, str(wheelhouse / "install.py")], capture_output=True, text=True)
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert done.returncode == 2
+    assert f"built for Python 3.9, but this notebook runs Python {running}" in done.stderr
+    assert f"--python-version {running}" in done.stderr  # the fix
+    assert "wsdm-package-that-does-not-exist" not in done.stdout + done.stderr  # pip never ran
+    assert "Traceback" not in done.stderr
+
+
+def test_installer_runs_pip_offline_on_the_matching_python(tmp_path):
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    wheelhouse = _wheelhouse_for(tmp_path / "wheels", running)
+    done = subprocess.run([sys.executable, str(wheelhouse / "install.py")], capture_output=True, text=True,
+                          env={**os.environ, "PIP_CONFIG_FILE": os.devnull})
+    assert done.returncode != 0  # the one requirement is in no wheelhouse: pip itself says so
+    assert "wsdm-package-that-does-not-exist" in done.stdout + done.stderr
 
 
 def test_linux_platforms_cover_older_glibc_wheels():

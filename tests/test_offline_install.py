@@ -3,11 +3,11 @@
 A fresh virtual environment stands for the Kaggle image. It gets the image's heavy packages
 (torch, transformers, accelerate, numpy, pandas, ...) and nothing else: a ``.pth`` file points at a
 folder that links exactly those distributions (and what they require) from the test's own
-environment. ``wsdm bundle wheels --no-index --find-links .cache/wheels`` then builds the wheelhouse
-from the local wheel cache that ``make test`` downloads beforehand (its ``.wheel-cache`` step), and
-``pip install --no-index --find-links WHEELHOUSE -r requirements.txt`` must install wsdm_helpers,
-peft and bitsandbytes into that venv with every network route closed (no pip configuration, proxies
-pointing at a closed port). A tiny LoRA run, packed with ``wsdm bundle adapter``, is then scored by
+environment. ``wsdm bundle wheels --no-index --find-links .cache/wheels`` then resolves and builds the wheelhouse
+(the whole closure but torch) from the local wheel cache that ``make test`` downloads beforehand (its
+``.wheel-cache`` step), and the wheelhouse's ``install.py`` must install wsdm_helpers and
+what the "image" lacks (peft, bitsandbytes, papermill's extras, ...) into that venv with every network
+route closed (no pip configuration, proxies pointing at a closed port). A tiny LoRA run, packed with ``wsdm bundle adapter``, is then scored by
 the venv's own ``wsdm predict`` on the demo test set.
 """
 from __future__ import annotations
@@ -85,12 +85,11 @@ def _image_folder(folder: Path) -> Path:
 def wheel_cache() -> Path:
     if platform.system() != "Linux" or platform.machine() != "x86_64":
         pytest.skip("the wheelhouse targets Kaggle's Linux x86_64 image")
-    wanted = [canonicalize_name(spec.split("==")[0]) for spec in default_packages()]
+    wanted = [canonicalize_name(spec.split("==")[0]) for spec in default_packages()] + ["torch", "papermill"]
     have = {canonicalize_name(p.name.split("-")[0]) for p in WHEEL_CACHE.glob("*.whl")}
     if not set(wanted) <= have:
         pytest.skip(f"local wheel cache {WHEEL_CACHE} lacks {sorted(set(wanted) - have)}: `make test` fills it "
-                    "(its .wheel-cache step: pip download --only-binary=:all: --no-deps -d .cache/wheels "
-                    f"{' '.join(default_packages())})")
+                    "(its .wheel-cache step downloads the closure of .[training,quantization,notebooks])")
     return WHEEL_CACHE
 
 
@@ -98,8 +97,9 @@ def wheel_cache() -> Path:
 def wheelhouse(wheel_cache, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bundle")
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    torch = importlib.metadata.version("torch").split("+")[0]
     _run([sys.executable, "-m", "wsdm_helpers", "bundle", "wheels", "--out", root / "wheels", "--no-index",
-          "--find-links", wheel_cache, "--python-version", python, "--username", "tester"], cwd=root)
+          "--find-links", wheel_cache, "--python-version", python, "--torch", torch, "--username", "tester"], cwd=root)
     return root / "wheels"
 
 
@@ -114,15 +114,17 @@ def kaggle_venv(wheelhouse, tmp_path_factory) -> Path:
     _run([venv / "bin" / "python", "-m", "pip", "uninstall", "-y", "setuptools"], cwd=root)
     site = next((venv / "lib").glob("python3*/site-packages"))
     (site / "kaggle_image.pth").write_text(f"{_image_folder(root / 'image')}\n")
-    _run([venv / "bin" / "python", "-m", "pip", "install", "--no-index", "--find-links", wheelhouse,
-          "-r", wheelhouse / "requirements.txt"], cwd=root)
+    print(_run([venv / "bin" / "python", wheelhouse / "install.py"], cwd=root))
     return venv
 
 
 def test_wheelhouse_installs_offline_into_a_fresh_venv(wheelhouse, kaggle_venv, tmp_path):
     requirements = (wheelhouse / "requirements.txt").read_text().split()
-    assert [r.split("==")[0] for r in requirements] == ["bitsandbytes", "peft", "wsdm_helpers"]
+    assert requirements == ["wsdm_helpers[training,quantization,notebooks]==0.1.0", *default_packages()]
     assert (wheelhouse / "dataset-metadata.json").is_file()
+    carried = {canonicalize_name(p.name.split("-")[0]) for p in wheelhouse.glob("*.whl")}
+    assert {"bitsandbytes", "peft", "transformers", "papermill", "wsdm-helpers"} <= carried
+    assert not {c for c in carried if c in ("torch", "triton") or c.startswith("nvidia-")}  # the image's own
     python = kaggle_venv / "bin" / "python"
     where = _run([python, "-c", "import importlib.metadata as m, peft, wsdm_helpers.kaggle as k, torch;"
                   "print(k.__file__, peft.__file__, torch.__file__, m.version('bitsandbytes'))"],
@@ -130,7 +132,7 @@ def test_wheelhouse_installs_offline_into_a_fresh_venv(wheelhouse, kaggle_venv, 
     site = next((kaggle_venv / "lib").glob("python3*/site-packages"))
     assert Path(where[0]).is_relative_to(site) and Path(where[1]).is_relative_to(site)
     assert not Path(where[2]).is_relative_to(site)  # torch comes from the "image"
-    assert f"bitsandbytes=={where[3]}" in requirements
+    assert any(p.name.startswith(f"bitsandbytes-{where[3]}-") for p in wheelhouse.glob("*.whl"))
     _run([python, "-m", "pip", "check"], cwd=tmp_path)
     assert "bundle" in _run([kaggle_venv / "bin" / "wsdm", "--help"], cwd=tmp_path)
 

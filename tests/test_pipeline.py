@@ -122,8 +122,12 @@ def test_three_runs_with_a_deadline_that_fits_two(runs, data, clock, tmp_path):
 def test_deadline_too_short_for_any_llm_run_gives_the_baseline_submission(runs, data, clock, tmp_path):
     from wsdm_helpers.features import load_baseline
 
+    with pytest.raises(SubmissionError, match=r"40 of 40 rows \(100%\) came from the fallback baseline"):
+        submit([runs["two0"], runs["baseline"]], data["wsdm_test"], tmp_path / "submission.csv",
+               weights=[1, 0], overrides=CPU, deadline=_deadline(clock, 1.5))  # a local run: raises, once written
+    assert _submission(tmp_path / "submission.csv").shape == (N_TEST, 2)
     result = submit([runs["two0"], runs["baseline"]], data["wsdm_test"], tmp_path / "submission.csv",
-                    weights=[1, 0], overrides=CPU, deadline=_deadline(clock, 1.5))
+                    weights=[1, 0], overrides=CPU, deadline=_deadline(clock, 1.5), settings={"on_failure": "fill"})
     llm, baseline = result.report.runs
     assert llm.status == "skipped" and llm.rows_filled == N_TEST
     assert baseline.status == "done" and result.report.rows_from_fallback == N_TEST
@@ -134,7 +138,7 @@ def test_deadline_too_short_for_any_llm_run_gives_the_baseline_submission(runs, 
 
 def test_a_run_that_loads_but_cannot_finish_a_batch_is_filled_by_the_baseline(runs, data, clock, tmp_path):
     result = submit([runs["two0"], runs["baseline"]], data["wsdm_test"], tmp_path / "submission.csv",
-                    weights=[1, 0], overrides=CPU, settings={"finish_seconds": 0.0},
+                    weights=[1, 0], overrides=CPU, settings={"finish_seconds": 0.0, "on_failure": "fill"},
                     deadline=_deadline(clock, LOAD + 0.05))
     llm = result.report.runs[0]
     assert llm.status == "stopped" and llm.rows_predicted < N_TEST
@@ -197,7 +201,8 @@ def test_a_failing_run_is_reported_and_its_rows_filled(runs, data, monkeypatch, 
         return forward(self, rows)
 
     monkeypatch.setattr(Worker, "_forward", first_run_breaks)
-    result = submit([runs["two0"], runs["two1"]], data["wsdm_test"], tmp_path / "submission.csv", overrides=CPU)
+    result = submit([runs["two0"], runs["two1"]], data["wsdm_test"], tmp_path / "submission.csv", overrides=CPU,
+                    settings={"on_failure": "fill"})
     broken, fine = result.report.runs
     assert broken.status == "failed" and "illegal memory access" in broken.note and broken.rows_filled == N_TEST
     assert fine.status == "done" and fine.rows_filled == 0
@@ -289,3 +294,82 @@ def test_notebook_and_wsdm_predict_write_byte_identical_submissions(runs, data, 
     assert (nb.out_dir / "submission.csv").read_bytes() == cli_out.read_bytes()
     assert json.loads((nb.out_dir / REPORT_FILE).read_text())["runs"][1]["status"] == "done"
     assert (nb.out_dir / "scores.json").is_file()
+
+
+# ---- the failure policy: a commit run that would score ~0.5 stops; the hidden rerun never does ----------
+def _adapter_run(root, runs, base_source):
+    """A LoRA run folder (adapter/, tokenizer/, config.yaml) whose config names ``base_source`` as its base."""
+    import shutil
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    run = root / "gemma-lora"
+    model = AutoModelForSequenceClassification.from_pretrained(str(runs["two0"] / "model"))
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], task_type="SEQ_CLS")).save_pretrained(
+        str(run / "adapter"))
+    shutil.copytree(runs["two0"] / "tokenizer", run / "tokenizer")
+    save_yaml(RunConfig(model=ModelConfig(source=base_source), format=FormatConfig(max_length=128),
+                        inference=InferenceConfig(devices=["cpu"], tta="none", progress_bar=False)),
+              run / "config.yaml")
+    return run
+
+
+def test_base_model_not_attached_stops_the_commit_run_and_not_the_competition_rerun(runs, data, tmp_path,
+                                                                                    monkeypatch, capsys):
+    from wsdm_helpers.cli import main
+
+    missing = "/kaggle/input/gemma-2-9b-it-base/transformers/default/1"
+    run = _adapter_run(tmp_path, runs, missing)
+    members = [run, runs["baseline"]]
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")  # a Kaggle commit run
+    monkeypatch.delenv("KAGGLE_IS_COMPETITION_RERUN", raising=False)
+    monkeypatch.setenv("WSDM_INPUT_DIR", str(tmp_path / "input"))
+    commit = tmp_path / "commit" / "submission.csv"
+    with pytest.raises(SubmissionError, match="not Kaggle's competition rerun") as caught:
+        submit(members, data["wsdm_test"], commit, weights=[1, 0], overrides=CPU)
+    message = str(caught.value)
+    assert f"run 0-gemma-lora ({run}) failed" in message and missing in message
+    assert "40 of 40 rows (100%) came from the fallback baseline" in message
+    assert _submission(commit).shape == (N_TEST, 2)  # the fallback submission is written first
+    args = ["predict", "--run", str(run), "--run", str(runs["baseline"]), "--weights", "1", "0",
+            "--test", str(data["wsdm_test"]), "--out", str(tmp_path / "cli" / "submission.csv"),
+            "--set", "inference.devices=[cpu]"]
+    assert main(args) == 2
+    assert "run 0-gemma-lora" in capsys.readouterr().err
+    assert main([*args, "--on-failure", "fill"]) == 0
+
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "True")  # the hidden rerun: never zero, no error
+    rerun = submit(members, data["wsdm_test"], tmp_path / "rerun" / "submission.csv", weights=[1, 0], overrides=CPU)
+    assert rerun.report.runs[0].status == "failed" and rerun.report.rows_from_fallback == N_TEST
+    assert _submission(tmp_path / "rerun" / "submission.csv").shape == (N_TEST, 2)
+    with pytest.raises(SubmissionError, match="on_failure=raise"):
+        submit(members, data["wsdm_test"], tmp_path / "forced" / "submission.csv", weights=[1, 0], overrides=CPU,
+               settings={"on_failure": "raise"})
+
+
+def test_a_share_of_fallback_rows_within_max_fallback_share_passes(runs, data, clock, tmp_path):
+    settings = {"finish_seconds": 0.0, "max_fallback_share": 1.0}
+    result = submit([runs["two0"], runs["baseline"]], data["wsdm_test"], tmp_path / "submission.csv",
+                    weights=[1, 0], overrides=CPU, settings=settings, deadline=_deadline(clock, LOAD + 0.05))
+    assert result.report.rows_from_fallback > 0
+    with pytest.raises(ConfigError, match="max_fallback_share=1.5"):
+        submit([runs["baseline"]], data["wsdm_test"], tmp_path / "s.csv", settings={"max_fallback_share": 1.5})
+
+
+# ---- the Kaggle clock: the competition's run-time limit when no budget is given -------------------------
+@pytest.mark.parametrize(("slug", "minutes"), [("wsdm-cup-multilingual-chatbot-arena", 720.0),
+                                               ("lmsys-chatbot-arena", 540.0)])
+def test_on_kaggle_the_time_budget_defaults_to_the_competitions_limit(slug, minutes, tmp_path, monkeypatch, capsys):
+    from wsdm_helpers.pipeline import pipeline_config, submission_deadline
+
+    (tmp_path / "input" / slug).mkdir(parents=True)
+    monkeypatch.setenv("WSDM_INPUT_DIR", str(tmp_path / "input"))
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    assert pipeline_config().time_budget_minutes is None  # not on Kaggle: no limit
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    assert pipeline_config().time_budget_minutes == minutes
+    assert pipeline_config({"time_budget_minutes": 60}).time_budget_minutes == 60  # a given budget stands
+    deadline = submission_deadline(None, 5.0, started=90.0)
+    assert deadline.limited and deadline.end - deadline.started == (minutes - 5.0) * 60
+    assert f"submission deadline: {minutes:g} min budget less 5 min safety" in capsys.readouterr().out

@@ -64,3 +64,50 @@ def test_bad_override_is_an_error_naming_the_key(capsys):
     assert "learning_rate" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="best_metric"):
         load_run_config(CONFIGS / "tiny-test.yaml", {"train.best_metric": "f1"})
+
+
+def test_presets_and_accelerate_configs_ship_in_the_wheel_and_resolve_by_name_outside_a_clone(tmp_path):
+    """`pip wheel .` carries wsdm_helpers/configs; installed elsewhere (cwd outside any clone) every preset
+    and accelerate config is found by name (Kaggle's train_gemma.ipynb: resolve_preset('gemma2-9b-qlora-t4'))."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    repo = CONFIGS.parent
+    assert CONFIGS.is_symlink() and CONFIGS.resolve() == repo / "wsdm_helpers" / "configs"  # one copy only
+    source = tmp_path / "src"
+    shutil.copytree(repo, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", ".cache", "runs", "demo_output", "build", "*.egg-info", "__pycache__", ".*_cache"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=300)
+    wheel = next((tmp_path / "dist").glob("wsdm_helpers-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {f"wsdm_helpers/configs/{p.name}" for p in PRESETS} <= set(names)
+    assert {f"wsdm_helpers/configs/accelerate/{p.name}" for p in ACCELERATE} <= set(names)
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    script = ("import wsdm_helpers, sys; from wsdm_helpers.config import accelerate_config, load_run_config, "
+              "preset_names, resolve_preset\n"
+              "print(wsdm_helpers.__file__)\n"
+              "for name in preset_names(): print(load_run_config(resolve_preset(name)).name)\n"
+              "print(accelerate_config('ddp-2gpu'))")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    done = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(str(tmp_path / "site"))
+    assert lines[1:-1] == sorted(p.stem for p in PRESETS) and "gemma2-9b-qlora-t4" in lines
+    assert lines[-1] == str(tmp_path / "site" / "wsdm_helpers" / "configs" / "accelerate" / "ddp-2gpu.yaml")
+
+
+def test_an_unknown_preset_or_accelerate_config_names_the_packaged_ones():
+    from wsdm_helpers.config import accelerate_config, resolve_preset
+
+    with pytest.raises(ConfigError, match="gemma2-9b-qlora-t4"):
+        resolve_preset("gemma2-9b-qlora-t5")
+    with pytest.raises(ConfigError, match="ddp-2gpu"):
+        accelerate_config("ddp-3gpu")

@@ -94,11 +94,16 @@ def _demo_data(args: argparse.Namespace) -> int:
 def _add_bundle_commands(sub: argparse._SubParsersAction) -> None:
     bundle = sub.add_parser("bundle", help="build and check folders for the Kaggle CLI (offline scoring)"
                             ).add_subparsers(dest="bundle_command", required=True)
-    wheels = bundle.add_parser("wheels", help="wheelhouse dataset: the wsdm_helpers wheel + wheels Kaggle lacks")
+    wheels = bundle.add_parser("wheels", help="wheelhouse dataset: wsdm_helpers and its whole closure but torch, "
+                                              "for one notebook image")
     wheels.add_argument("--out", required=True, help="bundle folder to (re)create")
+    wheels.add_argument("--image", default=None,
+                        help="target notebook image, a name declared in wsdm_helpers/kaggle/images.py (default: "
+                             "the current Kaggle image): its Python version and the torch it keeps")
+    wheels.add_argument("--python-version", help="target CPython version (overrides the image's)")
+    wheels.add_argument("--torch", help="the target's torch version, kept as it is (overrides the image's)")
     wheels.add_argument("--packages", nargs="*", default=None,
-                        help="requirements to download (default: peft pinned to the installed version, bitsandbytes)")
-    wheels.add_argument("--python-version", default="3.11", help="target CPython version (Kaggle: 3.11)")
+                        help="requirements pinned on top of the closure (default: peft at the installed version)")
     wheels.add_argument("--glibc", default="2.31", help="target glibc: wheels for manylinux up to it are accepted")
     wheels.add_argument("--platform", action="append", default=None,
                         help="explicit pip platform tag (repeatable); replaces the --glibc list")
@@ -138,10 +143,11 @@ def _add_bundle_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _bundle_wheels(args: argparse.Namespace) -> int:
-    from .kaggle.wheels import DATASET, build_wheelhouse, linux_platforms, offline_install_command
+    from .kaggle.wheels import DATASET, DEFAULT_IMAGE, build_wheelhouse, linux_platforms, offline_install_command
 
-    report = build_wheelhouse(args.out, args.packages, python_version=args.python_version,
-                              platforms=args.platform or linux_platforms(args.glibc), find_links=args.find_links,
+    image = args.image or (None if args.python_version and args.torch else DEFAULT_IMAGE)
+    report = build_wheelhouse(args.out, args.packages, image=image, python_version=args.python_version,
+                              torch=args.torch, platforms=args.platform or linux_platforms(args.glibc), find_links=args.find_links,
                               no_index=args.no_index, username=args.username, replace=args.replace)
     print(report.to_text())
     print(f"upload: kaggle datasets create -p {args.out}")
@@ -229,6 +235,8 @@ less --safety-minutes. The time is shared among the runs still to go; each run g
 first and context second, and stops before a batch that would end late. Rows a run did not reach
 (or returned as NaN) are filled from the other runs, then from feature baselines given with weight 0,
 then 0.5. A plan-vs-actual report is printed and saved as submission_report.json beside --out.
+Outside Kaggle's competition rerun the command then ends with rc 2 when a weighted run failed or more
+than --max-fallback-share of the rows came from fallbacks (--on-failure).
 
 Layout: the test file's (WSDM test: id,winner; LMSYS test: id + three probabilities) unless --task.
 
@@ -239,7 +247,8 @@ when the same command is run again with the same runs, test rows and settings. O
 
 
 def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
-    from .config import BlendMetric, BlendSpace, Task, Ties, choices
+    from .config import BlendMetric, BlendSpace, Task, Ties, add_field_argument, choices
+    from .pipeline import PipelineConfig
 
     predict = sub.add_parser("predict", help="predict with trained runs under one clock, blend, write a submission",
                              description=_PREDICT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -255,8 +264,9 @@ def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--probs-out", help="also write the blended probabilities (parquet)")
     predict.add_argument("--task", default="auto", choices=["auto", *choices(Task)],
                          help="submission layout (auto: the test file's layout, never the class count)")
-    predict.add_argument("--time-budget-minutes", type=float, help="the whole submission ends within this "
-                         "(Kaggle: 720 for WSDM, 540 for LMSYS); default no limit")
+    predict.add_argument("--time-budget-minutes", type=float, help="the whole submission ends within this; "
+                         "default: on Kaggle the attached competition's limit (720 for WSDM, 540 for LMSYS), "
+                         "elsewhere no limit")
     predict.add_argument("--safety-minutes", type=float, default=5.0, help="minutes of the budget kept free")
     predict.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
                          help="save and reuse finished chunks (default: on under /kaggle/working, else off)")
@@ -264,6 +274,8 @@ def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
                          "beside --out)")
     predict.add_argument("--set", action="append", default=[], metavar="inference.KEY=VALUE",
                          help="override every LLM run's inference settings, e.g. inference.tta=selective")
+    add_field_argument(predict, "--on-failure", PipelineConfig, "on_failure")
+    add_field_argument(predict, "--max-fallback-share", PipelineConfig, "max_fallback_share", type=float)
     predict.set_defaults(handler=_predict)
     submit = sub.add_parser("submit", help="turn a probabilities file into a validated submission")
     submit.add_argument("probs", help="predictions parquet/csv (id, winner_model_a, winner_model_b[, winner_tie])")
@@ -314,7 +326,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     settings = {"task": args.task, "time_budget_minutes": args.time_budget_minutes,
                 "safety_minutes": args.safety_minutes, "resume": args.resume, "work_dir": args.work_dir,
-                "blend_space": args.blend_space}
+                "blend_space": args.blend_space, "on_failure": args.on_failure,
+                "max_fallback_share": args.max_fallback_share}
     result = submit(args.run, args.test, args.out, weights=args.weights, overrides=_inference_overrides(args.set),
                     settings=settings, probs_out=args.probs_out)
     print(f"wrote {args.out} ({len(result.predictions)} rows)")

@@ -230,7 +230,8 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; presets live in configs/ (see README.md)")
+        raise ConfigError(f"config file {path} does not exist; give a preset name ({', '.join(preset_names())}) "
+                          "or a YAML path (see README.md)")
     with path.open(encoding="utf-8") as fh:
         try:
             data = yaml.safe_load(fh)
@@ -283,6 +284,8 @@ BlendMetric = Literal["log_loss", "accuracy"]  # what ensemble weights are fitte
 # the weighted sum of their log-probabilities (weights >= 0, free scale: a weight above 1 sharpens an
 # under-confident member, which no probability mean can do).
 BlendSpace = Literal["probability", "log_odds"]
+# After the submission is written: raise when runs failed or fallbacks filled too many rows, or keep it as is.
+FailurePolicy = Literal["auto", "raise", "fill"]
 
 # --------------------------------------------------------------------------------------------------
 # Config sections. One dataclass per pipeline stage; RunConfig assembles them.
@@ -440,6 +443,13 @@ class TrainConfig(Section):
     save_total_limit: int = option(2, help="checkpoints kept (the best one is always kept)")
     max_eval_rows: int | None = option(None, help="periodic evaluations use at most N validation rows (null = all)")
     resume: bool = option(True, help="resume from the last checkpoint in output_dir when there is one")
+    resume_from: str = option("", help="the output folder of an earlier session, read-only (Kaggle: that "
+                              "notebook's output attached as /kaggle/input/<its dataset>/...): its latest complete "
+                              "checkpoint is copied into output_dir/checkpoints (unless output_dir has a later "
+                              "one) and training resumes at its step, when its settings match; empty = none")
+    final_eval: bool = option(True, help="after training, evaluate the selected checkpoint on the whole held-out "
+                              "fold and write oof.parquet; the adapter is saved before it either way, and with "
+                              "max_hours it is skipped (logged) when the time left would not cover it")
     seed: int = option(42, help="seed for weights, data order and dropout")
     group_by_length: bool = option(True, help="batch rows of similar length together (less padding)")
     eval_swap: bool = option(True, help="also evaluate the A/B-swapped validation rows (flip rate, swap-TTA accuracy)")
@@ -622,17 +632,39 @@ def build_run_config(path: str | Path | None = None,
     return cfg, problems + collect_problems(cfg)
 
 
+def packaged_configs() -> Path:
+    """The presets shipped inside the package (``wsdm_helpers/configs``; ``configs/`` of a clone links to it),
+    with the accelerate configs in ``accelerate/``: found in an installed wheel as in a clone."""
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("wsdm_helpers") / "configs"))
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in packaged_configs().glob("*.yaml"))
+
+
 def resolve_preset(config: str | Path) -> Path:
-    """A preset path as given, else ``configs/<name>.yaml`` beside the package or in the working folder."""
+    """A preset path as given, else ``<name>.yaml`` among the packaged presets or in ``./configs``."""
     path = Path(config)
     if path.is_file():
         return path
-    name = path.name if path.suffix else f"{path.name}.yaml"
-    for folder in (Path(__file__).resolve().parents[1] / "configs", Path(__file__).resolve().parent / "configs", Path.cwd() / "configs"):
+    name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"  # qwen2.5-14b: no suffix
+    for folder in (packaged_configs(), Path.cwd() / "configs"):
         if (folder / name).is_file():
             return folder / name
-    raise ConfigError(f"config preset '{config}' not found as a file nor in configs/; "
-                      "give a YAML path or one of the names in the repository's configs/ folder")
+    raise ConfigError(f"config preset '{config}' not found as a file, among the packaged presets nor in "
+                      f"./configs; give a YAML path or one of: {', '.join(preset_names())}")
+
+
+def accelerate_config(name: str) -> Path:
+    """The packaged accelerate config ``name`` (ddp-2gpu, ddp-cpu-2proc, fsdp-full-finetune), for
+    ``accelerate launch --config_file``."""
+    path = packaged_configs() / "accelerate" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (packaged_configs() / "accelerate").glob("*.yaml"))
+        raise ConfigError(f"accelerate config '{name}' is not packaged; choose one of {', '.join(known)}")
+    return path
 
 
 def load_run_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> RunConfig:

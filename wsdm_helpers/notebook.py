@@ -14,6 +14,8 @@ from .config import resolve_preset
 from .data import read_labels
 from .errors import ConfigError, DataError
 
+log = logging.getLogger(__name__)
+
 
 def configure_output() -> None:
     """Progress bars and log lines for a notebook: call it before the other package imports.
@@ -102,16 +104,37 @@ def find_runs(run_dirs: list[str]) -> list[Path]:
 def read_test(test_path: str | None):
     """Read the test file into the canonical frame; ``None`` = the competition's test file in the inputs."""
     from .data import read_pairs
-    from .kaggle import input_dir
 
-    if test_path is None:
-        found = _find_in_inputs("test.parquet") or _find_in_inputs("test.csv")
-        if not found:
-            raise DataError(f"no test.parquet or test.csv under {input_dir()}; attach the competition or pass test_path")
-        test_path = str(found[0])
-    frame, report = read_pairs(test_path)
+    frame, report = read_pairs(test_path or competition_test_file())
     print(report.to_text())
     return frame
+
+
+def competition_test_file() -> Path:
+    """The test file in the attached competition's own folder under the inputs (Kaggle: /kaggle/input).
+
+    Other test files there (a dataset that ships one) are named in a warning; none in a competition's
+    folder, or test files of both competitions, is an error: the submission must score the competition's rows.
+    """
+    from .kaggle import COMPETITIONS, input_dir
+    from .kaggle.competitions import competition_folders
+
+    root = input_dir()
+    found = _find_in_inputs("test.parquet") + _find_in_inputs("test.csv")
+    own = {c.slug: [p for p in found if any(p.is_relative_to(f) for f in competition_folders(root, c))]
+           for c in COMPETITIONS.values()}
+    own = {slug: files for slug, files in own.items() if files}
+    listed = ", ".join(map(str, found)) or "none"
+    if len(own) != 1:
+        why = "test files of both competitions" if own else "no test file in a competition's own folder"
+        raise DataError(f"{why} under {root} ({' or '.join(f'{root}/{c.slug}' for c in COMPETITIONS.values())}); "
+                        f"test files found: {listed}. Attach the competition (Add Input -> Competitions) or pass "
+                        "test_path")
+    chosen = next(iter(own.values()))[0]
+    if len(found) > 1:
+        log.warning("several test files under %s: %s; using %s, the competition's own (pass test_path to choose)",
+                    root, listed, chosen)
+    return chosen
 
 
 def given(**values: Any) -> dict[str, Any]:

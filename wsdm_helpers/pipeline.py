@@ -20,7 +20,15 @@ byte-identical files. What it guarantees, in order of importance:
    probabilities) or an explicit task, never the class count: a 3-class model on a WSDM test is
    renormalised over P(a), P(b); a 2-class model on an LMSYS test leaves ``tie_share`` to the tie;
 4. a plan-vs-actual report per run is printed and saved next to the submission
-   (``submission_report.json``).
+   (``submission_report.json``);
+5. a broken submission is not mistaken for a good one: outside Kaggle's hidden competition rerun
+   (an interactive or commit run on Kaggle, any local run), once the submission is written, a
+   weighted run that failed, or more than ``max_fallback_share`` of the rows taken from the fallback
+   baseline or 0.5, raises :class:`SubmissionError` naming the runs and their errors
+   (``on_failure``). In the rerun itself never-zero stands: the file is the submission.
+
+On Kaggle, ``time_budget_minutes`` left at null is the attached competition's run-time limit (WSDM
+720 minutes, LMSYS 540), less ``safety_minutes`` as always.
 
 Each run loads with its own saved settings plus the caller's typed inference overrides (a dict of
 real values), and its model (and GPU memory) is freed before the next run loads.
@@ -35,8 +43,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .clock import Deadline
-from .config import BlendSpace, InferenceConfig, Section, Task, from_dict, load_run_config, option, to_dict
-from .errors import ConfigError
+from .config import (
+    BlendSpace,
+    FailurePolicy,
+    InferenceConfig,
+    Section,
+    Task,
+    from_dict,
+    load_run_config,
+    option,
+    to_dict,
+)
+from .errors import ConfigError, SubmissionError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,8 +72,9 @@ class PipelineConfig(Section):
     task: Literal["auto", Task] = option("auto", help="submission layout: auto = the test file's "
                                                     "(WSDM test: id,winner; LMSYS test: id + three probabilities)")
     time_budget_minutes: float | None = option(None, help="the whole submission must be written within this, "
-                                               "counted from the start (Kaggle: 720 for WSDM, 540 for LMSYS); "
-                                               "null = no limit")
+                                               "counted from the start; null = on Kaggle the attached "
+                                               "competition's limit (720 for WSDM, 540 for LMSYS), elsewhere "
+                                               "no limit")
     safety_minutes: float = option(5.0, help="minutes of the budget kept free for surprises")
     finish_seconds: float = option(2.0, help="seconds kept after the last run for blending and writing")
     tie_share: float = option(0.3, help="LMSYS test: P(tie) given to a 2-class model's rows (LMSYS train "
@@ -67,9 +86,20 @@ class PipelineConfig(Section):
                                      "mean of probabilities (weights renormalised); log_odds = softmax of the "
                                      "weighted sum of log-probabilities (the weights' scale kept, as `wsdm ensemble "
                                      "fit --space log_odds` fits them)")
+    on_failure: FailurePolicy = option("auto", help="after the submission is written: raise = an error (rc 2) "
+                                       "when a weighted run failed or more than max_fallback_share of the rows "
+                                       "came from the fallback baseline or 0.5, naming the runs and their "
+                                       "errors; fill = keep the filled submission without an error; auto = fill "
+                                       "in Kaggle's competition rerun (KAGGLE_IS_COMPETITION_RERUN), raise "
+                                       "everywhere else (interactive and commit runs, local runs)")
+    max_fallback_share: float = option(0.05, help="on_failure=raise: the largest share of rows that may come "
+                                       "from the fallback baseline or 0.5 (rows no weighted run predicted) "
+                                       "without an error")
 
     def check(self) -> list[str]:
         problems = []
+        if not 0 <= self.max_fallback_share <= 1:
+            problems.append(f"max_fallback_share={self.max_fallback_share} must be between 0 and 1")
         if self.time_budget_minutes is not None and self.time_budget_minutes <= self.safety_minutes:
             problems.append(f"time_budget_minutes={self.time_budget_minutes} must exceed "
                             f"safety_minutes={self.safety_minutes}")
@@ -81,10 +111,43 @@ class PipelineConfig(Section):
 
 
 def pipeline_config(values: dict[str, Any] | None = None) -> PipelineConfig:
-    """A checked PipelineConfig from typed values (unknown keys and wrong types are errors)."""
+    """A checked PipelineConfig from typed values (unknown keys and wrong types are errors), with the
+    Kaggle competition's time budget when none is given (:func:`time_budget_minutes`)."""
     cfg = from_dict(PipelineConfig, values or {}, "")
+    cfg = dataclasses.replace(cfg, time_budget_minutes=time_budget_minutes(cfg.time_budget_minutes))
     cfg.validate()
     return cfg
+
+
+def time_budget_minutes(given: float | None) -> float | None:
+    """``given``, else on Kaggle the attached competition's run-time limit (WSDM 720, LMSYS 540), else None."""
+    from . import kaggle
+
+    if given is not None or kaggle.environment() != "kaggle":
+        return given
+    competition = kaggle.competition()
+    if competition is None:
+        log.warning("submission: on Kaggle without a time budget and no competition data attached under %s; "
+                    "no time limit (set time_budget_minutes)", kaggle.input_dir())
+        return None
+    log.info("submission: time budget %.0f minutes, the Kaggle run-time limit of %s", competition.minutes,
+             competition.slug)
+    return competition.minutes
+
+
+def submission_deadline(minutes: float | None, safety_minutes: float, started: float | None = None) -> Deadline:
+    """The submission's deadline (``minutes`` defaulting as :func:`time_budget_minutes` does), printed."""
+    import datetime
+
+    minutes = time_budget_minutes(minutes)
+    deadline = Deadline.after(minutes, safety_minutes, started=started)
+    if not deadline.limited:
+        print("submission deadline: none (no time budget)")
+        return deadline
+    at = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=deadline.left())
+    print(f"submission deadline: {minutes:g} min budget less {safety_minutes:g} min safety, "
+          f"{deadline.left() / 60:.1f} min from now, at {at:%H:%M:%S} UTC")
+    return deadline
 
 
 # ---- members ----------------------------------------------------------------------------------------
@@ -368,8 +431,7 @@ def submit(runs: Sequence[str | Path], test: str | Path | pd.DataFrame, out: str
     from .io import atomic_write_json, check_output_dir
     from .submission import task_for_test, write_predictions, write_submission
 
-    settings = settings if isinstance(settings, PipelineConfig) else pipeline_config(settings)
-    settings.validate()
+    settings = pipeline_config(to_dict(settings) if isinstance(settings, PipelineConfig) else settings)
     deadline = deadline or Deadline.after(settings.time_budget_minutes, settings.safety_minutes)
     out = Path(out)
     for path in filter(None, (out, probs_out)):
@@ -391,7 +453,32 @@ def submit(runs: Sequence[str | Path], test: str | Path | pd.DataFrame, out: str
     report.elapsed_seconds = deadline.elapsed()
     atomic_write_json(out.parent / REPORT_FILE, report.to_dict())
     print(report.to_text())
+    enforce_failure_policy(report, settings)
     return SubmissionResult(blended, out, report)
+
+
+def enforce_failure_policy(report: SubmissionReport, settings: PipelineConfig) -> None:
+    """Raise when the written submission hides failures (see the module docstring, point 5)."""
+    from .kaggle import is_competition_rerun
+
+    rerun = is_competition_rerun()
+    if settings.on_failure == "fill" or (settings.on_failure == "auto" and rerun):
+        return
+    problems = [f"run {r.run} ({r.path}) failed: {r.note}" for r in report.runs if r.status == "failed" and r.weight > 0]
+    filled = report.rows_from_fallback + report.rows_uniform
+    if report.rows and filled / report.rows > settings.max_fallback_share:
+        problems.append(f"{filled} of {report.rows} rows ({filled / report.rows:.0%}) came from the fallback "
+                        f"baseline ({report.rows_from_fallback}) or 0.5 ({report.rows_uniform}), more than "
+                        f"max_fallback_share={settings.max_fallback_share:g}; runs: "
+                        + ", ".join(f"{r.run} {r.status}" + (f" ({r.note})" if r.note else "") for r in report.runs))
+    if problems:
+        where = "this is not Kaggle's competition rerun" if not rerun else "on_failure=raise"
+        raise SubmissionError(
+            f"{report.submission} was written with fallbacks, but {where}, so the submission stops here "
+            "(a commit run that scores ~0.5 would waste a daily submission):\n"
+            + "\n".join(f"  - {p}" for p in problems)
+            + "\nFix the run (attach its base model and adapter datasets, see submission_report.json), or accept "
+            "the filled file with on_failure=fill (wsdm predict --on-failure fill)")
 
 
 def submit_probabilities(probs: str | Path, test: str | Path, out: str | Path, task: str = "auto") -> Path:

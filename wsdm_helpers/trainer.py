@@ -78,12 +78,14 @@ class TimeLimit(TrainerCallback):
     """``train.max_hours``: saves a checkpoint and stops training once another step might not end within
     ``seconds`` of the start: elapsed + 2 x the longest step so far (its evaluation and checkpoint
     included) >= ``seconds``. The next session resumes from that checkpoint. In several processes rank
-    0's clock decides for all, so they stop at the same step. ``clock``: injectable."""
+    0's clock decides for all, so they stop at the same step. It also notes the periodic evaluations'
+    speed, so the final evaluation can be skipped when it would not end in time. ``clock``: injectable."""
 
     def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic):
         self.seconds, self.clock = seconds, clock
         self.start: float | None = None  # kept over an out-of-memory restart: the session's clock
         self.last, self.longest, self.stopped_at = 0.0, 0.0, None
+        self.eval_rows_per_s: float | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = self.clock() if self.start is None else self.start
@@ -92,15 +94,31 @@ class TimeLimit(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         now = self.clock()
         self.longest, self.last = max(self.longest, now - self.last), now
-        stop = now - self.start + 2 * self.longest >= self.seconds and state.global_step < state.max_steps
-        if args.world_size > 1:
-            flag = torch.tensor([float(stop)], device=args.device)
-            torch.distributed.broadcast(flag, src=0)
-            stop = bool(flag.item())
+        stop = self.agreed(now - self.start + 2 * self.longest >= self.seconds and state.global_step < state.max_steps,
+                           args)
         if stop:
             control.should_save = control.should_training_stop = True
             self.stopped_at = state.global_step
         return control
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.eval_rows_per_s = (metrics or {}).get("eval_samples_per_second") or self.eval_rows_per_s
+
+    def seconds_left(self) -> float:
+        return self.seconds - (self.clock() - self.start) if self.start is not None else self.seconds
+
+    def seconds_for(self, rows: int) -> float | None:
+        """Seconds an evaluation of ``rows`` rows takes at the periodic evaluations' speed (None: unknown)."""
+        return rows / self.eval_rows_per_s if self.eval_rows_per_s else None
+
+    @staticmethod
+    def agreed(flag: bool, args) -> bool:
+        """``flag`` as rank 0 sees it, in every process."""
+        if args.world_size > 1:
+            tensor = torch.tensor([float(flag)], device=args.device)
+            torch.distributed.broadcast(tensor, src=0)
+            flag = bool(tensor.item())
+        return flag
 
 
 class SwapPairSampler(torch.utils.data.Sampler):

@@ -26,6 +26,12 @@ Run folder::
 Resume (``train.resume``, on by default) continues the last checkpoint only when the settings that
 change training (:func:`training_settings`) are those the checkpoints were made with; otherwise the
 run stops before training and lists each changed key with its old and new value.
+
+Across Kaggle sessions (``/kaggle/working`` starts empty in each): ``train.resume_from`` names the
+earlier session's output, attached read-only; its latest complete checkpoint (and the best one it
+names) is copied into ``output_dir/checkpoints`` and resumed as above. The adapter is written as soon
+as training ends, before the final evaluation on the whole held-out fold, which ``train.final_eval``
+turns off and ``train.max_hours`` skips when it would not end in time (metrics.json says so).
 """
 from __future__ import annotations
 
@@ -309,8 +315,7 @@ def halve_batch(batch_size: int, accumulation: int) -> tuple[int, int]:
 def last_checkpoint(checkpoint_dir: Path) -> str | None:
     """The newest complete checkpoint; newer incomplete ones (a kill mid-save by an older version, a
     truncated file) are removed with a warning naming the one resumed instead."""
-    found = sorted((p for p in checkpoint_dir.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
-                   key=lambda p: int(p.name[11:]), reverse=True) if checkpoint_dir.is_dir() else []
+    found = _checkpoint_folders(checkpoint_dir)
     for i, folder in enumerate(found):
         problem = checkpoint_problem(folder)
         if problem is None:
@@ -360,7 +365,8 @@ SETTINGS_FILE = "settings.json"  # in checkpoints/: the training settings of tho
 # What changes neither the weights nor the data order: checkpoint and evaluation cadence, bookkeeping.
 _NOT_TRAINING = {"train.output_dir", "train.eval_steps", "train.save_steps", "train.logging_steps",
                  "train.save_total_limit", "train.max_eval_rows", "train.resume", "train.eval_swap",
-                 "train.best_metric", "train.keep_checkpoints", "model.gradient_checkpointing"}
+                 "train.best_metric", "train.keep_checkpoints", "model.gradient_checkpointing",
+                 "train.resume_from", "train.final_eval", "train.max_hours"}
 
 
 def training_settings(cfg: RunConfig) -> dict[str, Any]:
@@ -395,8 +401,77 @@ def resume_checkpoint(cfg: RunConfig, checkpoint_dir: Path) -> str | None:
     return last
 
 
-def _step_of(checkpoint: str) -> int:
+def _step_of(checkpoint: str | Path) -> int:
     return int(Path(checkpoint).name.rsplit("-", 1)[-1])
+
+
+STATE_FILE = "trainer_state.json"  # the Trainer writes it last: a checkpoint without it is incomplete
+
+
+def _checkpoint_folders(folder: Path) -> list[Path]:
+    """The ``checkpoint-N`` folders in ``folder``, newest first."""
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.rsplit("-", 1)[-1].isdigit()]
+    return sorted(found, key=_step_of, reverse=True)
+
+
+def _complete_checkpoints(folder: Path) -> list[Path]:
+    return [p for p in _checkpoint_folders(folder) if checkpoint_problem(p) is None]
+
+
+def previous_checkpoints(source: str | Path, depth: int = 4) -> Path:
+    """The checkpoints folder (settings.json + complete checkpoint-N) in an earlier session's output ``source``
+    (itself, or at most ``depth`` folders below it); ConfigError when there is none or several."""
+    source = Path(source)
+    if not source.is_dir():
+        raise ConfigError(f"train.resume_from={source} is not a folder; attach the earlier session's output (on "
+                          "Kaggle: Add Input -> Your Work -> that notebook) and give its path under /kaggle/input")
+    found = sorted({p.parent for d in range(depth + 1) for p in source.glob("/".join(["*"] * d + [SETTINGS_FILE]))
+                    if _complete_checkpoints(p.parent)})
+    if len(found) != 1:
+        what = (f"several run folders with checkpoints: {', '.join(map(str, found))}; give the one to resume" if found
+                else f"no complete checkpoint (checkpoints/{SETTINGS_FILE} beside checkpoint-N/{STATE_FILE}) in it; "
+                     "was the earlier session stopped by train.max_hours, with train.keep_checkpoints or before the "
+                     "end? Leave train.resume_from empty to start afresh")
+        raise ConfigError(f"train.resume_from={source}: {what}")
+    return found[0]
+
+
+def import_previous_checkpoint(source: str | Path, checkpoint_dir: Path) -> int | None:
+    """Copy the latest complete checkpoint of ``source`` (and the best one its state names) into
+    ``checkpoint_dir`` with its settings, unless ``checkpoint_dir`` already has that step or a later one.
+
+    Files are copied without their read-only modes (the Trainer deletes old checkpoints), and each
+    checkpoint lands whole (a sibling copy renamed into place; another process's finished copy is kept).
+    Returns the imported step, or None when nothing was copied.
+    """
+    found = previous_checkpoints(source)
+    latest = max(_complete_checkpoints(found), key=_step_of)
+    local = last_checkpoint(checkpoint_dir)
+    if local is not None and _step_of(local) >= _step_of(latest):
+        log.info("train.resume_from: %s already has step %d (>= %s); nothing copied", checkpoint_dir,
+                 _step_of(local), latest)
+        return None
+    state = json.loads((latest / STATE_FILE).read_text(encoding="utf-8"))
+    best = Path(state.get("best_model_checkpoint") or latest).name
+    for checkpoint in {latest, found / best} if found / best in _complete_checkpoints(found) else {latest}:
+        with atomic_dir(checkpoint_dir / checkpoint.name, replace=False) as tmp:
+            _copy_tree(checkpoint, tmp)
+    if state.get("best_model_checkpoint"):  # the earlier session's path: point it at the copy
+        state["best_model_checkpoint"] = str(checkpoint_dir / best)
+        atomic_write_json(checkpoint_dir / latest.name / STATE_FILE, state)
+    atomic_write_json(checkpoint_dir / SETTINGS_FILE, json.loads((found / SETTINGS_FILE).read_text(encoding="utf-8")))
+    log.warning("train.resume_from: copied %s (step %d) into %s", latest, _step_of(latest), checkpoint_dir)
+    return _step_of(latest)
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """Files and folders of ``source`` into ``target``, contents only (no modes: the source is read-only)."""
+    for folder, dirs, files in os.walk(source):
+        here = target / Path(folder).relative_to(source)
+        for name in dirs:
+            (here / name).mkdir()
+        for name in files:
+            shutil.copyfile(Path(folder) / name, here / name)
 
 
 def preflight(cfg: RunConfig) -> None:
@@ -476,6 +551,8 @@ def _train_into(run_dir: Path, cfg: RunConfig, callbacks: list | None) -> TrainR
         cfg, model=dataclasses.replace(cfg.model, source=recorded_source(cfg.model.source, resolved.folder),
                                        family=family.name),
         format=dataclasses.replace(cfg.format, template=template))
+    if cfg.train.resume_from:
+        import_previous_checkpoint(cfg.train.resume_from, checkpoint_dir)
     resume_from = resume_checkpoint(cfg, checkpoint_dir)
     answer_ids = answer_ids_for(tokenizer, cfg.format, cfg.model.num_labels)
     set_seed(cfg.train.seed)
@@ -491,15 +568,41 @@ def _train_into(run_dir: Path, cfg: RunConfig, callbacks: list | None) -> TrainR
     stopped = next((c.stopped_at for c in trainer.callback_handler.callbacks if getattr(c, "stopped_at", None)), None)
     if stopped is not None:
         return _stopped_by_time_limit(run_dir, checkpoint_dir, trainer, stopped)
+    if trainer.is_world_process_zero():  # the adapter first: a session that ends during the evaluation keeps it
+        _write_weights(run_dir, cfg, trainer, tokenizer, resolved.folder)
+    skipped = _final_eval_skipped(cfg, trainer, evals)
     metrics = {"resumed_from_step": _step_of(resume_from) if resume_from else None,
-               **_final_metrics(trainer, evals, retries, len(train_set))}
+               **_final_metrics(trainer, None if skipped else evals, retries, len(train_set))}
+    if skipped:
+        metrics["final_eval_skipped"] = skipped
     if trainer.is_world_process_zero():
-        oof = evals[1].oof_frame(cfg.inference) if evals else None
+        oof = evals[1].oof_frame(cfg.inference) if evals and not skipped else None
         if oof is not None:
             metrics.update(_oof_metrics(oof, cfg.inference))
-        _write_run(run_dir, cfg, trainer, tokenizer, oof, metrics, resolved.folder)
+        _write_results(run_dir, cfg, trainer, oof, metrics)
     trainer.accelerator.wait_for_everyone()
     return TrainResult(run_dir, metrics)
+
+
+def _final_eval_skipped(cfg: RunConfig, trainer, evals) -> str | None:
+    """Why the final evaluation is skipped (None: it runs): train.final_eval=false, or under train.max_hours
+    the time left is less than the evaluation would take at the periodic evaluations' speed."""
+    from .trainer import TimeLimit
+
+    if evals is None:
+        return None
+    if not cfg.train.final_eval:
+        reason = "train.final_eval=false"
+    else:
+        limit = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TimeLimit)), None)
+        need = limit.seconds_for(len(evals[1].dataset)) if limit else None
+        short = need is not None and limit.agreed(need > limit.seconds_left(), trainer.args)
+        reason = (f"train.max_hours: about {need:.0f}s needed for {len(evals[1].dataset)} evaluation rows, "
+                  f"{max(limit.seconds_left(), 0):.0f}s left") if short else None
+    if reason:
+        log.warning("final evaluation skipped (%s): the adapter is saved; no oof.parquet. Score the run later with "
+                    "`wsdm evaluate --run %s --data <held-out rows> --out <folder>`", reason, cfg.train.output_dir)
+    return reason
 
 
 def _stopped_by_time_limit(run_dir: Path, checkpoint_dir: Path, trainer, step: int) -> TrainResult:
@@ -620,8 +723,8 @@ def _oof_metrics(oof, icfg: InferenceConfig) -> dict[str, Any]:
             "per_language": metrics.per_language_accuracy(oof["language"], labels, probs).to_dict(orient="records")}
 
 
-def _write_run(run_dir: Path, cfg: RunConfig, trainer, tokenizer, oof, metrics: dict[str, Any],
-               base_folder: Path) -> None:
+def _write_weights(run_dir: Path, cfg: RunConfig, trainer, tokenizer, base_folder: Path) -> None:
+    """adapter/ (or model/), identity.json, tokenizer/ and config.yaml: all a submission needs from the run."""
     from .run_folder import IDENTITY, run_identity
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -635,6 +738,9 @@ def _write_run(run_dir: Path, cfg: RunConfig, trainer, tokenizer, oof, metrics: 
     with atomic_dir(run_dir / "tokenizer") as tmp:
         tokenizer.save_pretrained(str(tmp))
     save_yaml(cfg, run_dir / "config.yaml")
+
+
+def _write_results(run_dir: Path, cfg: RunConfig, trainer, oof, metrics: dict[str, Any]) -> None:
     atomic_write_json(run_dir / "log_history.json", trainer.state.log_history)
     atomic_write_json(run_dir / "metrics.json", metrics)
     if oof is not None:

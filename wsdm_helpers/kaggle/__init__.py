@@ -7,6 +7,8 @@ Where am I (used by the notebooks):
 - :func:`input_dir` / :func:`working_dir`: ``/kaggle/input`` and ``/kaggle/working`` on Kaggle,
   ``/content`` on Colab, the current folder locally; ``$WSDM_INPUT_DIR`` / ``$WSDM_WORKING_DIR``
   override them anywhere;
+- :func:`competition`: the competition whose data is attached (WSDM or LMSYS, see competitions.py),
+  :func:`is_competition_rerun`: inside Kaggle's hidden scoring rerun;
 
 The bundle (``wsdm bundle wheels|adapter|kernel|check``), each folder ready for the Kaggle CLI:
 
@@ -28,14 +30,15 @@ from pathlib import Path
 
 from .adapter import bundle_adapter
 from .checks import BundleReport, check_bundle
+from .competitions import COMPETITIONS, Competition, attached_competitions, is_competition_rerun
 from .kernel import bundle_kernel
 from .metadata import check_dataset_metadata, check_kernel_metadata
 from .wheels import build_wheelhouse, default_packages, offline_install_command
 
 __all__ = [
-    "BundleReport", "build_wheelhouse", "bundle_adapter", "bundle_kernel", "check_bundle",
-    "check_dataset_metadata", "check_kernel_metadata", "default_packages", "environment",
-    "input_dir", "offline_install_command", "working_dir",
+    "COMPETITIONS", "BundleReport", "Competition", "build_wheelhouse", "bundle_adapter", "bundle_kernel",
+    "check_bundle", "check_dataset_metadata", "check_kernel_metadata", "competition", "default_packages",
+    "environment", "input_dir", "is_competition_rerun", "offline_install_command", "working_dir",
 ]
 
 KAGGLE_INPUT = Path("/kaggle/input")
@@ -73,3 +76,9 @@ def working_dir() -> Path:
     return {"kaggle": KAGGLE_WORKING, "colab": COLAB_CONTENT}.get(environment(), Path.cwd())
 
 
+
+
+def competition() -> Competition | None:
+    """The competition whose data folder is attached under :func:`input_dir`; None for none or both."""
+    attached = attached_competitions(input_dir())
+    return attached[0] if len(attached) == 1 else None

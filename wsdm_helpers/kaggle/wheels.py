@@ -1,14 +1,20 @@
-"""The wheelhouse dataset: wsdm_helpers plus the wheels a Kaggle scoring notebook cannot download.
+"""The wheelhouse dataset: everything a Kaggle notebook with the internet off needs to install wsdm_helpers.
 
-Scoring notebooks run with the internet off, so everything the Kaggle image lacks must arrive as
-wheels in an attached dataset and be installed with ``pip install --no-index --find-links``. The
-image already ships torch (with its CUDA build), transformers, accelerate, tokenizers, safetensors,
-numpy, pandas, pyarrow, pyyaml and tqdm; reinstalling torch would cost minutes and can break CUDA,
-so those are left out. Downloads use ``--no-deps``: every extra package must be listed.
+Scoring notebooks run with the internet off, so the whole dependency closure of
+``wsdm_helpers[training,quantization,notebooks]`` must arrive as wheels in an attached dataset. The
+closure is resolved by pip's own resolver for the target image's Python version and platform, with
+the image's torch held fixed (:mod:`.images` declares the images), then downloaded pinned and
+``--no-deps``. torch and its CUDA libraries are never carried: reinstalling them would cost minutes
+and can break the image. ``requirements.txt`` names wsdm_helpers with its extras (and the adapters'
+peft), so pip keeps whatever the image already has that satisfies them and installs the rest from the
+wheelhouse. ``install.py`` (a copy of :mod:`.install_wheelhouse`) is what a notebook runs: it checks the
+interpreter against the wheelhouse's target before pip runs and prints the versions it ends with.
 """
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -17,22 +23,25 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from .. import __version__
 from ..errors import BundleError
 from ..io import atomic_write_text
+from . import install_wheelhouse
 from .checks import BundleReport, check_bundle, write_manifest
 from .common import dataset_from_template, project_root, staged_folder, write_dataset_metadata
+from .images import get_image
 
 DATASET = "wsdm-helpers-wheels"
 REQUIREMENTS = "requirements.txt"
+INSTALLER = "install.py"
+EXTRAS = "training,quantization,notebooks"
 
-# Packages the wheelhouse carries by default, and why the Kaggle image is not enough for each.
-DEFAULT_PACKAGES = {
-    "peft": "LoRA adapters are read back by peft; older peft versions reject adapter_config keys that newer "
-            "ones write, so the version that trained the adapter travels along (pinned to the one installed here)",
-    "bitsandbytes": "4-bit (QLoRA NF4) loading of 7-9B backbones on a 16 GB T4; not in the Kaggle image",
-}
-# Kaggle's GPU image: CPython 3.11 on glibc 2.31 or newer (Ubuntu based), x86_64.
-DEFAULT_PYTHON = "3.11"
+# Pinned on top of the closure, and why: older peft versions reject adapter_config keys that newer ones
+# write, so the version that trained the adapters travels along (pinned to the one installed here).
+DEFAULT_PACKAGES = ("peft",)
+# The image's own GPU stack: never downloaded, never replaced.
+IMAGE_RUNTIME = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
+DEFAULT_IMAGE = "kaggle-2026-05"
 DEFAULT_GLIBC = "2.31"
 DEFAULT_ARCH = "x86_64"
 PIP_OUTPUT_TAIL = 25
@@ -107,35 +116,69 @@ def _wheel_name_version(path: Path) -> tuple[str, str]:
     return name, version
 
 
-def build_wheelhouse(out: str | Path, packages: Sequence[str] | None = None, *,
-                     python_version: str = DEFAULT_PYTHON, platforms: Sequence[str] | None = None,
-                     find_links: Iterable[str | Path] = (), no_index: bool = False,
-                     username: str | None = None, replace: bool = False) -> BundleReport:
-    """Build the ``wsdm-helpers-wheels`` dataset folder at ``out`` and check it.
+def _target_args(python_version: str, platforms: Sequence[str]) -> list[str]:
+    return ["--python-version", python_version, "--implementation", "cp", "--only-binary=:all:",
+            *[arg for tag in platforms for arg in ("--platform", tag)]]
 
-    ``replace`` allows rebuilding over an earlier bundle (see :func:`common.staged_folder`).
 
-    ``packages`` (default :func:`default_packages`) are downloaded as binary wheels for CPython
-    ``python_version`` on ``platforms`` (default :func:`linux_platforms`). ``find_links`` and
-    ``no_index`` are passed to pip, so a local wheel cache can stand in for PyPI.
+def resolve_closure(requirements: Sequence[str], *, python_version: str, platforms: Sequence[str],
+                    constraints: Sequence[str], index_args: list[str]) -> list[tuple[str, str]]:
+    """``(name, version)`` of every distribution pip would install for ``requirements`` on the target.
+
+    pip's own resolver on an empty target (``--dry-run --ignore-installed --report``), so the closure
+    is what pip itself accepts for that Python version and platform under ``constraints``.
     """
+    with tempfile.TemporaryDirectory(prefix="wsdm-resolve-") as tmp:
+        constraints_file = Path(tmp) / "constraints.txt"
+        constraints_file.write_text("\n".join(constraints) + "\n")
+        report = Path(tmp) / "report.json"
+        _run_pip(["install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
+                  "--target", str(Path(tmp) / "target"), *_target_args(python_version, platforms), *index_args,
+                  "-c", str(constraints_file), *requirements],
+                 f"resolving {' '.join(requirements)} for CPython {python_version}")
+        installs = json.loads(report.read_text())["install"]
+    return [(item["metadata"]["name"], item["metadata"]["version"]) for item in installs]
+
+
+def build_wheelhouse(out: str | Path, packages: Sequence[str] | None = None, *, image: str | None = DEFAULT_IMAGE,
+                     python_version: str | None = None, torch: str | None = None,
+                     platforms: Sequence[str] | None = None, find_links: Iterable[str | Path] = (),
+                     no_index: bool = False, username: str | None = None, replace: bool = False) -> BundleReport:
+    """Build the ``wsdm-helpers-wheels`` dataset folder at ``out`` for one notebook image, and check it.
+
+    ``image`` (a name in :mod:`.images`) gives the target Python version and the torch to keep;
+    ``python_version`` and ``torch`` override it (``image=None`` with both: a machine not declared
+    there). ``packages`` (default :func:`default_packages`) are pinned on top of the closure.
+    ``platforms`` defaults to :func:`linux_platforms`; ``find_links`` and ``no_index`` are passed to
+    pip, so a local wheel folder can stand in for PyPI. ``replace`` allows rebuilding over an earlier
+    bundle (see :func:`common.staged_folder`).
+    """
+    declared = get_image(image) if image else None
+    python_version = python_version or (declared.python if declared else None)
+    torch = torch or (declared.torch if declared else None)
+    if not python_version or not torch:
+        raise BundleError("a wheelhouse needs its target: --image NAME, or both --python-version and --torch")
     packages = list(default_packages() if packages is None else packages)
     platforms = list(platforms or linux_platforms())
     meta = dataset_from_template(DATASET, username)
     index_args = _index_args(find_links, no_index)
     with staged_folder(out, replace) as stage:
-        build_project_wheel(stage, index_args, no_index)
-        if packages:
-            target = ["--python-version", python_version, "--implementation", "cp"]
-            target += [arg for tag in platforms for arg in ("--platform", tag)]
-            _run_pip(["download", "--only-binary=:all:", "--no-deps", *target, *index_args,
-                      "-d", str(stage), *packages], f"downloading {' '.join(packages)}")
-        wheels = sorted(stage.glob("*.whl"))
-        pins = [f"{name}=={version}" for name, version in map(_wheel_name_version, wheels)]
-        atomic_write_text(stage / REQUIREMENTS, "\n".join(pins) + "\n")
+        wheel = build_project_wheel(stage, index_args, no_index)
+        project = f"wsdm_helpers[{EXTRAS}]=={__version__}"
+        closure = resolve_closure([f"{wheel}[{EXTRAS}]", *packages], python_version=python_version,
+                                  platforms=platforms, constraints=[f"torch=={torch}"], index_args=index_args)
+        carried = [f"{name}=={version}" for name, version in closure
+                   if not IMAGE_RUNTIME.match(name.lower()) and name.lower().replace("_", "-") != "wsdm-helpers"]
+        _run_pip(["download", "--no-deps", *_target_args(python_version, platforms), *index_args,
+                  "-d", str(stage), *carried], f"downloading the {len(carried)} wheels of the closure")
+        requirements = [project, *packages]
+        atomic_write_text(stage / REQUIREMENTS, "\n".join(requirements) + "\n")
+        shutil.copyfile(install_wheelhouse.__file__, stage / INSTALLER)
         write_dataset_metadata(stage, meta)
-        write_manifest(stage, "wheelhouse", describe=_describe_wheel, requirements=pins,
-                       target={"python_version": python_version, "implementation": "cp", "platforms": platforms},
+        write_manifest(stage, "wheelhouse", describe=_describe_wheel, requirements=requirements,
+                       closure=carried,
+                       target={"image": image, "python_version": python_version, "torch": torch,
+                               "implementation": "cp", "platforms": platforms},
                        install=offline_install_args(Path("/kaggle/input") / DATASET))
     return check_bundle(out)
 
@@ -148,15 +191,13 @@ def _describe_wheel(rel: Path) -> dict[str, str]:
 
 
 def offline_install_args(wheelhouse: str | Path) -> list[str]:
-    """``pip install`` arguments that install the wheelhouse's requirements with no network."""
-    wheelhouse = Path(wheelhouse)
-    return ["pip", "install", "--no-index", "--find-links", str(wheelhouse), "-r", str(wheelhouse / REQUIREMENTS)]
+    """The command a notebook runs to install from the wheelhouse: its installer, on the notebook's Python."""
+    return ["python", str(Path(wheelhouse) / INSTALLER)]
 
 
 def offline_install_command(wheelhouse: str | Path) -> str:
     """The shell command a Kaggle notebook runs to install wsdm_helpers offline, e.g.::
 
-        pip install --no-index --find-links /kaggle/input/wsdm-helpers-wheels \\
-            -r /kaggle/input/wsdm-helpers-wheels/requirements.txt
+        python /kaggle/input/wsdm-helpers-wheels/install.py
     """
     return shlex.join(offline_install_args(wheelhouse))

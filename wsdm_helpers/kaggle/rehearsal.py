@@ -1,0 +1,336 @@
+"""The offline Kaggle rehearsal: the workflow a competitor runs, one Kaggle notebook session at a time.
+
+For every declared Kaggle image (:mod:`.images`), built as a real venv (:mod:`.image_venv`), and each
+session in its own network-less mount namespace (:mod:`.sandbox`)::
+
+    (a) install        the wheelhouse's install.py on the bare image (and, on images it does not fit,
+                       the wheelhouse of another Python: refused before pip runs; on the 2025 image, the
+                       wheelhouse layout before the fix: ResolutionImpossible)
+    (b) train-1        train_gemma.ipynb on a tiny model dataset, stopped by train.max_hours with a checkpoint
+    (c) train-2        a new session (/kaggle/working empty) with (b)'s output attached: resumes, writes the run
+    (d) bundle         `wsdm bundle adapter` and `wsdm bundle kernel` on the build machine (and the refusal
+                       when the base model is not attached)
+    (e) commit         the bundled inference.ipynb, a commit run on the public test rows
+    (f) rerun          the same notebook with KAGGLE_IS_COMPETITION_RERUN on a 25k-row hidden test under a
+                       deadline that binds
+
+Each submission is checked against the competition's sample_submission (columns, ids, values); each
+session prints one line of its report (time, versions, files written, checks), and the whole report is
+saved as ``OUT/rehearsal.json``. ``python -m wsdm_helpers.kaggle.rehearsal --help``; ``make
+kaggle-rehearsal`` runs every image.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import WsdmError
+from .image_venv import image_venv
+from .images import IMAGES, NotebookImage, get_image
+from .sandbox import SessionResult, require_root_namespaces, run_session
+from .wheels import DATASET as WHEELHOUSE, build_wheelhouse
+
+COMPETITION = "wsdm-cup-multilingual-chatbot-arena"
+MODEL_DATASET = "tiny-gemma"
+ADAPTER_DATASET = "wsdm-adapter"
+TRAIN_OUTPUT = "wsdm-train-session-1"
+REPORTED = ("wsdm-helpers", "torch", "transformers", "tokenizers", "accelerate", "peft", "huggingface-hub",
+            "numpy", "pandas")
+REPO = Path(__file__).resolve().parents[2]
+
+
+class RehearsalFailure(WsdmError):
+    """A session of the rehearsal did not do what Kaggle needs."""
+
+
+def _wsdm(*args: str) -> subprocess.CompletedProcess:
+    """The build machine's own ``wsdm`` (this interpreter), as a user runs it before uploading."""
+    return subprocess.run([sys.executable, "-m", "wsdm_helpers", *args], capture_output=True, text=True)
+
+
+def _expect(result: SessionResult, ok: bool, check: str) -> None:
+    result.checks.append(("ok: " if ok else "FAILED: ") + check)
+    if not ok:
+        raise RehearsalFailure(f"{result.image} {result.name}: {check} (log: {result.log})")
+
+
+def _log_has(result: SessionResult, text: str) -> bool:
+    return text in result.log.read_text(errors="replace")
+
+
+def check_submission(path: Path, sample: Path) -> str:
+    """The submission against the competition's sample_submission: columns, ids and values."""
+    sub, ref = pd.read_csv(path), pd.read_csv(sample)
+    problems = []
+    if list(sub.columns) != list(ref.columns):
+        problems.append(f"columns {list(sub.columns)} != {list(ref.columns)}")
+    elif sorted(sub["id"].astype(str)) != sorted(ref["id"].astype(str)):
+        problems.append(f"ids differ: {len(set(sub['id'].astype(str)) ^ set(ref['id'].astype(str)))} not in both")
+    elif "winner" in ref.columns and not sub["winner"].isin(["model_a", "model_b"]).all():
+        problems.append("winner outside {model_a, model_b}")
+    if problems:
+        raise RehearsalFailure(f"{path} does not match {sample}: " + "; ".join(problems))
+    return f"{len(sub)} rows match {sample.name} (columns {', '.join(sub.columns)})"
+
+
+class KaggleRehearsal:
+    """The datasets, trees and sessions of one image."""
+
+    def __init__(self, image: NotebookImage, out: Path, wheelhouses: dict[str, Path], rerun_rows: int,
+                 deadline_minutes: float):
+        self.image, self.out, self.wheelhouses = image, out, wheelhouses
+        self.rerun_rows, self.deadline_minutes = rerun_rows, deadline_minutes
+        self.venv = image_venv(image)
+        self.logs = out / "logs"
+        self.results: list[SessionResult] = []
+
+    # ---- the build machine's side: datasets --------------------------------------------------------
+    def _tree(self, name: str, datasets: dict[str, Path]) -> Path:
+        tree = self.out / "trees" / name
+        if tree.exists():
+            shutil.rmtree(tree)
+        for slug, source in datasets.items():
+            shutil.copytree(source, tree / "input" / slug, symlinks=True)
+        return tree
+
+    def _session(self, name: str, tree: Path, argv: list[str], **env: str) -> SessionResult:
+        result = run_session(name, self.image.name, self.venv, tree, argv, logs=self.logs,
+                             env={"KAGGLE_KERNEL_RUN_TYPE": "Interactive", "KAGGLE_URL_BASE": "https://www.kaggle.com",
+                                  **env})
+        self.results.append(result)
+        return result
+
+    def _papermill(self, notebook: Path, name: str, parameters: dict) -> list[str]:
+        return ["papermill", str(notebook), str(self.logs / f"{name}.ipynb"), "--cwd", "/kaggle/working",
+                "-y", json.dumps(parameters), "--log-output", "--no-progress-bar"]
+
+    # ---- the sessions -----------------------------------------------------------------------------
+    def install(self, datasets: dict[str, Path]) -> None:
+        tree = self._tree("install", {WHEELHOUSE: self.wheelhouses[self.image.name]} | {
+            f"{WHEELHOUSE}-{name}": path for name, path in self.wheelhouses.items() if name != self.image.name})
+        smoke = "import wsdm_helpers, peft, transformers; print('import ok', wsdm_helpers.__version__)"
+        result = self._session("a-install", tree, ["sh", "-c", f"python /kaggle/input/{WHEELHOUSE}/install.py && "
+                                                               f"python -c \"{smoke}\" && wsdm --help > /dev/null"])
+        _expect(result, result.returncode == 0, "install.py installs the wheelhouse offline, wsdm imports")
+        for name, image in ((n, get_image(n)) for n in self.wheelhouses if n != self.image.name):
+            if image.python == self.image.python:
+                continue
+            other = self._session(f"a-install-{name}-wheelhouse", tree, ["python", f"/kaggle/input/{WHEELHOUSE}-{name}/install.py"])
+            _expect(other, other.returncode == 2 and _log_has(other, f"built for Python {image.python}")
+                    and not _log_has(other, "Processing "), f"the {name} wheelhouse is refused before pip runs")
+
+    def train(self, datasets: dict[str, Path], notebook: Path) -> Path:
+        base = {"config": "tiny-test", "train_path": f"/kaggle/input/{COMPETITION}/train.parquet",
+                "model_source": f"/kaggle/input/{MODEL_DATASET}", "max_steps": 60}
+        tree = self._tree("train", {k: datasets[k] for k in (WHEELHOUSE, COMPETITION, MODEL_DATASET)})
+        first = self._session("b-train-1", tree, self._papermill(notebook, "b-train-1", {
+            **base, "overrides": {"train.max_hours": 0.004, "train.save_steps": 2, "train.eval_steps": 1000}}),
+            KAGGLE_KERNEL_RUN_TYPE="Batch")
+        checkpoints = sorted(first.output.rglob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        _expect(first, first.returncode == 0 and bool(checkpoints), "train.max_hours stops with a checkpoint")
+        step = int(checkpoints[-1].name.split("-")[1])
+        tree = self._tree("train", {k: datasets[k] for k in (WHEELHOUSE, COMPETITION, MODEL_DATASET)}
+                          | {TRAIN_OUTPUT: first.output})
+        second = self._session("c-train-2", tree, self._papermill(notebook, "c-train-2", {
+            **base, "resume_from": f"/kaggle/input/{TRAIN_OUTPUT}", "overrides": {"train.save_steps": 2,
+                                                                                   "train.eval_steps": 1000}}),
+            KAGGLE_KERNEL_RUN_TYPE="Batch")
+        run = second.output / "run"
+        _expect(second, second.returncode == 0 and (run / "adapter").is_dir(), "the next session writes the adapter")
+        _expect(second, _log_has(second, f"step {step}"), f"it resumed at step {step}, the attached checkpoint's")
+        return run
+
+    def bundle(self, run: Path, datasets: dict[str, Path]) -> tuple[Path, Path]:
+        adapter = self.out / "datasets" / ADAPTER_DATASET
+        done = _wsdm("bundle", "adapter", str(run), "--out", str(adapter), "--replace", "--username", "rehearsal",
+                     "--base-model", f"/kaggle/input/{MODEL_DATASET}")
+        if done.returncode != 0:
+            raise RehearsalFailure(f"wsdm bundle adapter failed:\n{done.stdout}{done.stderr}")
+        kernel = self.out / "kernel"
+        common = ["bundle", "kernel", "--notebook", str(REPO / "notebooks" / "inference.ipynb"), "--username",
+                  "rehearsal", "--competition", "wsdm", "--adapter-dir", str(adapter), "--replace",
+                  "-p", "time_budget_minutes", str(self.deadline_minutes), "-p", "safety_minutes", "0.1"]
+        refused = _wsdm(*common, "--out", str(self.out / "kernel-refused"), "--dataset", WHEELHOUSE,
+                        "--dataset", ADAPTER_DATASET)
+        if refused.returncode != 2 or MODEL_DATASET not in refused.stderr:
+            raise RehearsalFailure(f"bundle kernel without the base model attached was not refused:\n{refused.stderr}")
+        done = _wsdm(*common, "--out", str(kernel), "--dataset", WHEELHOUSE, "--dataset", ADAPTER_DATASET,
+                     "--dataset", MODEL_DATASET)
+        if done.returncode != 0:
+            raise RehearsalFailure(f"wsdm bundle kernel failed:\n{done.stdout}{done.stderr}")
+        return adapter, kernel / "inference.ipynb"
+
+    def submit(self, datasets: dict[str, Path], adapter: Path, notebook: Path, hidden: Path) -> None:
+        inputs = {k: datasets[k] for k in (WHEELHOUSE, COMPETITION, MODEL_DATASET)} | {ADAPTER_DATASET: adapter}
+        tree = self._tree("inference", inputs)
+        commit = self._session("e-commit", tree, self._papermill(notebook, "e-commit", {}),
+                               KAGGLE_KERNEL_RUN_TYPE="Batch")
+        _expect(commit, commit.returncode == 0, "the commit run succeeds")
+        commit.checks.append(check_submission(commit.output / "submission.csv",
+                                              datasets[COMPETITION] / "sample_submission.csv"))
+        tree = self._tree("inference", inputs | {COMPETITION: hidden})
+        rerun = self._session("f-rerun", tree, self._papermill(notebook, "f-rerun", {}),
+                              KAGGLE_KERNEL_RUN_TYPE="Batch", KAGGLE_IS_COMPETITION_RERUN="True")
+        _expect(rerun, rerun.returncode == 0, "the competition rerun succeeds")
+        rerun.checks.append(check_submission(rerun.output / "submission.csv", hidden / "sample_submission.csv"))
+        report = json.loads((rerun.output / "submission_report.json").read_text())
+        deadline = self.deadline_minutes * 60
+        used = report["elapsed_seconds"] / deadline
+        _expect(rerun, used <= 1.0, f"written at {used:.3f} of the {deadline:.0f} s deadline")
+
+
+class ColabRehearsal:
+    """Colab: /content as the working folder, Drive (``/content/drive/MyDrive``) the only thing a runtime
+    reset keeps, the package installed from a wheel file by the notebooks' ``wsdm_source`` parameter."""
+
+    def __init__(self, image: NotebookImage, out: Path):
+        self.image, self.out = image, out
+        self.venv = image_venv(image)
+        self.logs = out / "logs"
+        self.content = out / "content"
+        self.drive = self.content / "drive" / "MyDrive" / "wsdm"
+        self.results: list[SessionResult] = []
+
+    def upload(self, datasets: dict[str, Path], wheel: Path) -> None:
+        if self.content.exists():
+            shutil.rmtree(self.content)
+        shutil.copytree(datasets[COMPETITION], self.drive / "data")
+        shutil.copytree(datasets[MODEL_DATASET], self.drive / MODEL_DATASET)
+        shutil.copy2(wheel, self.drive / wheel.name)
+        self.wheel = f"/content/drive/MyDrive/wsdm/{wheel.name}"
+
+    def reset_runtime(self) -> None:
+        """A runtime reset: everything under /content is gone but Drive."""
+        for child in self.content.iterdir():
+            if child.name != "drive":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+    def _session(self, name: str, notebook: str, parameters: dict) -> SessionResult:
+        self.reset_runtime()
+        argv = ["papermill", str(REPO / "notebooks" / f"{notebook}.ipynb"), str(self.logs / f"{name}.ipynb"),
+                "--cwd", "/content", "-y", json.dumps({"wsdm_source": self.wheel, **parameters}), "--log-output",
+                "--no-progress-bar"]
+        result = run_session(name, self.image.name, self.venv, self.content, argv, logs=self.logs,
+                             mount_at="/content", workdir="/content", working=None,
+                             env={"COLAB_RELEASE_TAG": "release-colab-external-images_20260819"})
+        self.results.append(result)
+        return result
+
+    def run(self) -> Path:
+        drive = "/content/drive/MyDrive/wsdm"
+        base = {"config": "tiny-test", "train_path": f"{drive}/data/train.parquet",
+                "model_source": f"{drive}/{MODEL_DATASET}", "max_steps": 60, "output_dir": f"{drive}/runs/tiny"}
+        first = self._session("colab-train-1", "train_gemma", {**base, "overrides": {
+            "train.max_hours": 0.004, "train.save_steps": 2, "train.eval_steps": 1000}})
+        checkpoints = sorted((self.drive / "runs").rglob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        _expect(first, first.returncode == 0 and bool(checkpoints), "stopped by max_hours with a checkpoint on Drive")
+        step = int(checkpoints[-1].name.split("-")[1])
+        second = self._session("colab-train-2", "train_gemma", {**base, "overrides": {
+            "train.save_steps": 2, "train.eval_steps": 1000}})
+        run = self.drive / "runs" / "tiny" / "run"
+        _expect(second, second.returncode == 0 and (run / "adapter").is_dir() and _log_has(second, f"step {step}"),
+                f"after a runtime reset the same notebook resumes at step {step} from Drive and writes the run")
+        infer = self._session("colab-inference", "inference", {
+            "run_dirs": [f"{drive}/runs/tiny/run"], "test_path": f"{drive}/data/test.parquet",
+            "output_dir": "/content/submission"})
+        _expect(infer, infer.returncode == 0, "inference.ipynb writes the submission")
+        infer.checks.append(check_submission(infer.output / "submission" / "submission.csv",
+                                             self.drive / "data" / "sample_submission.csv"))
+        done = _wsdm("bundle", "adapter", str(run), "--out", str(self.out / "adapter-for-kaggle"), "--replace",
+                     "--username", "rehearsal", "--base-model", f"/kaggle/input/{MODEL_DATASET}")
+        _expect(infer, done.returncode == 0, "the Drive run bundles as a Kaggle adapter dataset")
+        return run
+
+
+def prepare_datasets(out: Path, rerun_rows: int) -> tuple[dict[str, Path], Path]:
+    """The competition data (WSDM layout), the tiny model dataset and the 25k-row hidden test."""
+    from ..demo_data import write_demo_dataset, write_hidden_test
+    from ..tiny import build_tiny_model_from_file
+
+    datasets = out / "datasets"
+    competition = datasets / COMPETITION
+    if not (competition / "sample_submission.csv").is_file():
+        write_demo_dataset(competition, n_train=400, n_test=48, seed=3)
+        (competition / "test_labels.parquet").unlink()
+    model = datasets / MODEL_DATASET
+    if not (model / "config.json").is_file():
+        build_tiny_model_from_file(competition / "train.parquet", model, family="gemma2")
+    hidden = out / "hidden" / COMPETITION
+    if not (hidden / "sample_submission.csv").is_file():
+        hidden.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(competition / "train.parquet", hidden / "train.parquet")
+        write_hidden_test(hidden, rerun_rows)
+    return {COMPETITION: competition, MODEL_DATASET: model}, hidden
+
+
+def _print_report(results: list[SessionResult]) -> None:
+    for r in results:
+        versions = ", ".join(f"{n} {r.versions.get(n, '-')}" for n in REPORTED)
+        print(f"[{r.image}] {r.name}: rc {r.returncode}, {r.seconds:.0f} s; {versions}")
+        print(f"    files: {len(r.files)} ({', '.join(r.files[:6])}{', ...' if len(r.files) > 6 else ''})")
+        for check in r.checks:
+            print(f"    {check}")
+
+
+def rehearse(images: list[str], out: Path, rerun_rows: int = 25_000, deadline_minutes: float = 2.0,
+             colab: str | None = None) -> list[SessionResult]:
+    require_root_namespaces()
+    out.mkdir(parents=True, exist_ok=True)
+    datasets, hidden = prepare_datasets(out, rerun_rows)
+    wheelhouses = {}
+    for name in images:
+        wheelhouses[name] = out / "wheelhouses" / name
+        build_wheelhouse(wheelhouses[name], image=name, username="rehearsal", replace=True)
+    results = []
+    for name in images:
+        rehearsal = KaggleRehearsal(get_image(name), out / name, wheelhouses, rerun_rows, deadline_minutes)
+        try:
+            data = {**datasets, WHEELHOUSE: wheelhouses[name]}
+            rehearsal.install(data)
+            run = rehearsal.train(data, REPO / "notebooks" / "train_gemma.ipynb")
+            adapter, notebook = rehearsal.bundle(run, data)
+            rehearsal.submit(data, adapter, notebook, hidden)
+        finally:
+            results += rehearsal.results
+            _print_report(rehearsal.results)
+    if colab:
+        rehearsal = ColabRehearsal(get_image(colab), out / colab)
+        try:
+            rehearsal.upload(datasets, next((wheelhouses[images[0]]).glob("wsdm_helpers-*.whl")))
+            rehearsal.run()
+        finally:
+            results += rehearsal.results
+            _print_report(rehearsal.results)
+    (out / "rehearsal.json").write_text(json.dumps([asdict(r) for r in results], indent=1, default=str))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image", action="append", choices=[n for n, i in IMAGES.items() if i.place == "kaggle"],
+                        help="declared Kaggle image (repeatable; default: every one)")
+    parser.add_argument("--out", default="runs/rehearsal", help="datasets, trees, logs and the report")
+    parser.add_argument("--rerun-rows", type=int, default=25_000, help="rows of the hidden test of the rerun")
+    parser.add_argument("--deadline-minutes", type=float, default=2.0, help="the rerun's time budget (it must bind)")
+    colab = [n for n, i in IMAGES.items() if i.place == "colab"]
+    parser.add_argument("--colab", choices=[*colab, "none"], default=colab[-1], help="declared Colab image to play")
+    args = parser.parse_args(argv)
+    images = args.image or [n for n, i in IMAGES.items() if i.place == "kaggle"]
+    try:
+        rehearse(images, Path(args.out), args.rerun_rows, args.deadline_minutes,
+                 None if args.colab == "none" else args.colab)
+    except WsdmError as exc:
+        print(f"rehearsal failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
