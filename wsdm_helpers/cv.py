@@ -6,8 +6,10 @@ baseline, seconds) write the same layout into OUTPUT (``train.output_dir``)::
     folds.parquet      id, fold: made once (grouped by prompt, stratified by label x language, seeded,
                        independent of row order) and reused; give it to the other models of a project
                        (``--folds-file`` or ``data.folds_file``) so every model sees the same folds
-    cv_config.yaml     the resolved config; a rerun into the same OUTPUT with another config is refused
+    cv_config.yaml     the resolved config; a rerun into the same OUTPUT with another config is refused (the
+                       folder's own paths aside: a moved or copied cv folder is the same cv)
     fold-K/            a normal ``wsdm train`` run folder (data.fold=K), plus
+      cv_config.yaml     the cv config it was made with: a fold copied in from a cv of other settings is refused
       valid_ab.parquet   its held-out rows predicted as given
       valid_ba.parquet   its held-out rows predicted with A and B swapped, mapped back to AB
     oof.parquet        every labelled training row exactly once (with data.valid_from=train_path: every

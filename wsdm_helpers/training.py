@@ -15,13 +15,17 @@ Run folder::
 
     config.yaml       resolved RunConfig (reproduces the run; model.source is pypi:NAME or an absolute path)
     adapter/          peft adapter (safetensors; classifier head included) -- or model/ for full fine-tunes
+    identity.json     the base model's and the adapter's fingerprints (run_folder.py): a load on another base,
+                      or with another run's adapter, is refused
     tokenizer/        tokenizer with its pad token
     metrics.json      final validation metrics, per-language accuracy, curve, OOM retries
     log_history.json  the Trainer's log (loss, learning rate, evaluations)
     oof.parquet       validation predictions under the inference section's TTA (tta.apply_policy): id,
                       winner_model_a, winner_model_b(, winner_tie), label, language
     checkpoints/      Trainer checkpoints (resume) and settings.json, the training settings they were made
-                      with; removed at the end unless train.keep_checkpoints
+                      with; removed at the end unless train.keep_checkpoints. Each is written in
+                      checkpoints/.saving/ and renamed to checkpoint-N when complete
+    .wsdm-writer.lock the writer lock while a run trains (io.writer_lock)
 
 Resume (``train.resume``, on by default) continues the last checkpoint only when the settings that
 change training (:func:`training_settings`) are those the checkpoints were made with; otherwise the
@@ -331,7 +335,7 @@ def checkpoint_problem(folder: Path) -> str | None:
     """Why a Trainer checkpoint folder cannot be resumed (a missing or cut-short file), or None. Cheap:
     it reads the safetensors headers and the zip directories of torch's files, not the tensors."""
     names = {p.name for p in folder.iterdir()}
-    missing = [n for n in ("trainer_state.json", "optimizer.pt") if n not in names]
+    missing = [n for n in (STATE_FILE, "optimizer.pt") if n not in names]
     if not names & {"adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json"}:
         missing.append("adapter_model.safetensors")
     if missing:
@@ -374,7 +378,7 @@ def training_settings(cfg: RunConfig) -> dict[str, Any]:
     as JSON values."""
     flat = {f"{section}.{key}": value for section in ("data", "format", "model", "lora", "train")
             for key, value in to_dict(getattr(cfg, section)).items()}
-    if cfg.data.folds_file:  # its rows, not where it lies: a cv folder moved mid-fold resumes
+    if Path(cfg.data.folds_file).is_file():  # its rows, not where it lies: a cv folder moved mid-fold resumes
         from .run_folder import file_sha256
 
         flat["data.folds_file"] = f"sha256:{file_sha256(Path(cfg.data.folds_file))}"
