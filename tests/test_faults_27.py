@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from wsdm_helpers.cli import main
@@ -72,10 +73,17 @@ FUZZ_LAYOUTS = {
     "chosen_rejected.jsonl": ["id", "prompt", "chosen", "rejected"],
     "hh.jsonl.gz": ["chosen", "rejected"],
     "wsdm_records.json": ["id", "prompt", "response_a", "response_b"],
+    "llmbar.json": ["input", "output_1", "output_2", "label"],
+    "oasst.jsonl": ["message_id", "parent_id", "role", "text", "rank"],
 }
 
 
 def _fuzz_cell(column: str, text: str, layout: str, row: int):
+    if layout.startswith("oasst") and column != "text":  # row 0 the prompt, the others ranked replies to it
+        return {"message_id": f"m{row}", "parent_id": None if row == 0 else "m0",
+                "role": "prompter" if row == 0 else "assistant", "rank": None if row == 0 else row}[column]
+    if column == "label":
+        return 1 + row % 2
     if column == "id":
         return f"r{row}"
     if column == "winner":
@@ -121,6 +129,8 @@ def _csv_quote(value) -> str:
 @FUZZ
 @given(layout=st.sampled_from(sorted(FUZZ_LAYOUTS)), ties=st.sampled_from(["keep", "drop", "split"]),
        texts=st.lists(bad_text, min_size=1, max_size=4))
+@example(layout="oasst.jsonl", ties="keep", texts=["a\ud800", "\x00", "c", "\ud83d\ude00"])
+@example(layout="lmsys.csv", ties="split", texts=["ok", "\ud800", "\\x"])
 def test_fuzz_bad_text_cells_every_reader_and_the_encoder(tmp_path, tok, layout, ties, texts):
     """Surrogates (escaped pairs, lone halves), NULs, invalid escapes and invalid UTF-8 (csv bytes
     written with surrogatepass): read or DataError naming the file, and every row accounted for; the
@@ -133,7 +143,9 @@ def test_fuzz_bad_text_cells_every_reader_and_the_encoder(tmp_path, tok, layout,
     except DataError as exc:
         assert path.name in str(exc) and "Fix:" in str(exc)
         return
-    assert len(frame) == len(read_table(path)) - report.ties_dropped + report.ties_split
+    # oasst: every two ranked replies to the prompt make a pair
+    rows_in = math.comb(len(texts) - 1, 2) if layout.startswith("oasst") else len(read_table(path))
+    assert len(frame) == rows_in - report.ties_dropped + report.ties_split
     assert not any(_has_surrogate(t) for c in ("prompt", "response_a", "response_b") for row in frame[c]
                    for t in row if t)
     enc = encode_pairs(frame, tok, FormatConfig(max_length=96), template="plain")
