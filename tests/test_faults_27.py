@@ -258,3 +258,10 @@ def test_an_llm_cv_config_moved_with_its_folder_is_the_same(tmp_path):
     check_config(tmp_path / "a", resolved(tmp_path / "a"))
     (tmp_path / "b" / "cv_config.yaml").write_bytes((tmp_path / "a" / "cv_config.yaml").read_bytes())
     check_config(tmp_path / "b", resolved(tmp_path / "b"))
+
+
+def test_invalid_utf8_in_a_csv_names_the_line(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes(b'id,prompt,response_a,response_b\n1,p,a,b\n2,"x \xed\xa0\x80",a,b\n')  # an encoded surrogate
+    with pytest.raises(DataError, match=r"is not UTF-8 text \(line 3: found byte b'\\xed'"):
+        read_pairs(path)

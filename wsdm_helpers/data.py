@@ -211,8 +211,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
     except DataError:
         raise
     except UnicodeDecodeError as exc:
-        raise _fail(path, f"is not UTF-8 text (found byte {exc.object[exc.start:exc.start + 1]!r}; "
-                          "Latin-1 or Windows-1252 files look like this)",
+        raise _fail(path, f"is not UTF-8 text ({_first_bad_byte(path, exc)}; Latin-1 or Windows-1252 files, or "
+                          "encoded UTF-16 surrogates, look like this)",
                     "re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`, or "
                     "'Save as CSV UTF-8' in a spreadsheet)") from exc
     except RecursionError as exc:
@@ -224,6 +224,20 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if table.shape[1] == 0 or len(table) == 0:
         raise _fail(path, f"has no rows (columns found: {list(table.columns)})", "export the file again with its rows")
     return table
+
+
+def _first_bad_byte(path: Path, exc: UnicodeDecodeError) -> str:
+    """``line N: found byte b'..'`` for the first byte of the file that is not UTF-8 (the reader's own
+    exception may see only a chunk of the file)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as whole:
+        line = raw.count(b"\n", 0, whole.start) + 1
+        return f"line {line}: found byte {raw[whole.start:whole.start + 1]!r}"
+    return f"found byte {exc.object[exc.start:exc.start + 1]!r}"
 
 
 def _read_kind(path: Path, kind: str) -> pd.DataFrame:
