@@ -4,13 +4,29 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
 
+import pandas as pd
 import pytest
+import yaml
 
 pytest.importorskip("torch")
 
-from test_training import tiny_cfg  # noqa: E402
+from test_training import InterruptAfterSave, tiny_cfg  # noqa: E402
+from transformers import TrainerControl, TrainerState, TrainingArguments  # noqa: E402
 
+from wsdm_helpers.cli import main  # noqa: E402
+from wsdm_helpers.data import fold_table, read_canonical  # noqa: E402
+from wsdm_helpers.errors import BundleError, ConfigError, OutputError  # noqa: E402
+from wsdm_helpers.kaggle.adapter import bundle_adapter  # noqa: E402
+from wsdm_helpers.modeling import load_run  # noqa: E402
+from wsdm_helpers.tiny import build_tiny_model  # noqa: E402
+from wsdm_helpers.trainer import MovedCheckpoints, PairTrainer  # noqa: E402
 from wsdm_helpers.training import train  # noqa: E402
 
 
@@ -38,8 +54,6 @@ def test_resume_skips_an_incomplete_last_checkpoint(demo, tiny_model, tmp_path, 
 
 
 def test_checkpoints_are_written_aside_and_renamed_when_complete(demo, tiny_model, tmp_path, monkeypatch):
-    from wsdm_helpers.trainer import PairTrainer
-
     checkpoints, during = tmp_path / "run" / "checkpoints", []
     save_rng = PairTrainer._save_rng_state
 
@@ -68,23 +82,17 @@ def trained_run(demo, tiny_model, tmp_path_factory):
 
 
 def _copy_run(run, tmp_path):
-    import shutil
-
     shutil.copytree(run, tmp_path / "run")
     return tmp_path / "run"
 
 
 def _edit_yaml(path, section, key, value):
-    import yaml
-
     data = yaml.safe_load(path.read_text())
     data[section][key] = value
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def _no_tokenizer(run):
-    import shutil
-
     shutil.rmtree(run / "tokenizer")
 
 
@@ -106,10 +114,6 @@ BROKEN_RUNS = {
 
 @pytest.mark.parametrize("broken", sorted(BROKEN_RUNS))
 def test_a_run_that_cannot_load_names_the_cause_before_loading(trained_run, tmp_path, broken):
-    from wsdm_helpers.errors import BundleError, ConfigError
-    from wsdm_helpers.kaggle.adapter import bundle_adapter
-    from wsdm_helpers.modeling import load_run
-
     damage, cause = BROKEN_RUNS[broken]
     run = _copy_run(trained_run, tmp_path)
     damage(run)
@@ -121,17 +125,12 @@ def test_a_run_that_cannot_load_names_the_cause_before_loading(trained_run, tmp_
 
 @pytest.mark.parametrize("broken", sorted(BROKEN_RUNS))
 def test_predict_reports_the_cause_of_a_failed_run(trained_run, tmp_path, broken):
-    import pandas as pd
-
-    from wsdm_helpers.cli import main
-
     damage, cause = BROKEN_RUNS[broken]
     run = _copy_run(trained_run, tmp_path)
     damage(run)
     pd.DataFrame({"id": ["1", "2"], "prompt": "p", "response_a": "a", "response_b": "b"}).to_parquet(tmp_path / "t.parquet")
     main(["predict", "--run", str(run), "--test", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "s.csv")])
     report = json.loads((tmp_path / "submission_report.json").read_text())
-    import re
 
     note = report["runs"][0]["note"]
     assert note.startswith(f"ConfigError: {run}: cannot be loaded") and re.search(cause, note), note
@@ -139,10 +138,6 @@ def test_predict_reports_the_cause_of_a_failed_run(trained_run, tmp_path, broken
 
 # ---- row 2: the run records the identity of its base model and of its adapter -----------------------
 def test_a_run_loaded_on_another_base_model_is_refused_naming_both(trained_run, demo, tmp_path):
-    from wsdm_helpers.errors import ConfigError
-    from wsdm_helpers.modeling import load_run
-    from wsdm_helpers.tiny import build_tiny_model
-
     other = build_tiny_model("llama", demo[1], tmp_path / "other-base", seed=7)  # same family, same shapes
     run = _copy_run(trained_run, tmp_path)
     trained_on = json.loads((run / "identity.json").read_text())["base_model"]["folder"]
@@ -155,21 +150,12 @@ def test_a_run_loaded_on_another_base_model_is_refused_naming_both(trained_run, 
 
 
 def test_a_copied_base_model_folder_is_the_same_base(trained_run, tmp_path):
-    import shutil
-
-    from wsdm_helpers.modeling import load_run
-
     recorded = json.loads((trained_run / "identity.json").read_text())["base_model"]["folder"]
     copy = shutil.copytree(recorded, tmp_path / "moved-base")
     assert load_run(_copy_run(trained_run, tmp_path), base_source=str(copy)).model is not None
 
 
 def test_another_runs_adapter_copied_in_is_refused(trained_run, demo, tiny_model, tmp_path):
-    import shutil
-
-    from wsdm_helpers.errors import ConfigError
-    from wsdm_helpers.modeling import load_run
-
     other = train(tiny_cfg(demo, tiny_model("llama"), tmp_path / "other",
                            {"train.max_steps": 1, "train.eval_steps": 0, "train.learning_rate": 0.05})).run_dir
     run = _copy_run(trained_run, tmp_path)
@@ -180,8 +166,6 @@ def test_another_runs_adapter_copied_in_is_refused(trained_run, demo, tiny_model
 
 
 def test_an_old_run_without_identity_loads_with_a_warning(trained_run, tmp_path, caplog):
-    from wsdm_helpers.modeling import load_run
-
     run = _copy_run(trained_run, tmp_path)
     (run / "identity.json").unlink()
     with caplog.at_level(logging.WARNING):
@@ -200,13 +184,6 @@ with writer_lock(sys.argv[1], "train.output_dir"):
 
 
 def test_a_second_train_into_one_output_dir_is_refused_with_the_holders_pid(demo, tiny_model, tmp_path, caplog):
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from wsdm_helpers.errors import OutputError
-
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.getcwd()})
@@ -226,12 +203,6 @@ def test_a_second_train_into_one_output_dir_is_refused_with_the_holders_pid(demo
 
 # ---- row 13: a fold run moved with its cv folder resumes ---------------------------------------------
 def test_a_run_whose_folds_file_moved_resumes(demo, tiny_model, tmp_path):
-    import shutil
-
-    from test_training import InterruptAfterSave
-
-    from wsdm_helpers.data import fold_table, read_canonical
-
     old, new = tmp_path / "old", tmp_path / "new"
     old.mkdir()
     fold_table(read_canonical(demo[0]), 4, 42).to_parquet(old / "folds.parquet")
@@ -246,10 +217,6 @@ def test_a_run_whose_folds_file_moved_resumes(demo, tiny_model, tmp_path):
 
 
 def test_a_moved_runs_best_checkpoint_is_found_under_its_new_folder(tmp_path):
-    from transformers import TrainerControl, TrainerState, TrainingArguments
-
-    from wsdm_helpers.trainer import MovedCheckpoints
-
     (tmp_path / "new" / "checkpoint-2").mkdir(parents=True)
     state = TrainerState(best_model_checkpoint=str(tmp_path / "old" / "checkpoint-2"))
     args = TrainingArguments(output_dir=str(tmp_path / "new"), report_to="none", use_cpu=True)
