@@ -139,15 +139,17 @@ def weights_fingerprint(folder: Path) -> dict[str, str]:
     files = sorted(folder.glob("*.safetensors"))
     for path in files:
         header = safetensors_header(path) or {}
-        start = 8 + int.from_bytes(path.open("rb").read(8), "little")
         with open(path, "rb") as fh:
+            data_start = 8 + int.from_bytes(fh.read(8), "little")
             for name in sorted(header):
+                begin, end = header[name]["data_offsets"]
                 tensors.update(f"{name}:{header[name]['dtype']}:{header[name]['shape']};".encode())
-                fh.seek(start + header[name]["data_offsets"][0])
-                values.update(fh.read(min(SAMPLE_BYTES, header[name]["data_offsets"][1] - header[name]["data_offsets"][0])))
+                fh.seek(data_start + begin)
+                values.update(fh.read(min(SAMPLE_BYTES, end - begin)))
     for path in [] if files else sorted(p for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth")):
         tensors.update(f"{path.name}:{path.stat().st_size};".encode())
-        values.update(path.open("rb").read(SAMPLE_BYTES))
+        with open(path, "rb") as fh:
+            values.update(fh.read(SAMPLE_BYTES))
     return {"tensors": tensors.hexdigest()[:16], "values": values.hexdigest()[:16]}
 
 
@@ -167,7 +169,8 @@ def run_identity(run_dir: Path, base_folder: Path) -> dict[str, Any]:
 
 def check_identity(run_dir: Path, base_folder: Path) -> None:
     """ConfigError when ``base_folder`` is not the base model the run trained on, or adapter/ is not the
-    adapter it trained. A run folder from before identity.json (or a full fine-tune) loads with a warning."""
+    adapter it trained. A LoRA run folder from before identity.json loads with a warning (a full fine-tune has
+    no identity.json: its model/ is the whole model)."""
     path = run_dir / IDENTITY
     if not path.is_file():
         if (run_dir / "adapter").is_dir():
@@ -184,9 +187,9 @@ def check_identity(run_dir: Path, base_folder: Path) -> None:
                         f"model.source gives {base_folder} (fingerprint {now['values']}): their {what} differ. Point "
                         f"model.source in {run_dir / RUN_CONFIG} at the model it was trained on")
     adapter = run_dir / "adapter" / ADAPTER_WEIGHTS
-    if adapter.is_file() and file_sha256(adapter) != recorded["adapter"][ADAPTER_WEIGHTS]:
-        problems.append(f"adapter/{ADAPTER_WEIGHTS} is not the adapter this run trained (sha256 "
-                        f"{file_sha256(adapter)}, recorded {recorded['adapter'][ADAPTER_WEIGHTS]}): copy the whole "
-                        "run folder of the adapter, not its adapter/ alone")
+    found, trained = file_sha256(adapter) if adapter.is_file() else None, recorded["adapter"][ADAPTER_WEIGHTS]
+    if found not in (None, trained):
+        problems.append(f"adapter/{ADAPTER_WEIGHTS} is not the adapter this run trained (sha256 {found}, recorded "
+                        f"{trained}): copy the whole run folder of the adapter, not its adapter/ alone")
     if problems:
         raise ConfigError(f"{run_dir}: cannot be loaded:\n" + "\n".join(f"  - {p}" for p in problems))
