@@ -29,11 +29,12 @@ $(VENV)/.installed-dev: $(VENV)/.installed-demo
 	touch $@
 
 # The offline-install test (tests/test_offline_install.py) builds the Kaggle wheelhouse without network:
-# the closure of the package's extras for this interpreter (and its torch) is downloaded here, once.
+# the closure of the package's extras, at exactly the versions installed here (its stand-in image links
+# them), and this torch, are downloaded here once.
 $(VENV)/.wheel-cache: $(VENV)/.installed-dev
-	$(PIP) download -q --only-binary=:all: -d .cache/wheels ".[training,quantization,notebooks]" \
-		$$($(BIN)/python -c "import torch; from wsdm_helpers.kaggle import default_packages; \
-			print('torch==' + torch.__version__.split('+')[0], *default_packages())")
+	mkdir -p .cache && $(PIP) freeze --exclude-editable > .cache/installed.txt
+	$(PIP) download -q --only-binary=:all: -c .cache/installed.txt -d .cache/wheels ".[training,quantization,notebooks]" \
+		$$($(BIN)/python -c "import torch; print('torch==' + torch.__version__)")
 	touch $@
 
 install: $(VENV)/.installed-demo

@@ -12,7 +12,8 @@ ROOT = Path(__file__).parent
 EXTRAS = {
     # transformers 5 needs peft 0.18.1 (its v5 import guards) and accelerate 1.13 (4-bit loading on v5).
     "training": ["peft>=0.18.1", "accelerate>=1.13"],
-    "quantization": ["bitsandbytes>=0.43; platform_system == 'Linux'"],
+    # transformers 5 refuses older bitsandbytes at load time, after tokenization (BITSANDBYTES_MIN_VERSION).
+    "quantization": ["bitsandbytes>=0.46.1; platform_system == 'Linux'"],
     # Floors at what Kaggle's and Colab's images ship (kaggle/images.py), so the install keeps their Jupyter stack.
     "notebooks": ["papermill>=2.6", "ipykernel>=5.5", "ipywidgets>=7.7", "matplotlib>=3.8", "nbformat>=5.9"],
     "features": ["scikit-learn>=1.3"],
@@ -34,9 +35,10 @@ setup(
     package_data={"wsdm_helpers": ["configs/*.yaml", "configs/accelerate/*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
-        "torch>=2.3",
-        # 5.2: TrainingArguments(train_sampling_strategy=..., warmup_steps=<ratio>) used by training.py
-        "transformers>=5.2",
+        "torch>=2.5",  # torch.OutOfMemoryError (inference.py)
+        # 5.6: accelerate no longer divides an accumulated loss (5.2-5.5 divide it there and in the Trainer), so
+        # PairTrainer's loss gives the gradient and logged loss of the whole batch (tests/test_training.py)
+        "transformers>=5.6",
         "numpy>=1.24",
         "pandas>=2.0",
         "pyarrow>=14",

@@ -12,7 +12,11 @@ final validation accuracy / log loss on the held-out fold, and the 4-bit/16-bit 
 ``--dtype auto`` (default) resolves as training does: bf16 on Ampere or newer GPUs, fp32 on a T4 (Gemma 3
 overflows fp16: model.dtype=float16 is refused for it).
 
-    python benchmarks/cuda_training.py [--quick] [--steps 160] [--dtype auto] [--out runs/cuda-bench]
+    python benchmarks/cuda_training.py [--quick] [--steps 160] [--dtype auto] [--out runs/cuda-bench] [--model DIR]
+
+``--model DIR``: the Gemma 3 270M to train instead of the preset's ``pypi:gemma3-270m``, for a machine
+without that package or network: an HF folder, or the GPU check kit's compact ``gemma3c/`` (unpacked once
+into ``--out``, as ``benchmarks/gpu_check.py`` does; good for the demo data only).
 
 The last line printed is one JSON object with the figures.
 """
@@ -41,12 +45,25 @@ def run(name: str, data: Path, out: Path, steps: int, dtype: str, overrides: dic
             "per_language": {r["language"]: round(r["accuracy"], 3) for r in metrics["per_language"]}}
 
 
+def model_folder(model: Path, out: Path) -> Path:
+    """An HF folder as given; the kit's compact Gemma 3 (``body.safetensors``) unpacked under ``out``."""
+    if (model / "config.json").is_file() and not (model / "body.safetensors").is_file():
+        return model
+    if not (model / "body.safetensors").is_file():
+        raise SystemExit(f"--model {model}: neither an HF folder (config.json) nor the kit's gemma3c/ (body.safetensors)")
+    from gpu_check import unpack_compact_gemma3  # benchmarks/ is on sys.path when this script runs
+
+    return unpack_compact_gemma3(model, out / "gemma3c-hf")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=160, help="optimizer steps of each run")
     parser.add_argument("--quick", action="store_true", help="40 steps per run")
     parser.add_argument("--dtype", default="auto", help="model.dtype of both runs: auto, bfloat16 or float32")
     parser.add_argument("--out", type=Path, default=Path("runs/cuda-bench"), help="run folders and demo data")
+    parser.add_argument("--model", type=Path, help="model folder: an HF folder or the kit's gemma3c/ (default: the "
+                        "preset's model.source)")
     args = parser.parse_args()
     args.steps = 40 if args.quick else args.steps
     import torch
@@ -60,8 +77,10 @@ def main() -> int:
 
     write_demo_dataset(args.out / "data", n_train=2000, n_test=400)
     data = args.out / "data" / "train.parquet"
-    results = {"qlora-4bit": run("qlora-4bit", data, args.out, args.steps, args.dtype, {"model.quantization": "4bit"}),
-               "lora-16bit": run("lora-16bit", data, args.out, args.steps, args.dtype)}
+    source = {"model.source": str(model_folder(args.model, args.out))} if args.model else {}
+    results = {"qlora-4bit": run("qlora-4bit", data, args.out, args.steps, args.dtype,
+                                 {"model.quantization": "4bit", **source}),
+               "lora-16bit": run("lora-16bit", data, args.out, args.steps, args.dtype, source)}
     q, ref = results["qlora-4bit"], results["lora-16bit"]
     print(f"Gemma 3 270M, demo preset, {args.steps} steps, {args.dtype}, {torch.cuda.get_device_name()}")
     print(f"{'run':<12} {'peak GiB':>9} {'tokens/s':>9} {'accuracy':>9} {'log loss':>9}")

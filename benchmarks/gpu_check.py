@@ -6,21 +6,24 @@ One line per check, ``[SECTION] what: STATUS details`` (STATUS: OK, FAIL, INFO f
            4-bit (trainable must be fp32; after k-bit preparation the embeddings are back in the compute dtype)
 * CURVES   16-bit LoRA vs fp32 LoRA vs QLoRA learning curves on the demo preset, 2 seeds each (compact
            Gemma 3 270M from the devcheck kit: ``--stage``)
-* MEMORY   peak memory of the T4 preset (configs/gemma2-9b-qlora-t4.yaml) from 2- and 4-layer Gemma-2 9B
-           shapes, extrapolated to 42 layers
+* MEMORY   peak reserved memory of the T4 preset (configs/gemma2-9b-qlora-t4.yaml) from 2- and 4-layer Gemma-2 9B
+           shapes, extrapolated to 42 layers: training, and scoring one batch of the preset's inference tokens
+           without the KV cache (as the package scores) and with it (as it did)
 * PADDING  a left-padded batch against each row alone, forward and backward, in half precision
-* PARALLEL model-parallel prediction on one GPU with a 4-bit run (on the GPU, equal to data parallel),
-           the dtype override, and the NaN/inf row count
+* PARALLEL one copy spread by accelerate ("balanced") against one copy placed whole (4-bit on a GPU); the
+           dtype override must change the dtype rows are scored in; no row may stay NaN/inf
 * SCALER   fp16 training: the GradScaler exists, steps are taken and every trainable tensor moves
-* TESTS    tests/test_cuda.py
+* TESTS    tests/test_cuda.py with the kit's site/ on its path; a skipped test is a FAIL
 
     python benchmarks/gpu_check.py [--quick] [--dry-run] [--budget-s 480] [--stage .stage] [--sections A,B]
     make gpu-check
 
-``--stage`` is a folder holding the kit of /work/shared/devcheck (``gemma3c/``: the compact Gemma 3 270M;
-``site/``: bitsandbytes for CUDA 13, put first on sys.path). Every section skips itself when a piece is
-missing or the time budget is spent. ``--dry-run`` runs small versions of every section on the CPU (the test
-suite runs it, so this script cannot rot). The last line printed is one JSON object with every check.
+``--stage`` is a folder holding the GPU check kit (beside the clone in ``../shared/devcheck/`` on the
+project's machines; ``gemma3c/``: the compact Gemma 3 270M; ``site/``: bitsandbytes for CUDA 13, put first on
+sys.path and on the TESTS subprocess's PYTHONPATH). Every section skips itself when a piece is missing or the
+time budget is spent. ``--dry-run`` runs small versions of every section on the CPU (the test suite runs it,
+so this script cannot rot). The last lines printed are one JSON object with every check, then
+``gpu-check: N passed, M failed``.
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ NF4_CODES = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.3949174880981445
              0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
              0.7229568362236023, 1.0]  # bitsandbytes' NF4 code book
 SECTIONS = ("ENV", "DTYPES", "CURVES", "MEMORY", "PADDING", "PARALLEL", "SCALER", "TESTS")
-NEEDS_S = {"ENV": 0, "DTYPES": 20, "CURVES": 60, "MEMORY": 90, "PADDING": 25, "PARALLEL": 30, "SCALER": 30,
+NEEDS_S = {"ENV": 0, "DTYPES": 20, "CURVES": 60, "MEMORY": 120, "PADDING": 25, "PARALLEL": 30, "SCALER": 30,
            "TESTS": 45}
 
 
@@ -183,7 +186,7 @@ def dtypes(c: Check) -> None:
         _empty_cache(c)
 
 
-def _unpack_compact_gemma3(pack: Path, out: Path) -> Path:
+def unpack_compact_gemma3(pack: Path, out: Path) -> Path:
     """The devcheck kit's compact Gemma 3 270M as an HF folder: NF4 codes (two per byte, low nibble first,
     blocks of 128 with an absmax each) dequantized, the kept embedding rows put back (others zero)."""
     import numpy as np
@@ -232,7 +235,7 @@ def _curve_setup(c: Check):
     from wsdm_helpers.demo_data import write_demo_dataset
     from wsdm_helpers.tokenization import encode_pairs
 
-    source = _unpack_compact_gemma3(pack, c.work / "gemma3c-hf")
+    source = unpack_compact_gemma3(pack, c.work / "gemma3c-hf")
     write_demo_dataset(c.work / "bench-data", n_train=2000, n_test=400)
     preset = REPO / "configs/cpu-demo-gemma3-270m.yaml"
     frame, _ = read_pairs(c.work / "bench-data" / "train.parquet", ties="keep")
@@ -256,7 +259,7 @@ def curves(c: Check) -> None:
         c.line("CURVES", "learning curves", "SKIP", "no compact Gemma 3 (pass --stage with gemma3c/)")
         return
     preset, base, steps, arms = setup
-    reserve = 0 if c.dry else 200  # seconds kept for the sections after this one
+    reserve = 0 if c.dry else 230  # seconds kept for the sections after this one
     finals = collections.defaultdict(list)
     for name, dtype, quant in arms:
         for seed in (42,) if c.dry else (42, 43):
@@ -287,7 +290,9 @@ def curves(c: Check) -> None:
 
 
 def memory(c: Check) -> None:
-    """Peak training memory of the T4 preset for 2 and 4 Gemma-2 9B layers, the slope to 42 layers."""
+    """Peak reserved memory of the T4 preset for 2 and 4 Gemma-2 9B layers, training and scoring one batch at
+    the preset's inference batch (without the KV cache, as the package scores, and with it, as it did), and
+    the slope to 42 layers. Reserved, not allocated: what the allocator holds is what runs out."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, TrainerCallback
 
@@ -314,7 +319,7 @@ def memory(c: Check) -> None:
             e = model.get_input_embeddings().weight
             self.emb = f"{_name(e.dtype)} {e.numel() * e.element_size() / 2**30:.2f} GiB"
 
-    peaks = {}
+    peaks = collections.defaultdict(dict)
     for layers in (2, 4):
         source = c.work / f"gemma2-9b-L{layers}"
         if not (source / "config.json").is_file():
@@ -334,16 +339,55 @@ def memory(c: Check) -> None:
             *(["model.quantization=none", "model.dtype=float32", "format.max_length=128"] if c.dry else [])))
         probe = AtStart()
         metrics = train(run, callbacks=[probe]).metrics
-        peaks[layers] = metrics["peak_cuda_memory_gib"] or 0.0
-        c.line("MEMORY", f"{layers} layers", "INFO", f"peak {peaks[layers]:.2f} GiB; embeddings {probe.emb}; "
-               f"{metrics['train_tokens']} tokens in 3 steps, {metrics['train_step_seconds']}s", peak_gib=peaks[layers])
+        peaks["training"][layers] = metrics["peak_cuda_reserved_gib"] or 0.0
+        c.line("MEMORY", f"training, {layers} layers", "INFO", f"peak reserved {peaks['training'][layers]:.2f} GiB "
+               f"(allocated {metrics['peak_cuda_memory_gib'] or 0.0:.2f}); embeddings {probe.emb}; "
+               f"{metrics['train_tokens']} tokens in 3 steps, {metrics['train_step_seconds']}s",
+               peak_gib=peaks["training"][layers])
         _empty_cache(c)
-    slope = (peaks[4] - peaks[2]) / 2
-    full = peaks[2] + 40 * slope
-    fits = full <= T4_USABLE_GIB
-    c.line("MEMORY", "42 layers (Gemma-2 9B, T4 preset)", ("OK" if fits else "FAIL") if c.cuda else "INFO",
-           f"{peaks[2]:.2f} + 40 x {slope:.3f} GiB per layer = {full:.2f} GiB peak (T4 usable ~{T4_USABLE_GIB} GiB)",
-           peak_gib=full, per_layer_gib=slope)
+        for cache, peak in _scoring_peaks(c, run).items():
+            peaks[cache][layers] = peak
+        c.line("MEMORY", f"scoring, {layers} layers", "INFO", f"peak reserved {peaks['no cache'][layers]:.2f} GiB "
+               f"without the KV cache, {peaks['with cache'][layers]:.2f} GiB with it")
+    for what, by_layers in peaks.items():
+        slope = (by_layers[4] - by_layers[2]) / 2
+        full = by_layers[2] + 40 * slope
+        judged = c.cuda and what != "with cache"  # with the cache: how much the fix saves, not a pass mark
+        c.line("MEMORY", f"{what if what == 'training' else 'scoring ' + what}, 42 layers (Gemma-2 9B, T4 preset)",
+               ("OK" if full <= T4_USABLE_GIB else "FAIL") if judged else "INFO",
+               f"{by_layers[2]:.2f} + 40 x {slope:.3f} GiB per layer = {full:.2f} GiB peak reserved "
+               f"(T4 usable ~{T4_USABLE_GIB} GiB)", peak_gib=full, per_layer_gib=slope)
+
+
+def _scoring_peaks(c: Check, run_cfg) -> dict[str, float]:
+    """Peak reserved GiB of scoring one batch of the preset's inference tokens (rows of format.max_length),
+    loaded as prediction loads it, without and with a KV cache (0 on a CPU: no allocator stats)."""
+    import torch
+
+    from wsdm_helpers import modeling
+
+    model, tok, _ = modeling.load_model(run_cfg, c.dev)
+    model.eval()
+    length = run_cfg.format.max_length
+    rows = max(1, run_cfg.inference.for_device("cuda" if c.cuda else "cpu").max_tokens_per_batch // length)
+    ids = torch.randint(10, len(tok), (rows, length), device=c.dev)
+    mask = torch.ones_like(ids)
+    peaks = {}
+    for name, use_cache in (("no cache", False), ("with cache", True)):
+        _empty_cache(c)
+        if c.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        with torch.inference_mode():
+            if use_cache:  # what class_logits did: the config's default use_cache=True
+                model.config.use_cache = True
+                model(input_ids=ids, attention_mask=mask)
+                model.config.use_cache = False
+            else:
+                modeling.PairScorer(model, "classifier").logits(ids, mask)
+        peaks[name] = torch.cuda.max_memory_reserved() / 2**30 if c.cuda else 0.0
+    del model
+    _empty_cache(c)
+    return peaks
 
 
 def _logits_and_grads(model, pad_id: int, dev: str, dtype: str, rows: list[list[int]], labels):
@@ -398,29 +442,65 @@ def padding(c: Check) -> None:
 
 
 def parallel(c: Check) -> None:
-    """model_parallel on one GPU lands on that GPU (4-bit included) and predicts like data parallel."""
+    """One copy spread by accelerate ("balanced") predicts like one copy placed whole on the GPU (4-bit on a
+    GPU); the float32 override changes the dtype the rows are scored in; no row stays NaN/inf."""
     import numpy as np
+    import torch
 
-    from wsdm_helpers import inference
+    from wsdm_helpers import inference, modeling
     from wsdm_helpers.config import InferenceConfig
     from wsdm_helpers.training import train
 
     quant = ["model.quantization=4bit", "model.dtype=float16"] if c.bnb else []
     run = c.work / "parallel-run"
-    train(c.tiny_cfg(c.tiny("llama"), run, "train.max_steps=2", *quant))
+    if not (run / "config.yaml").is_file():
+        train(c.tiny_cfg(c.tiny("llama"), run, "train.max_steps=2", *quant))
     cfg = InferenceConfig(devices=[c.dev], tta="none", progress_bar=False)
-    spread = inference.run_prediction(run, c.demo[0], dataclasses.replace(cfg, model_parallel=True))
+    if c.cuda:
+        free = int(torch.cuda.mem_get_info(0)[0] * inference.MODEL_PARALLEL_MEMORY_SHARE)
+        placements = {"balanced": ("balanced", {0: free}), "whole": ({"": 0}, None)}
+    else:  # the dry run: accelerate's placement path on the CPU against a plain load
+        placements = {"balanced": ({"": "cpu"}, None), "whole": (None, None)}
+    probs = {}
+    for name, (device_map, max_memory) in placements.items():
+        loaded = modeling.load_run(run, c.dev, device_map=device_map, max_memory=max_memory)
+        probs[name] = inference.predict_proba(loaded, c.demo[0], cfg).iloc[:, 1:].to_numpy()
+        del loaded
+        _empty_cache(c)
+    diff = float(np.abs(probs["balanced"] - probs["whole"]).max())
+    c.line("PARALLEL", f"balanced vs whole placement on {c.dev} {'4-bit' if quant else '16/32-bit'}",
+           placement_status(diff), f"max |diff| {diff:.4f} (OK below {PLACEMENT_TOLERANCE})", diff=diff)
     plain = inference.run_prediction(run, c.demo[0], cfg)
-    diff = float(np.abs(spread.predictions.iloc[:, 1:].to_numpy() - plain.predictions.iloc[:, 1:].to_numpy()).max())
-    on = spread.report.devices
-    c.line("PARALLEL", f"model_parallel devices=[{c.dev}] {'4-bit' if quant else '16/32-bit'}",
-           "OK" if on == [c.dev] and diff < 5e-3 else "FAIL", f"ran on {on}, max |diff| vs data parallel {diff:.4f}")
-    c.line("PARALLEL", "non-finite rows", "OK" if plain.report.nonfinite_rows == 0 else "INFO",
-           f"{plain.report.nonfinite_rows} NaN/inf rows, {plain.report.redone_rows} redone in float32")
-    f32 = inference.run_prediction(run, c.demo[0], dataclasses.replace(cfg, dtype="float32"))
-    diff32 = float(np.abs(f32.predictions.iloc[:, 1:].to_numpy() - plain.predictions.iloc[:, 1:].to_numpy()).max())
-    c.line("PARALLEL", "inference.dtype=float32 override", "OK" if diff32 < 2e-2 else "FAIL",
-           f"max |diff| vs the run's dtype {diff32:.4f}")
+    report = plain.report
+    c.line("PARALLEL", "non-finite rows", nonfinite_status(report.nonfinite_rows, report.redone_rows),
+           f"{report.nonfinite_rows} NaN/inf rows, {report.redone_rows} redone in float32, "
+           f"{report.nonfinite_rows - report.redone_rows} left NaN")
+    override = "float32" if c.cuda else "bfloat16"  # the dry run's run is float32 already
+    runs = inference.load_runs(run, dataclasses.replace(cfg, dtype=override))
+    used = _name(inference._worker(runs[0]).compute_dtype)
+    base = _name(inference._worker(inference.load_runs(run, cfg)[0]).compute_dtype)
+    del runs
+    changed = inference.run_prediction(run, c.demo[0], dataclasses.replace(cfg, dtype=override))
+    diff32 = float(np.abs(changed.predictions.iloc[:, 1:].to_numpy() - plain.predictions.iloc[:, 1:].to_numpy()).max())
+    c.line("PARALLEL", f"inference.dtype={override} override", override_status(base, used, override),
+           f"scored in {used} (the run's: {base}); max |diff| {diff32:.4f}")
+
+
+PLACEMENT_TOLERANCE = 5e-3
+
+
+def placement_status(diff: float) -> str:
+    return "OK" if diff < PLACEMENT_TOLERANCE else "FAIL"
+
+
+def nonfinite_status(nonfinite: int, redone: int) -> str:
+    """FAIL when a row stays NaN/inf (redo in float32 failed); INFO when some needed the redo."""
+    return "FAIL" if nonfinite > redone else ("INFO" if nonfinite else "OK")
+
+
+def override_status(run_dtype: str, used: str, wanted: str) -> str:
+    """An override that leaves the compute dtype as the run had it was ignored, whatever the predictions."""
+    return "OK" if used == wanted != run_dtype else "FAIL"
 
 
 def scaler(c: Check) -> None:
@@ -449,14 +529,29 @@ def scaler(c: Check) -> None:
 
 
 def tests(c: Check) -> None:
-    """tests/test_cuda.py (the dry run only collects them: the test suite runs them itself)."""
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                           *(["--collect-only"] if c.dry else []), "tests/test_cuda.py"],
-                          cwd=REPO, capture_output=True, text=True, timeout=max(30, int(c.left()) - 5))
-    last = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
-    c.line("TESTS", "tests/test_cuda.py", "OK" if proc.returncode == 0 else "FAIL", last)
+    """tests/test_cuda.py with the kit's site/ on the subprocess's path (the dry run only collects them:
+    the test suite runs them itself)."""
+    c.line("TESTS", "tests/test_cuda.py", *pytest_status(*run_pytest(c, REPO / "tests" / "test_cuda.py", c.dry)))
+
+
+def run_pytest(c: Check, path: Path, collect_only: bool = False) -> tuple[int, str]:
+    """(return code, output) of pytest on ``path`` in a subprocess that sees the kit (``--stage``'s site/)."""
+    site = [str(c.stage / "site")] if c.stage and (c.stage / "site").is_dir() else []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(site + [str(REPO)] + [os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                           *(["--collect-only"] if collect_only else []), str(path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=max(30, int(c.left()) - 5))
     if proc.returncode:
         print(proc.stdout[-2000:])
+    return proc.returncode, proc.stdout
+
+
+def pytest_status(returncode: int, output: str) -> tuple[str, str]:
+    """(status, the summary line): FAIL on a failure, an error, or any skip (a skipped CUDA test is a check
+    that did not run); a collection (the dry run) passes when it collected tests."""
+    summary = (output.strip().splitlines() or ["(no output)"])[-1]
+    ran = "passed" in summary or "collected" in summary
+    return ("OK" if returncode == 0 and ran and "skipped" not in summary else "FAIL"), summary
 
 
 def _empty_cache(c: Check) -> None:
@@ -501,9 +596,11 @@ def main(argv: list[str] | None = None) -> int:
         if name in wanted:
             c.run(name, functions[name])
     failed = [r for r in c.results if r["status"] == "FAIL"]
+    passed = [r for r in c.results if r["status"] == "OK"]
     print(f"{len(c.results)} checks, {len(failed)} failed, {time.monotonic() - c.t0:.0f}s")
     print(json.dumps({"benchmark": "gpu_check", "device": c.dev, "dry_run": c.dry, "seconds": round(time.monotonic() - c.t0),
                       "failed": len(failed), "checks": c.results}, default=str))
+    print(f"gpu-check: {len(passed)} passed, {len(failed)} failed")  # the one line to paste from Kaggle or Colab
     return 1 if failed else 0
 
 

@@ -146,6 +146,40 @@ def test_model_parallel_4bit_run_is_quantized_on_the_gpus_not_refused(monkeypatc
         assert call["quantization_config"].bnb_4bit_compute_dtype == torch.float16
 
 
+def test_predict_quantization_override_loads_a_16bit_run_in_4bit(monkeypatch, fake_t4s, recorded_loads, tmp_path,
+                                                                  tokenizer):
+    """`wsdm predict --set model.quantization=4bit` (or 8bit) on a run trained in 16 bits: NF4 weights on the GPU."""
+    from wsdm_helpers.cli import _inference_overrides
+
+    _pretend_bitsandbytes(monkeypatch)
+    run = _run_folder(tmp_path, tokenizer, dtype="float16")
+    for kind in ("4bit", "8bit"):
+        overrides = _inference_overrides([f"model.quantization={kind}"])
+        assert overrides == {"quantization": kind}
+        load_runs(run, InferenceConfig(devices=["cuda:0"], model_parallel=True, **overrides))
+        quantization = recorded_loads[-1]["quantization_config"]
+        assert (quantization.load_in_4bit, quantization.load_in_8bit) == (kind == "4bit", kind == "8bit")
+    assert recorded_loads[-1]["device_map"] == {"": 0}
+    load_runs(run, InferenceConfig(devices=["cuda:0"], model_parallel=True))
+    assert "quantization_config" not in recorded_loads[-1]  # run: the run's own (none)
+    with pytest.raises(ConfigError, match="'inference.quantization' must be one of"):
+        inference.load_run_config(run / "config.yaml", {"inference.quantization": "nf5"})
+
+
+def test_a_run_too_big_for_one_gpu_suggests_model_parallel_and_4bit(monkeypatch, fake_t4s, recorded_loads, run_dir):
+    """One copy per T4 runs out of memory while loading: the error names the settings that make it fit."""
+    def out_of_memory(path, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.75 GiB")
+
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", out_of_memory)
+    with pytest.raises(ConfigError, match=r"does not fit \(one copy per device; out of memory while loading: CUDA "
+                       r"out of memory. Tried to allocate 1.75 GiB\). Fix: wsdm predict --set "
+                       r"inference.model_parallel=true .* or --set model.quantization=4bit"):
+        load_runs(run_dir, InferenceConfig(devices=["cuda:0", "cuda:1"]))
+    with pytest.raises(ConfigError, match=r"spread over cuda:0, cuda:1; .*Fix: wsdm predict --set model.quantization=4bit"):
+        load_runs(run_dir, InferenceConfig(devices=["cuda:0", "cuda:1"], model_parallel=True))
+
+
 def test_data_parallel_stays_the_default(fake_t4s, recorded_loads, monkeypatch, run_dir):
     """One copy per GPU unless model_parallel is asked for (the copies are then moved with .to(device))."""
     assert InferenceConfig().model_parallel is False
@@ -177,17 +211,25 @@ def test_float16_on_a_cpu_is_refused_with_the_fix(run_dir, frame):
     from wsdm_helpers.cli import _inference_overrides
 
     assert _inference_overrides(["model.dtype=float16", "inference.tta=none"]) == {"dtype": "float16", "tta": "none"}
-    with pytest.raises(ConfigError, match="model.dtype"):
-        _inference_overrides(["model.quantization=none"])
+    with pytest.raises(ConfigError, match="model.dtype and model.quantization"):
+        _inference_overrides(["model.num_labels=3"])
 
 
-def test_bf16_run_on_a_t4_is_refused_with_the_override_that_fixes_it(monkeypatch, fake_t4s, recorded_loads,
-                                                                     tmp_path, tokenizer):
-    run = _run_folder(tmp_path, tokenizer, family="gemma3", dtype="bfloat16")
-    with pytest.raises(ConfigError, match="--set model.dtype=auto"):
+@pytest.mark.parametrize("family,expected", [("gemma3", torch.float32), ("llama", torch.float16)])
+def test_bf16_run_on_a_t4_falls_back_as_auto_does_and_is_logged(family, expected, fake_t4s, recorded_loads,
+                                                                tmp_path, tokenizer, caplog):
+    """A run trained in bf16 predicts on a T4 in what auto gives there (fp16; fp32 for Gemma 3), logged;
+    training in bf16 on a T4 stays an error."""
+    run = _run_folder(tmp_path, tokenizer, family=family, dtype="bfloat16")
+    with caplog.at_level(logging.WARNING, logger="wsdm_helpers.modeling"):
         load_runs(run, InferenceConfig(devices=["cuda:0"], model_parallel=True))
+    assert recorded_loads[-1]["dtype"] == expected
+    assert "model.dtype=bfloat16: Tesla T4 (pre-Ampere)" in caplog.text
+    assert f"predicting in {str(expected).replace('torch.', '')} instead" in caplog.text
+    with pytest.raises(ConfigError, match="bfloat16 on Tesla T4"):
+        resolve_dtype("bfloat16", torch.device("cuda", 0), FAMILIES[family])
     load_runs(run, InferenceConfig(devices=["cuda:0"], model_parallel=True, dtype="float16"))
-    assert recorded_loads[-1]["dtype"] == torch.float32  # Gemma 3 never fp16: fp32 on a T4
+    assert recorded_loads[-1]["dtype"] == expected  # Gemma 3 never fp16: fp32 on a T4
 
 
 def test_dtype_override_changes_the_compute_dtype(run_dir, frame):
@@ -381,6 +423,7 @@ def test_the_next_kaggle_session_resumes_from_the_attached_output_of_the_last(tm
 
     from wsdm_helpers.config import load_run_config
     from wsdm_helpers.data import write_canonical
+    from wsdm_helpers.pipeline import run_kind
     from wsdm_helpers.trainer import TimeLimit
     from wsdm_helpers.training import train
 
@@ -391,6 +434,8 @@ def test_the_next_kaggle_session_resumes_from_the_attached_output_of_the_last(tm
     settings = {"data.train_path": str(data), "model.source": str(model), "train.output_dir": str(working / "run")}
     first = train(load_run_config(TINY_PRESET, settings), callbacks=[TimeLimit(55, clock=_Clock(10))])
     assert first.metrics["stopped"] == "max_hours" and first.metrics["global_step"] == 3
+    assert run_kind(working / "run") is None  # no weights: not a finished run, but its curve and settings so far
+    assert (working / "run" / "log_history.json").is_file() and (working / "run" / "config.yaml").is_file()
     attached = tmp_path / "kaggle" / "input" / "train-gemma-session-1"
     shutil.copytree(working, attached)
     shutil.rmtree(working)  # the next Kaggle session starts with an empty /kaggle/working

@@ -265,3 +265,25 @@ def test_each_worker_batches_for_its_own_device():
     seen.clear()
     worker.score(rows, InferenceConfig(max_batch_size=64).for_device("cuda"))
     assert max(seen) > 2048  # values a caller resolved are kept, as before
+
+
+def test_each_gpu_worker_thread_makes_its_gpu_the_current_device(monkeypatch):
+    """One thread per GPU: each sets its own device as the thread's current one before its first batch
+    (kernels that read the current device, not their tensors', then run on the right GPU). CUDA is faked:
+    set_device is recorded per thread, and each batch's forward notes its thread's current device."""
+    import threading
+
+    from wsdm_helpers.inference import Worker, score_rows
+
+    current, batches = {}, []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: current.__setitem__(threading.get_ident(), device))
+
+    def forward(self, rows, float32=False):
+        batches.append((str(self.device), str(current.get(threading.get_ident()))))
+        return np.zeros((len(rows), 2))
+
+    monkeypatch.setattr(Worker, "_forward", forward)
+    workers = [Worker(scorer=None, device=torch.device("cuda", i), pad_id=0, padding_side="left") for i in (0, 1)]
+    score_rows([[1] * 20] * 8, [str(i) for i in range(8)], workers, InferenceConfig(max_batch_size=2))
+    assert {worker for worker, _ in batches} == {"cuda:0", "cuda:1"}
+    assert all(worker == thread_current for worker, thread_current in batches), batches

@@ -266,3 +266,71 @@ def test_kaggle_input_paths_resolve_in_the_input_folder_off_kaggle(tiny_models, 
     assert resolve_source("/kaggle/input/llama") == tiny_models["llama"]
     with pytest.raises(ConfigError, match="is not a model folder"):
         resolve_source("/kaggle/input/no-such-model")
+
+
+# ---- no KV cache when scoring or pooling ------------------------------------------------------------
+def _wide_kv_decoder(tokenizer, out_dir, layers: int = 8) -> tuple:
+    """A tiny qwen2 classifier whose KV cache is large beside its other activations (K/V as wide as the
+    queries, a narrow MLP), saved with ``use_cache=True`` as real checkpoints are; (folder, config)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    model_type, sizes = TINY_CONFIGS["qwen2"]
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), num_labels=2,
+                                  pad_token_id=tokenizer.pad_token_id, use_cache=True,
+                                  **dict(sizes, num_hidden_layers=layers, num_key_value_heads=4, head_dim=32,
+                                         intermediate_size=32, layer_types=["full_attention"] * layers))
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    return out_dir, config
+
+
+def _peak_cpu_bytes(fn) -> int:
+    """Peak bytes that torch's CPU allocator holds for ``fn`` above what it held before (every allocation
+    and free the profiler records, in time order)."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        if node.tag == _EventType.Allocation:
+            events.append((node.start_time_ns, node.extra_fields.alloc_size))
+        stack.extend(node.children)
+    level = peak = 0
+    for _, size in sorted(events):
+        level += size
+        peak = max(peak, level)
+    return peak
+
+
+def test_scoring_and_pooling_build_no_kv_cache_and_peak_lower(tokenizer, tmp_path):
+    """load_model turns the cache off and every scoring or pooling forward asks for none: no cache comes
+    back, and the scorer's peak memory drops by at least half the cache the old forward built."""
+    from wsdm_helpers.modeling import mean_states_per_depth, pooled_hidden_states
+
+    folder, config = _wide_kv_decoder(tokenizer, tmp_path / "wide")
+    model, _, _ = load_model(run_config(folder), "cpu")
+    model.eval()
+    assert model.config.use_cache is False
+    outputs = []
+    model.model.register_forward_hook(lambda module, args, output: outputs.append(output))
+    ids = torch.randint(10, len(tokenizer), (8, 256))
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        PairScorer(model, "classifier").logits(ids, mask)
+        PairScorer(model, "classifier", pooling="mean").logits(ids, mask)
+        pooled_hidden_states(model, ids, mask, "last")
+        mean_states_per_depth(model, ids, mask)
+        assert len(outputs) == 4 and all(out.past_key_values is None for out in outputs)
+        model.config.use_cache = True  # what load_run and class_logits did before: the config's default
+        cache = model(input_ids=ids, attention_mask=mask).past_key_values
+        cache_bytes = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+        del cache
+        old = _peak_cpu_bytes(lambda: model(input_ids=ids, attention_mask=mask))
+        model.config.use_cache = False
+        fixed = _peak_cpu_bytes(lambda: PairScorer(model, "classifier").logits(ids, mask))
+    assert cache_bytes == config.num_hidden_layers * 2 * ids.numel() * 4 * 32 * 4  # layers x K,V x tokens x width x fp32
+    assert old - fixed >= cache_bytes / 2, (old, fixed, cache_bytes)

@@ -81,8 +81,10 @@ def test_first_cell_says_what_it_does_and_how_to_run_it(notebook_path):
     first = "".join(nb["cells"][0]["source"])
     assert nb["cells"][0]["cell_type"] == "markdown" and first.startswith("# ")
     assert f"papermill notebooks/{notebook_path.name}" in first and f"wsdm run-notebook {notebook_path.stem}" in first
-    install = "".join(nb["cells"][1]["source"])
-    assert 'find_spec("wsdm_helpers") is None' in install and '"--no-index", "--find-links"' in install
+    # the parameters cell first (literals only), so the install cell can read wsdm_source
+    assert "parameters" in nb["cells"][1]["metadata"].get("tags", [])
+    install = "".join(nb["cells"][2]["source"])
+    assert 'find_spec("wsdm_helpers") is None' in install and '"install.py"' in install and "wsdm_source" in install
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -13,6 +13,7 @@ the venv's own ``wsdm predict`` on the demo test set.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
@@ -33,6 +34,8 @@ WHEEL_CACHE = REPO / ".cache" / "wheels"
 # What Kaggle's image ships (their own requirements come along); the wheelhouse must supply the rest.
 IMAGE_PACKAGES = ("torch", "transformers", "accelerate", "tokenizers", "safetensors", "huggingface_hub",
                   "numpy", "pandas", "pyarrow", "pyyaml", "tqdm")
+# Colab's runtime also ships peft and the Jupyter stack (kaggle/images.py; papermill stands in for its front end).
+COLAB_PACKAGES = (*IMAGE_PACKAGES, "peft", "papermill", "ipykernel", "ipywidgets", "matplotlib", "nbformat")
 CLOSED_PORT = "http://127.0.0.1:9"
 
 
@@ -69,10 +72,10 @@ def _closure(names: tuple[str, ...]) -> list[importlib.metadata.Distribution]:
     return list(seen.values())
 
 
-def _image_folder(folder: Path) -> Path:
+def _image_folder(folder: Path, packages: tuple[str, ...] = IMAGE_PACKAGES) -> Path:
     """Links to the top-level files and folders of the image's distributions (nothing else)."""
     folder.mkdir()
-    for dist in _closure(IMAGE_PACKAGES):
+    for dist in _closure(packages):
         site = Path(dist.locate_file(""))
         tops = {Path(f).parts[0] for f in dist.files or []}
         for top in sorted(tops - {"..", "__pycache__"}):
@@ -120,7 +123,10 @@ def kaggle_venv(wheelhouse, tmp_path_factory) -> Path:
 
 def test_wheelhouse_installs_offline_into_a_fresh_venv(wheelhouse, kaggle_venv, tmp_path):
     requirements = (wheelhouse / "requirements.txt").read_text().split()
-    assert requirements == ["wsdm_helpers[training,quantization,notebooks]==0.1.0", *default_packages()]
+    assert requirements[0] == "wsdm_helpers[training,quantization,notebooks]==0.1.0"
+    assert set(default_packages()) <= set(requirements)
+    # the stand-in image already has every pinned version it carries: the install replaces none of its files
+    assert f"transformers=={importlib.metadata.version('transformers')}" in requirements
     assert (wheelhouse / "dataset-metadata.json").is_file()
     carried = {canonicalize_name(p.name.split("-")[0]) for p in wheelhouse.glob("*.whl")}
     assert {"bitsandbytes", "peft", "transformers", "papermill", "wsdm-helpers"} <= carried
@@ -164,3 +170,45 @@ def test_offline_venv_predicts_with_a_bundled_adapter(kaggle_venv, tmp_path):
     assert submission.columns.tolist() == ["id", "winner"]
     assert submission["id"].tolist() == test_ids.tolist()
     assert set(submission["winner"]) <= {"model_a", "model_b"}
+
+
+# ---- the notebooks' install cell (Colab, a laptop: no clone, no env var; only the wsdm_source parameter) --------
+def _install_cell(notebook: str = "train_gemma") -> str:
+    cells = json.loads((REPO / "notebooks" / f"{notebook}.ipynb").read_text())["cells"]
+    return next("".join(c["source"]) for c in cells if "".join(c["source"]).startswith("# Install wsdm_helpers"))
+
+
+def _bare_venv(root: Path) -> Path:
+    """A venv with the "image" packages linked in and no wsdm_helpers (as a Colab runtime)."""
+    venv = root / "venv"
+    _run([sys.executable, "-m", "venv", venv], cwd=root)
+    _run([venv / "bin" / "python", "-m", "pip", "uninstall", "-y", "setuptools"], cwd=root)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    (site / "image.pth").write_text(f"{_image_folder(root / 'image', COLAB_PACKAGES)}\n")
+    return venv
+
+
+def test_install_cell_installs_from_the_wsdm_source_wheel(tmp_path):
+    wheels = tmp_path / "dist"
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", wheels, REPO], cwd=tmp_path)
+    wheel = next(wheels.glob("wsdm_helpers-*.whl"))
+    venv = _bare_venv(tmp_path)
+    cell = tmp_path / "cell.py"
+    cell.write_text(f"wsdm_source = {str(wheel)!r}\n" + _install_cell())
+    work = tmp_path / "content"  # no ../setup.py here: not a clone
+    work.mkdir()
+    out = _run([venv / "bin" / "python", cell], cwd=work)
+    assert "installing wsdm_helpers:" in out and wheel.name in out
+    where = _run([venv / "bin" / "python", "-c", "import wsdm_helpers; print(wsdm_helpers.__file__)"], cwd=work)
+    assert Path(where.strip()).is_relative_to(next((venv / "lib").glob("python3*/site-packages")))
+
+
+@pytest.mark.parametrize("source", ["wsdm_helpers", "wsdm-helpers==0.1.0", "/no/such/wheelhouse"])
+def test_install_cell_refuses_a_bare_package_name(tmp_path, source):
+    cell = tmp_path / "cell.py"
+    cell.write_text(f"wsdm_source = {source!r}\n" + _install_cell("inference"))
+    base = Path(sys.base_prefix) / "bin" / "python3"  # an interpreter without wsdm_helpers
+    done = subprocess.run([str(base), str(cell)], cwd=tmp_path, env=_offline_env(), capture_output=True, text=True)
+    assert done.returncode != 0
+    assert f"wsdm_source={source!r}" in done.stderr and "bare package name is never installed" in done.stderr
+    assert "installing wsdm_helpers" not in done.stdout

@@ -292,6 +292,11 @@ def test_notebook_and_wsdm_predict_write_byte_identical_submissions(runs, data, 
                                     "test_path": str(data["wsdm_test"]), "time_budget_minutes": 600,
                                     "labels_path": str(data["labels"])}, out_root=tmp_path / "nb", log_output=False)
     assert (nb.out_dir / "submission.csv").read_bytes() == cli_out.read_bytes()
+    import nbformat
+
+    printed = "".join(o.get("text", "") for cell in nbformat.read(str(nb.notebook), as_version=4).cells
+                      for o in cell.get("outputs", []))
+    assert "submission deadline: 600 min budget less 5 min safety" in printed  # printed before any work
     assert json.loads((nb.out_dir / REPORT_FILE).read_text())["runs"][1]["status"] == "done"
     assert (nb.out_dir / "scores.json").is_file()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -432,3 +433,130 @@ def test_plain_progress_gives_the_trainer_text_bars(demo, tiny_model, tmp_path, 
     monkeypatch.delenv("WSDM_PROGRESS")
     train(tiny_cfg(demo, tiny_model("qwen2"), tmp_path / "default", {"train.max_steps": 2, "data.fold": -1}))
     assert started == [TextProgress]
+
+
+# ---- gradient accumulation and non-finite steps ---------------------------------------------------
+class FirstStep(TrainerCallback):
+    """Stops after the first logged step, keeping its loss and gradient norm."""
+
+    def __init__(self):
+        self.first = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.first is None and "loss" in logs:
+            self.first = {"loss": logs["loss"], "grad_norm": logs["grad_norm"]}
+            control.should_training_stop = True
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])  # decoder classifiers: their forward takes **kwargs
+def test_gradient_accumulation_gives_the_loss_and_gradient_of_the_whole_batch(family, demo, tiny_model, tmp_path):
+    """8 rows in one batch and 4 batches of 2 accumulated: the same first loss and gradient norm on the
+    installed transformers (make test-floors runs it on the floors). Before 5.19 the Trainer used to skip
+    the 1/accumulation division for such models: 4x the loss and the gradient norm."""
+    import transformers
+
+    first = {}
+    for batch, accumulation in ((8, 1), (2, 4)):
+        seen = FirstStep()
+        cfg = tiny_cfg(demo, tiny_model(family), tmp_path / f"ga{accumulation}", {
+            "train.per_device_batch_size": batch, "train.gradient_accumulation": accumulation,
+            "train.group_by_length": False, "train.max_grad_norm": 1e6, "data.fold": -1})  # norm, no clip
+        train(cfg, callbacks=[seen])
+        first[accumulation] = seen.first
+    assert first[4] == pytest.approx(first[1], rel=1e-4), (transformers.__version__, first)
+
+
+class PoisonAt(TrainerCallback):
+    """At the start of step ``at``: the head's weights (``target="weights"``) or its gradients go NaN."""
+
+    def __init__(self, at: int, target: str):
+        self.at, self.target = at, target
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step + 1 != self.at:
+            return
+        head = next(p for n, p in model.named_parameters() if p.requires_grad and "score" in n)
+        if self.target == "weights":
+            with torch.no_grad():
+                head.fill_(float("nan"))
+        else:
+            head.register_hook(lambda grad: grad * float("nan"))
+
+
+@pytest.mark.parametrize("target,named", [("weights", "the training loss is NaN or inf"),
+                                          ("gradients", "the gradient norm is nan")])
+def test_a_nan_at_step_3_stops_training_at_step_3_naming_it(target, named, demo, tiny_model, tmp_path):
+    from wsdm_helpers.errors import NumericalError
+
+    snap = Snapshot()
+    cfg = tiny_cfg(demo, tiny_model("llama"), tmp_path / "run", {"train.eval_steps": 1, "train.save_steps": 1})
+    with pytest.raises(NumericalError, match=f"training stopped at step 3: {named}"):
+        train(cfg, callbacks=[PoisonAt(3, target), snap])
+    assert snap.steps == [1, 2, 3]
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-1", "checkpoint-2"]  # the NaN step is neither logged nor saved
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_an_overflowing_fp16_step_is_the_scalers_business_until_its_scale_falls_below_1():
+    from wsdm_helpers.errors import NumericalError
+    from wsdm_helpers.trainer import check_step_numerics
+
+    check_step_numerics(1, True, float("inf"), scale=32768.0)  # GradScaler skips this step and halves its scale
+    check_step_numerics(2, True, 0.7, scale=None)
+    with pytest.raises(NumericalError, match="step 9: the fp16 loss scale fell to 0.5"):
+        check_step_numerics(9, True, float("inf"), scale=torch.amp.GradScaler("cpu", init_scale=0.5).get_scale())
+    with pytest.raises(NumericalError, match="step 4: the gradient norm is inf"):
+        check_step_numerics(4, True, torch.tensor(float("inf")), scale=None)
+
+
+OOM_ON_RANK_1 = '''
+import sys
+
+import torch
+from transformers import TrainerCallback
+
+from wsdm_helpers.config import load_run_config
+from wsdm_helpers.errors import WsdmError
+from wsdm_helpers.training import train
+
+
+class OutOfMemoryOnRank1(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if args.process_index == 1 and state.global_step == 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated on rank 1)")
+
+
+try:
+    train(load_run_config(sys.argv[1]), callbacks=[OutOfMemoryOnRank1()])
+except WsdmError as exc:  # what the CLI does with it
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(2)
+'''
+
+
+def test_out_of_memory_on_one_of_two_ranks_ends_both_with_the_settings_to_rerun(demo, tiny_model, tmp_path):
+    """DDP over gloo, real processes: rank 1 runs out of memory after step 2 while rank 0 goes on into
+    step 3's all-reduce. Rebuilding rank 1's trainer alone used to leave rank 0 waiting until the
+    collective's timeout; now rank 1 ends with a clear error and the launcher ends rank 0."""
+    cfg = tiny_cfg(demo, tiny_model("llama"), tmp_path / "run", {"train.per_device_batch_size": 2,
+                                                                  "train.group_by_length": False})
+    script = tmp_path / "oom_on_rank_1.py"
+    script.write_text(OOM_ON_RANK_1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(REPO), os.environ.get("PYTHONPATH", "")])}
+    launch = subprocess.Popen([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                               str(REPO / "configs" / "accelerate" / "ddp-cpu-2proc.yaml"), str(script),
+                               str(save_yaml(cfg, tmp_path / "run.yaml"))], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = launch.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(launch.pid, signal.SIGKILL)  # the launcher and both ranks
+        launch.communicate()
+        pytest.fail("the two ranks hung after an out-of-memory error on one of them")
+    assert launch.returncode != 0
+    assert ("error: CUDA out of memory at step 2 in process 1 of 2: with several processes the batch is not "
+            "halved") in stderr
+    assert "--set train.per_device_batch_size=1 train.gradient_accumulation=2" in stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()

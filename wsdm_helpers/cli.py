@@ -3,7 +3,8 @@
 Modules are imported inside the handlers so ``wsdm --help`` stays fast (no torch import).
 Errors the package raises on purpose (``WsdmError``) are printed without a traceback and exit 2.
 Logging goes to stderr at INFO (``-q``: warnings only, ``-v``: debug); a closed stdout pipe
-(``wsdm ... | head``) ends the command quietly with the shell's SIGPIPE status, 141.
+(``wsdm ... | head``) ends the command quietly with the shell's SIGPIPE status, 141; Ctrl-C ends it with
+one line saying whether rerunning resumes, status 130 (128 + SIGINT).
 """
 from __future__ import annotations
 
@@ -92,6 +93,9 @@ def _demo_data(args: argparse.Namespace) -> int:
 
 # ---- Kaggle bundle ---------------------------------------------------------------------------------
 def _add_bundle_commands(sub: argparse._SubParsersAction) -> None:
+    from .kaggle.competitions import COMPETITIONS
+    from .kaggle.kernel import PUSH_ACCELERATOR
+
     bundle = sub.add_parser("bundle", help="build and check folders for the Kaggle CLI (offline scoring)"
                             ).add_subparsers(dest="bundle_command", required=True)
     wheels = bundle.add_parser("wheels", help="wheelhouse dataset: wsdm_helpers and its whole closure but torch, "
@@ -104,7 +108,8 @@ def _add_bundle_commands(sub: argparse._SubParsersAction) -> None:
     wheels.add_argument("--torch", help="the target's torch version, kept as it is (overrides the image's)")
     wheels.add_argument("--packages", nargs="*", default=None,
                         help="requirements pinned on top of the closure (default: peft at the installed version)")
-    wheels.add_argument("--glibc", default="2.31", help="target glibc: wheels for manylinux up to it are accepted")
+    wheels.add_argument("--glibc", default="2.35", help="target glibc: wheels for manylinux up to it are accepted "
+                                                       "(Kaggle's and Colab's Ubuntu 22.04: 2.35)")
     wheels.add_argument("--platform", action="append", default=None,
                         help="explicit pip platform tag (repeatable); replaces the --glibc list")
     wheels.add_argument("--find-links", action="append", default=[], help="local folder of wheels (repeatable)")
@@ -123,9 +128,18 @@ def _add_bundle_commands(sub: argparse._SubParsersAction) -> None:
     kernel.add_argument("--notebook", required=True)
     kernel.add_argument("--out", required=True)
     kernel.add_argument("--title", default="WSDM inference", help="kernel title; the id's slug is derived from it")
-    kernel.add_argument("--competition", action="append", default=None,
-                        help="competition slug (repeatable; default wsdm-cup-multilingual-chatbot-arena)")
+    kernel.add_argument("--competition", default="wsdm", choices=sorted(COMPETITIONS),
+                        help="the competition to attach: " + ", ".join(f"{k} = {c.slug}" for k, c in COMPETITIONS.items()))
     kernel.add_argument("--dataset", action="append", default=[], help="[owner/]dataset-slug to attach (repeatable)")
+    kernel.add_argument("--adapter-dir", action="append", default=[], metavar="BUNDLE",
+                        help="a folder `wsdm bundle adapter` wrote: its dataset is attached and its base model must "
+                             "be attached too (--dataset or --model), else the bundle is refused (repeatable)")
+    kernel.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
+                        help="a notebook parameter written into the bundled notebook's parameters cell (VALUE is a "
+                             "YAML literal, checked against the notebook's declared parameters)")
+    kernel.add_argument("--machine-shape", default=PUSH_ACCELERATOR,
+                        help="the GPU kernel's accelerator (kernel-metadata.json machine_shape; default %(default)s, "
+                             "Kaggle's GPU T4 x2)")
     kernel.add_argument("--model", action="append", default=[],
                         help="Kaggle Model owner/model/framework/variation/version (repeatable)")
     kernel.add_argument("--kernel-source", action="append", default=[], help="[owner/]kernel-slug to attach")
@@ -166,14 +180,16 @@ def _bundle_adapter(args: argparse.Namespace) -> int:
 
 
 def _bundle_kernel(args: argparse.Namespace) -> int:
-    from .kaggle.kernel import COMPETITION, PUSH_ACCELERATOR, bundle_kernel
+    from .kaggle.kernel import bundle_kernel
+    from .notebook_runner import parse_cli_parameters
 
-    report = bundle_kernel(args.notebook, args.out, competitions=args.competition or [COMPETITION],
-                           datasets=args.dataset, models=args.model, kernels=args.kernel_source, title=args.title,
-                           username=args.username, enable_gpu=not args.cpu, is_private=not args.public,
-                           replace=args.replace)
+    report = bundle_kernel(args.notebook, args.out, competition=args.competition, datasets=args.dataset,
+                           models=args.model, kernels=args.kernel_source, adapters=args.adapter_dir,
+                           parameters=parse_cli_parameters(args.parameter), title=args.title,
+                           username=args.username, enable_gpu=not args.cpu, machine_shape=args.machine_shape,
+                           is_private=not args.public, replace=args.replace)
     print(report.to_text())
-    print(f"push: kaggle kernels push -p {args.out}" + ("" if args.cpu else f" --accelerator {PUSH_ACCELERATOR}"))
+    print(f"push: kaggle kernels push -p {args.out}" + ("" if args.cpu else f" --accelerator {args.machine_shape}"))
     return 0
 
 
@@ -273,7 +289,8 @@ def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--work-dir", default="", help="folder for resumable chunks (default .wsdm-chunks "
                          "beside --out)")
     predict.add_argument("--set", action="append", default=[], metavar="inference.KEY=VALUE",
-                         help="override every LLM run's inference settings, e.g. inference.tta=selective")
+                         help="override every LLM run's inference settings, e.g. inference.tta=selective, "
+                         "model.dtype=auto or model.quantization=4bit")
     add_field_argument(predict, "--on-failure", PipelineConfig, "on_failure")
     add_field_argument(predict, "--max-fallback-share", PipelineConfig, "max_fallback_share", type=float)
     predict.set_defaults(handler=_predict)
@@ -311,12 +328,12 @@ def _inference_overrides(items: list[str]) -> dict:
     """``--set inference.KEY=VALUE`` strings as typed values (YAML scalars), keyed by field name."""
     values = {}
     for key, value in parse_sets(items).items():
-        if key == "model.dtype":  # the run's compute dtype, replaced for prediction (inference.dtype)
-            key = "inference.dtype"
+        if key in ("model.dtype", "model.quantization"):  # the run's, replaced for prediction (inference.*)
+            key = "inference." + key.partition(".")[2]
         section, _, name = key.partition(".")
         if section != "inference" or not name or "." in name:
-            raise ConfigError(f"--set {key}: wsdm predict only takes inference.* overrides and model.dtype (the "
-                              "model and format are fixed by the run folder)")
+            raise ConfigError(f"--set {key}: wsdm predict only takes inference.* overrides, model.dtype and "
+                              "model.quantization (the model and format are fixed by the run folder)")
         values[name] = value
     return values
 
@@ -589,6 +606,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What rerunning an interrupted command does (outputs are renamed into place only when complete, so an
+# interrupted command never leaves a half-written one).
+RERUN = {
+    "train": "rerunning the same command resumes from the last checkpoint in train.output_dir (train.resume)",
+    "cv": "rerunning the same command keeps the finished folds and resumes the one in progress from its last "
+          "checkpoint",
+    "predict": "with --resume (on by default under /kaggle/working), rerunning the same command reuses the "
+               "finished chunks; without it, rerunning starts again",
+}
+RERUN_AFRESH = "nothing half-written was left; rerunning the same command starts again"
+
+
 def main(argv: list[str] | None = None) -> int:
     from .logs import setup_logging
 
@@ -599,6 +628,9 @@ def main(argv: list[str] | None = None) -> int:
     except WsdmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nwsdm {args.command}: interrupted; {RERUN.get(args.command, RERUN_AFRESH)}", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # The reader of stdout went away (| head): point stdout at /dev/null so the exit flush cannot fail.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -46,7 +47,8 @@ class Section:
 def collect_problems(cfg: Any, where: str = "") -> list[str]:
     """Problems of ``cfg`` and of every nested section, each prefixed by its dotted path.
 
-    Fields typed with a ``Literal`` are checked here for every section, so no ``check()`` lists choices.
+    Fields typed with a ``Literal`` are checked here for every section, so no ``check()`` lists choices;
+    so is every float (NaN would pass each ``<`` and ``>`` a check makes, and mean "no limit" or worse).
     """
     problems = [f"{where}{p}" if where else p for p in cfg.check()] if isinstance(cfg, Section) else []
     hints = _field_types(type(cfg))
@@ -55,10 +57,20 @@ def collect_problems(cfg: Any, where: str = "") -> list[str]:
         if dataclasses.is_dataclass(value):
             problems += collect_problems(value, f"{where}{f.name}.")
             continue
+        problems += _non_finite(f"{where}{f.name}", value)
         allowed = choices(hints[f.name])
         if allowed and value not in allowed and not (value is None and _is_optional(hints[f.name])):
             problems.append(choice_problem(f"{where}{f.name}", value, allowed))
     return problems
+
+
+def _non_finite(path: str, value: Any) -> list[str]:
+    """A problem for a float (or a float in a list) that is NaN or infinite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"'{path}' must be a finite number, got {value}"]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _non_finite(f"{path}[{i}]", v)]
+    return []
 
 
 def choices(annotation: Any) -> tuple[Any, ...]:
@@ -265,6 +277,7 @@ NumLabels = Literal[2, 3]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 InferenceDtype = Literal["run", "auto", "float32", "bfloat16", "float16"]  # run: the run's own model.dtype
 Quantization = Literal["none", "4bit", "8bit"]
+InferenceQuantization = Literal["run", "none", "4bit", "8bit"]  # run: the run's own model.quantization
 Attention = Literal["auto", "eager", "sdpa", "flash_attention_2"]
 # transformers schedules that need no extra arguments (reduce_lr_on_plateau, *_min_lr and
 # warmup_stable_decay need more than the Trainer is given here)
@@ -553,6 +566,10 @@ class InferenceConfig(Section):
     dtype: InferenceDtype = option("run", help="compute dtype for prediction: run (the run's model.dtype), auto, float32, "
                         "bfloat16 or float16; the family's rules apply (Gemma 3 asked for float16 on a T4 gets "
                         "float32, logged); `wsdm predict --set model.dtype=X` sets it")
+    quantization: InferenceQuantization = option(
+        "run", help="weights for prediction: run (the run's model.quantization), none, 4bit (NF4) or 8bit (LLM.int8; "
+        "both CUDA with bitsandbytes); for a 16-bit run too big for one GPU, 4bit or model_parallel=true; "
+        "`wsdm predict --set model.quantization=X` sets it")
 
     def check(self) -> list[str]:
         problems = [f"devices: {d!r} is not a device name; use cpu, cuda or cuda:N" for d in self.devices

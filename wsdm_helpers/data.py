@@ -900,16 +900,18 @@ def frame_from_records(records: list[dict], source: str = "records") -> pd.DataF
     return _assemble(parts, source, source)
 
 
+CANONICAL_FORMATS = {".parquet": "parquet", ".pq": "parquet"}
+
+
 def check_canonical_out(path: str | Path, source: str | Path | None = None, overwrite: bool = True) -> Path:
     """The output path of a canonical file: a ``.parquet``/``.pq`` name that is not the input ``source``
     and, unless ``overwrite``, not an existing file."""
-    path = Path(path)
-    if path.suffix.lower() not in (".parquet", ".pq"):
-        raise _fail(path, f"canonical files are parquet, but the name ends in '{path.suffix}'",
-                    f"name the output {path.with_suffix('.parquet').name}")
-    if source is not None and path.exists() and path.resolve() == Path(source).resolve():
-        raise _fail(path, "is the input file: converting it onto itself would replace it (and drop any column "
-                          "the canonical layout lacks)", "write to a new file")
+    from .io import check_output_file, check_output_suffix
+
+    if source is None:
+        path = check_output_suffix(path, CANONICAL_FORMATS, "canonical file")
+    else:
+        path = check_output_file(path, CANONICAL_FORMATS, "--out", {"the input file": source})
     if not overwrite and path.exists():
         raise _fail(path, "exists already", "choose a new name, or pass --overwrite to replace it")
     return path
@@ -950,12 +952,29 @@ def load_training_frame(cfg: Any) -> pd.DataFrame:
     """
     if not cfg.train_path:
         raise ConfigError("data.train_path is empty; give a training file, e.g. --set data.train_path=train.parquet")
-    frames = [read_pairs(cfg.train_path, cfg.layout, cfg.ties, cfg.column_map or None, cfg.seed)[0]]
+    first, report = read_pairs(cfg.train_path, cfg.layout, cfg.ties, cfg.column_map or None, cfg.seed)
+    frames, ties_dropped = [first], report.ties_dropped
     for extra in cfg.extra_train_paths:
-        frames.append(_without_repeats(read_pairs(extra, "auto", cfg.ties, None, cfg.seed)[0], frames, extra))
+        more, report = read_pairs(extra, "auto", cfg.ties, None, cfg.seed)
+        frames.append(_without_repeats(more, frames, extra))
+        ties_dropped += report.ties_dropped
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    check_trainable(frame, ", ".join(map(str, [cfg.train_path, *cfg.extra_train_paths])), ties_dropped)
     if cfg.max_rows is not None and cfg.max_rows < len(frame):
         frame = frame.sample(n=cfg.max_rows, random_state=cfg.seed).reset_index(drop=True)
+    return frame
+
+
+def check_trainable(frame: pd.DataFrame, source: Any, ties_dropped: int) -> pd.DataFrame:
+    """A training frame with rows of two classes at least (unlabeled rows aside, which train on soft labels)."""
+    if frame.empty:
+        why = (f"all {ties_dropped} rows are ties and ties=drop drops them" if ties_dropped else "it holds no rows")
+        raise _fail(source, f"no training rows are left: {why}",
+                    "train on a file with winners (model_a / model_b); ties alone cannot teach which response wins")
+    labels = frame["label"]
+    if (labels >= 0).all() and labels.nunique() == 1:
+        raise _fail(source, f"all {len(frame)} training rows are labelled {LABEL_NAMES[int(labels.iloc[0])]}, and a "
+                            "model learns nothing from one class", "add rows with the other outcomes")
     return frame
 
 

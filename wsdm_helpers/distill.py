@@ -28,6 +28,8 @@ from .errors import ConfigError, DataError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .pipeline import Member
+
 log = logging.getLogger(__name__)
 
 SOFT_COLUMNS = ["soft_a", "soft_b", "soft_tie"]
@@ -127,13 +129,26 @@ def pseudo_label(run_dirs: Sequence[str | Path], data_path: str | Path, out: str
     probabilities) to ``out``."""
     from .data import read_pairs
     from .ensemble import blend
-    from .inference import predict_proba
-    from .pipeline import inference_settings
-    from .submission import write_predictions
+    from .io import check_output_file
+    from .pipeline import run_members
+    from .submission import PREDICTION_FORMATS, write_predictions
 
+    check_output_file(out, PREDICTION_FORMATS, "--out", {"the --data file": data_path})
+    members = run_members(run_dirs, weights)
     frame, _ = read_pairs(data_path, layout=layout, ties="keep")
-    preds = [predict_proba(run, frame, inference_settings(run, overrides)) for run in run_dirs]
+    preds = [_run_predictions(m, frame, overrides) for m in members]
     soft = blend(preds, weights, names=[str(r) for r in run_dirs]) if len(preds) > 1 else preds[0]
     write_predictions(soft, out)
     log.info("pseudo-labelled %d pairs of %s with %d run(s) -> %s", len(soft), data_path, len(preds), out)
     return soft
+
+
+def _run_predictions(member: Member, frame: pd.DataFrame, overrides: dict[str, Any] | None) -> pd.DataFrame:
+    """A run's probabilities: an LLM run with its inference settings, a feature baseline as it is."""
+    from .features import load_baseline
+    from .inference import predict_proba
+    from .pipeline import inference_settings
+
+    if member.kind == "baseline":
+        return load_baseline(member.path).predict(frame)
+    return predict_proba(member.path, frame, inference_settings(member.path, overrides))

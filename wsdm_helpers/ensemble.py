@@ -67,9 +67,18 @@ def check_weights(weights: Sequence[float] | None, n: int, space: str = "probabi
     if w.shape != (n,):
         raise SubmissionError(f"--weights got {len(w)} value(s) {list(weights)} for {n} model(s); give one weight "
                               "per --run / prediction file, or none for equal weights")
-    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+    with np.errstate(over="ignore"):
+        total = w.sum()
+        largest = total if space == "probability" else total * -np.log(LOG_FLOOR)  # the blend's largest sum
+    if not np.isfinite(w).all() or (w < 0).any() or total <= 0:
         raise SubmissionError(f"weights {list(weights)} must be {n} finite non-negative numbers with a positive sum")
-    return w / w.sum() if space == "probability" else w
+    if not np.isfinite(largest):
+        fix = (f"only their ratios count: divide them by the largest, e.g. --weights "
+               f"{' '.join(f'{v:g}' for v in w / w.max())}" if space == "probability" else
+               "log-odds weights are temperatures near 1 (`wsdm ensemble fit --space log_odds` fits them)")
+        raise SubmissionError(f"weights {list(weights)}: the blend's weighted sum overflows a float64 (to inf). "
+                              f"Fix: {fix}")
+    return w / total if space == "probability" else w
 
 
 def _log(stack: np.ndarray) -> np.ndarray:
@@ -289,9 +298,10 @@ def blend_files(pred_paths: Sequence[str], out: str, weights: Sequence[float] | 
     ``oof_paths`` (one per prediction file, same order) are ``oof.parquet`` files of the runs, with a
     ``label`` column; the fitted weights are logged.
     """
+    from .io import check_output_file
+    from .submission import PREDICTION_FORMATS, read_predictions, write_predictions
 
-    from .submission import read_predictions, write_predictions
-
+    check_output_file(out, PREDICTION_FORMATS, "--out", {"an input": pred_paths, "an out-of-fold file": oof_paths})
     if oof_paths:
         if weights is not None or len(oof_paths) != len(pred_paths):
             raise SubmissionError("give either --weights or one --oof file per prediction file, not both")
@@ -357,9 +367,11 @@ def fit_oof_files(paths: Sequence[str], out: str | None = None, metric: str = "l
     import numpy as np
 
     from . import metrics
-    from .io import atomic_write_json
+    from .io import atomic_write_json, check_output_file
 
     _check_fit(metric, space)
+    if out:
+        check_output_file(out, {".json": "JSON"}, "--out", {"an out-of-fold file": paths})
     names = [str(p) for p in paths]
     frames = [_read_oof(p) for p in paths]
     labels = _oof_labels(frames, names)

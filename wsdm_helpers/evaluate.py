@@ -229,8 +229,10 @@ def evaluate_predictions(predictions: str | Path, labels: str | Path, out_dir: s
                          baseline_train: Sequence[str] = (), data: str | Path | None = None) -> dict[str, Any]:
     """``wsdm evaluate --predictions P --labels FILE [--data PAIRS]``: P joined on id to the labelled rows of
     FILE, or of PAIRS with FILE's labels."""
+    from .io import check_not_a_file
     from .submission import align_to_ids, prob_columns, read_predictions
 
+    check_not_a_file(out_dir, what="the report (--out)")
     preds = read_predictions(predictions)
     two_class = prob_columns(preds) == ["winner_model_a", "winner_model_b"]
     rows = data or labels
@@ -263,10 +265,12 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out_dir: str | Path,
 
     from .config import load_run_config
     from .inference import predict_proba
+    from .io import check_not_a_file
     from .modeling import load_run
     from .submission import prob_columns
     from .tta import swap_pairs
 
+    check_not_a_file(out_dir, what="the report (--out)")
     cfg = load_run_config(Path(run_dir) / "config.yaml")
     frame = labelled_rows(data, cfg.model.num_labels == 2, labels)
     run = load_run(run_dir)

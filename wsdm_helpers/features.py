@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -240,13 +240,23 @@ def train_and_predict(train_path: str, test_path: str | None = None, out_path: s
                       model: str = "logreg", ties: str = "keep", run_dir: str | None = None) -> pd.DataFrame | None:
     """``wsdm baseline``: fit on the training file (any supported layout); write a run folder
     (``run_dir``) and/or the test predictions (``test_path`` + ``out_path``)."""
-    from .data import read_pairs
-    from .submission import write_predictions
+    from .data import check_trainable, read_pairs
+    from .io import check_output_file
+    from .pipeline import run_kind
+    from .submission import PREDICTION_FORMATS, write_predictions
 
     if not run_dir and not (test_path and out_path):
         raise DataError("feature baseline: give --run-dir DIR (a run folder for wsdm predict) and/or "
                         "--test TEST --out PREDICTIONS")
-    train, _ = read_pairs(train_path, ties=ties)
+    if run_dir and run_kind(run_dir) == "llm":
+        raise ConfigError(f"--run-dir {run_dir} is an LLM run folder (config.yaml + adapter/ or model/); a "
+                          f"{BASELINE_FILE} beside it would make wsdm predict take the run for a feature baseline. "
+                          "Fix: give the baseline a folder of its own, e.g. --run-dir runs/baseline")
+    if test_path and out_path:
+        check_output_file(out_path, PREDICTION_FORMATS, "--out", {"the --train file": train_path,
+                                                                  "the --test file": test_path})
+    train, report = read_pairs(train_path, ties=ties)
+    check_trainable(train, train_path, report.ties_dropped)
     baseline = FeatureBaseline(model=model)
     if run_dir and model != "logreg":
         save_baseline(baseline, run_dir, 0)  # refuses before the fit, with the reason

@@ -209,7 +209,10 @@ class Worker:
         rest) stay NaN.
         """
         import numpy as np
+        import torch
 
+        if self.device.type == "cuda":  # this thread's current device: for kernels that read it, not the tensors'
+            torch.cuda.set_device(self.device)
         lengths = [len(x) for x in input_ids]
         out = np.full((len(input_ids), self.num_classes), np.nan)
         batches = plan_batches(lengths, cfg.for_device(self.device.type))
@@ -431,9 +434,10 @@ def load_runs(model_source: str | Path | LoadedRun, cfg: InferenceConfig | None)
     from .modeling import LoadedRun, load_run
 
     if isinstance(model_source, LoadedRun):
-        if cfg and cfg.dtype != "run":
-            raise ConfigError(f"inference.dtype={cfg.dtype} needs a run folder; a LoadedRun keeps the dtype it "
-                              "was loaded in (modeling.load_run(..., dtype=...))")
+        for name in ("dtype", "quantization"):
+            if cfg and getattr(cfg, name) != "run":
+                raise ConfigError(f"inference.{name}={getattr(cfg, name)} needs a run folder; a LoadedRun keeps the "
+                                  f"{name} it was loaded in (modeling.load_run(..., {name}=...))")
         devices = list(cfg.devices) if cfg and cfg.devices else [str(_model_device(model_source.model))]
         first = model_source
         if str(_model_device(first.model)) != devices[0]:
@@ -445,14 +449,34 @@ def load_runs(model_source: str | Path | LoadedRun, cfg: InferenceConfig | None)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml); give the output_dir of `wsdm train`")
     cfg = cfg or load_run_config(run_dir / "config.yaml").inference
-    dtype = None if cfg.dtype == "run" else cfg.dtype
+    overrides = {name: None if getattr(cfg, name) == "run" else getattr(cfg, name) for name in ("dtype", "quantization")}
     devices = resolve_devices(cfg.devices)
-    if cfg.model_parallel:
-        first, device_map, max_memory = model_parallel_placement(devices)
-        run = load_run(run_dir, first, dtype=dtype, device_map=device_map, max_memory=max_memory)
-        log.info("model_parallel placement: %s", getattr(run.model, "hf_device_map", first))
-        return [run]
-    return [load_run(run_dir, d, dtype=dtype) for d in devices]
+    with _suggest_placement_on_oom(run_dir, cfg, devices):
+        if cfg.model_parallel:
+            first, device_map, max_memory = model_parallel_placement(devices)
+            run = load_run(run_dir, first, device_map=device_map, max_memory=max_memory, **overrides)
+            log.info("model_parallel placement: %s", getattr(run.model, "hf_device_map", first))
+            return [run]
+        return [load_run(run_dir, d, **overrides) for d in devices]
+
+
+@contextlib.contextmanager
+def _suggest_placement_on_oom(run_dir: Path, cfg: InferenceConfig, devices: list[str]):
+    """An out-of-memory error while loading becomes a ConfigError naming the settings that make the run fit."""
+    try:
+        yield
+    except Exception as exc:
+        if not _is_oom(exc):
+            raise
+        gpus = [d for d in devices if d.startswith("cuda")]
+        fixes = (["--set inference.model_parallel=true (one copy spread over the GPUs: 2x T4 hold a 16-bit 9B model)"]
+                 if len(gpus) > 1 and not cfg.model_parallel else [])
+        if cfg.quantization != "4bit":
+            fixes.append("--set model.quantization=4bit (NF4 weights, a quarter of 16-bit)")
+        placement = "spread over " + ", ".join(gpus) if cfg.model_parallel else "one copy per device"
+        raise ConfigError(f"{run_dir}: the model does not fit ({placement}; out of memory while loading: "
+                          f"{str(exc).splitlines()[0][:200]}). Fix: wsdm predict "
+                          + (" or ".join(fixes) if fixes else "on a GPU with more memory")) from exc
 
 
 def _worker(run: LoadedRun) -> Worker:

@@ -193,9 +193,10 @@ def resolve_dtype(name: str, device: torch.device, family: ModelFamily | None = 
     """auto: bf16 on Ampere+ GPUs, fp16 on older GPUs (T4, P100: bf16 is emulated or wrong), fp32 on CPU;
     fp32 instead of fp16 for families whose activations overflow fp16 (Gemma 3).
 
-    An explicit float16 for such a family is an error, or with ``fallback`` (prediction, where any
-    dtype that runs will do) what ``auto`` gives, said in the log. float16 on a CPU is always an error:
-    the score head (fp32) then meets fp16 hidden states (``Half != float``).
+    An explicit float16 for such a family, or bfloat16 on a pre-Ampere GPU, is an error, or with ``fallback``
+    (prediction, where any dtype that runs will do: a run trained in bf16 predicting on a T4) what ``auto``
+    gives, said in the log. float16 on a CPU is always an error: the score head (fp32) then meets fp16
+    hidden states (``Half != float``).
     """
     import torch
 
@@ -212,18 +213,25 @@ def resolve_dtype(name: str, device: torch.device, family: ModelFamily | None = 
                           "meets float16 activations (Half != float); use model.dtype=float32 or auto on a CPU "
                           "(wsdm predict --set model.dtype=auto)")
     if name == "bfloat16" and pre_ampere:
-        raise ConfigError(f"model.dtype=bfloat16 on {torch.cuda.get_device_name(device)} (pre-Ampere) is "
-                          "slow or wrong even if torch.cuda.is_bf16_supported() says True; use float16 or auto "
-                          "(for a run trained in bf16: wsdm predict --set model.dtype=auto)")
-    if name == "float16" and not float16_ok:
+        why = f"{torch.cuda.get_device_name(device)} (pre-Ampere) computes bfloat16 slowly or wrongly"
         if fallback:
-            chosen = resolve_dtype("auto", device, family)
-            log.warning("model.dtype=float16: %s activations overflow float16 (NaN logits); predicting in %s "
-                        "instead", family.name, str(chosen).replace("torch.", ""))
-            return chosen
-        raise ConfigError(f"model.dtype=float16: {family.name} activations overflow float16 (NaN logits); "
-                          "use model.dtype=bfloat16 on Ampere or newer GPUs, float32 on a T4, or auto")
+            return _auto_instead(name, why, device, family)
+        raise ConfigError(f"model.dtype=bfloat16 on {why} even if torch.cuda.is_bf16_supported() says True; use "
+                          "float16 or auto (for a run trained in bf16: wsdm predict --set model.dtype=auto)")
+    if name == "float16" and not float16_ok:
+        why = f"{family.name} activations overflow float16 (NaN logits)"
+        if fallback:
+            return _auto_instead(name, why, device, family)
+        raise ConfigError(f"model.dtype=float16: {why}; use model.dtype=bfloat16 on Ampere or newer GPUs, "
+                          "float32 on a T4, or auto")
     return getattr(torch, name)
+
+
+def _auto_instead(name: str, why: str, device: torch.device, family: ModelFamily | None) -> torch.dtype:
+    chosen = resolve_dtype("auto", device, family)
+    log.warning("model.dtype=%s: %s; predicting in %s instead (what model.dtype=auto gives here)",
+                name, why, str(chosen).replace("torch.", ""))
+    return chosen
 
 
 def load_tokenizer(path: str | Path, family: ModelFamily):
@@ -380,6 +388,7 @@ def load_model(cfg: RunConfig, device: str | torch.device = "cpu", training: boo
     model = model_class.from_pretrained(str(resolved.folder), use_safetensors=True if safe else None,
                                         trust_remote_code=False, **kwargs)
     model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.use_cache = False  # scoring and pooling read one forward pass; a KV cache only costs memory
     if "device_map" not in kwargs:
         model.to(device)
     if training:
@@ -534,14 +543,16 @@ def class_logits(model, head: str, answer_ids: list[int], input_ids, attention_m
     """Class logits [n, C] in fp32: the classifier's logits, or the answer-token logits at the last position.
 
     The mcq head asks the model for the last position's logits only (``logits_to_keep=1``), so neither the
-    forward pass nor the loss touches the full vocabulary at every position. ``pooling="mean"``: see
-    :func:`mean_pooled_logits`.
+    forward pass nor the loss touches the full vocabulary at every position. No KV cache is built
+    (``use_cache=False``, whatever the model's config says): for Gemma-2 9B at a 16,384-token batch it
+    would hold 5.6 GB. ``pooling="mean"``: see :func:`mean_pooled_logits`.
     """
     if head == "classifier" and pooling == "mean":
         return mean_pooled_logits(model, input_ids, attention_mask)
     if head == "classifier":
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1).logits[:, -1, :]
+        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1,
+                   use_cache=False).logits[:, -1, :]
     return logits[:, answer_ids].float()
 
 
@@ -589,7 +600,8 @@ def mean_states_per_depth(model, input_ids, attention_mask):
     decoder = getattr(model, "model", None)
     if getattr(decoder, "norm", None) is None:
         raise ConfigError(f"{type(model).__name__}: states per depth need a decoder with a final norm (model.norm)")
-    states = decoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
+    states = decoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                     use_cache=False).hidden_states
     # hidden_states: the embeddings, the input of layers 2..N, then the last layer's output already normed
     normed = [decoder.norm(h) for h in states[1:-1]] + [states[-1]]
     return torch.stack([_masked_mean(h.float(), attention_mask) for h in normed], dim=1)
@@ -604,7 +616,7 @@ def _score_layer_io(model, input_ids, attention_mask, needed_by: str, fix: str):
 
     handle = score_layer(model, needed_by, fix).register_forward_hook(keep)
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask)
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     finally:
         handle.remove()
     return seen["io"]
@@ -645,12 +657,14 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu", base_source: str | None = None,
-             dtype: str | None = None, device_map: Any = None, max_memory: dict | None = None) -> LoadedRun:
+             dtype: str | None = None, device_map: Any = None, max_memory: dict | None = None,
+             quantization: str | None = None) -> LoadedRun:
     """A trained run in eval mode: base model + adapter/ (or model/ for full fine-tunes) + tokenizer/.
 
     ``base_source`` replaces the base model location recorded in config.yaml (for example the
     Kaggle dataset path of the same backbone); ``dtype`` replaces model.dtype (for example float16),
-    the family's rules still applied with their fallback (:func:`resolve_dtype`).
+    the family's rules still applied with their fallback (:func:`resolve_dtype`); ``quantization``
+    replaces model.quantization (for example 4bit, for a 16-bit run too big for one GPU).
     ``device_map``/``max_memory``: model-parallel placement (see :func:`load_model`).
     """
     import torch
@@ -659,7 +673,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", base_sourc
 
     run_dir = Path(run_dir)
     check_run_folder(run_dir)
-    overrides = {"model.source": base_source, "model.dtype": dtype}
+    overrides = {"model.source": base_source, "model.dtype": dtype, "model.quantization": quantization}
     cfg = load_run_config(run_dir / "config.yaml", {k: v for k, v in overrides.items() if v})
     device = torch.device(device)
     full = run_dir / "model"

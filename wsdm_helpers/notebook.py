@@ -56,6 +56,69 @@ def training_config(config: str, overrides: dict[str, Any], output_dir: str = ""
     return cfg
 
 
+def training_processes(num_processes: int | None, gpu_count: int | None = None) -> int:
+    """The processes to train in: ``num_processes``, else one, said loudly when GPUs would stay idle.
+
+    ``gpu_count``: the machine's CUDA devices (default: torch's count; tests inject it).
+    """
+    gpu_count = _gpu_count(gpu_count)
+    processes = num_processes or 1
+    if processes < 1 or (gpu_count and processes > gpu_count):
+        raise ConfigError(f"num_processes={num_processes}: this machine has {gpu_count} GPU(s); give 1 to "
+                          f"{max(gpu_count, 1)} (one process per GPU), or None")
+    if processes == 1 and gpu_count > 1:
+        print(f"WARNING: {gpu_count} GPUs are present but training runs in ONE process on one GPU (the others stay "
+              f"idle). Set the notebook parameter num_processes={gpu_count} to train on all of them "
+              "(accelerate launch, one process per GPU, e.g. the gemma2-9b-2xt4 preset on Kaggle's 2x T4).")
+    return processes
+
+
+def _gpu_count(given: int | None) -> int:
+    if given is not None:
+        return given
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def train(cfg: Any, num_processes: int | None = None, gpu_count: int | None = None):
+    """Train ``cfg`` here (one process) or through ``accelerate launch`` in ``num_processes`` processes
+    (the packaged DDP config: ddp-2gpu on GPUs, ddp-cpu-2proc on the CPU); a TrainResult either way."""
+    from .training import train as train_here
+
+    processes = training_processes(num_processes, gpu_count)
+    return train_here(cfg) if processes == 1 else launch_training(cfg, processes, gpu_count)
+
+
+def launch_training(cfg: Any, processes: int, gpu_count: int | None = None):
+    """``accelerate launch -m wsdm_helpers train`` on ``cfg`` saved as YAML, its output shown in the cell."""
+    import json
+    import subprocess
+    import tempfile
+
+    from .config import accelerate_config, save_yaml
+    from .errors import WsdmError
+    from .training import TrainResult, last_checkpoint
+
+    config_file = accelerate_config("ddp-2gpu" if _gpu_count(gpu_count) > 1 else "ddp-cpu-2proc")
+    run_dir = Path(cfg.train.output_dir)
+    with tempfile.TemporaryDirectory(prefix="wsdm-launch-") as tmp:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
+                   "--num_processes", str(processes), "-m", "wsdm_helpers", "train",
+                   "--config", str(save_yaml(cfg, Path(tmp) / "config.yaml"))]
+        print("$ " + " ".join(command), flush=True)
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+            for line in proc.stdout:  # a kernel shows only what Python prints, not a child's own output
+                print(line, end="", flush=True)
+    if proc.returncode:
+        raise WsdmError(f"accelerate launch ({processes} processes) exited with status {proc.returncode}; its "
+                        "output is above")
+    metrics = run_dir / "metrics.json"
+    if metrics.is_file():
+        return TrainResult(run_dir, json.loads(metrics.read_text(encoding="utf-8")))
+    return TrainResult(run_dir, {"stopped": "max_hours", "checkpoint": last_checkpoint(run_dir / "checkpoints")})
+
+
 def config_summary(cfg: Any) -> str:
     """The few settings a person checks before a long training run starts."""
     return (f"{cfg.name}: model {cfg.model.source} (family {cfg.model.family}, head {cfg.format.head}, "

@@ -168,14 +168,16 @@ def run_kind(path: str | Path) -> str | None:
     from .features import BASELINE_FILE
 
     path = Path(path)
-    if (path / BASELINE_FILE).is_file():
-        return "baseline"
-    if (path / "config.yaml").is_file() and ((path / "adapter").is_dir() or (path / "model").is_dir()):
-        return "llm"
-    return None
+    baseline = (path / BASELINE_FILE).is_file()
+    llm = (path / "config.yaml").is_file() and ((path / "adapter").is_dir() or (path / "model").is_dir())
+    if baseline and llm:
+        raise ConfigError(f"{path} holds both a feature baseline ({BASELINE_FILE}) and an LLM run (config.yaml + "
+                          f"adapter/ or model/), so which run it is cannot be told. Fix: delete {path / BASELINE_FILE} "
+                          "and write the baseline to a folder of its own (`wsdm baseline --run-dir NEW`)")
+    return "baseline" if baseline else "llm" if llm else None
 
 
-def _members(runs: Sequence[str | Path], weights: Sequence[float] | None) -> list[Member]:
+def run_members(runs: Sequence[str | Path], weights: Sequence[float] | None) -> list[Member]:
     from .ensemble import check_weights
 
     if not runs:
@@ -428,15 +430,18 @@ def submit(runs: Sequence[str | Path], test: str | Path | pd.DataFrame, out: str
     settings applied on top of every LLM run's own. ``deadline``: the clock and the moment the
     submission must be written (default: ``settings.time_budget_minutes`` from now).
     """
-    from .io import atomic_write_json, check_output_dir
-    from .submission import task_for_test, write_predictions, write_submission
+    import pandas as pd
+
+    from .io import atomic_write_json, check_output_file
+    from .submission import PREDICTION_FORMATS, SUBMISSION_FORMATS, task_for_test, write_predictions, write_submission
 
     settings = pipeline_config(to_dict(settings) if isinstance(settings, PipelineConfig) else settings)
     deadline = deadline or Deadline.after(settings.time_budget_minutes, settings.safety_minutes)
-    out = Path(out)
-    for path in filter(None, (out, probs_out)):
-        check_output_dir(Path(path).parent, what=f"the folder of {path}")
-    members = _members(runs, weights)
+    inputs = {"the test file": None if isinstance(test, pd.DataFrame) else test}
+    out = check_output_file(out, SUBMISSION_FORMATS, "--out", inputs)
+    if probs_out:
+        check_output_file(probs_out, PREDICTION_FORMATS, "--probs-out", {**inputs, "the submission --out": out})
+    members = run_members(runs, weights)
     configs = {m.index: inference_settings(m.path, overrides) for m in members if m.kind == "llm"}
     frame = read_test(test)
     task = task_for_test(frame, settings.task)
@@ -484,8 +489,10 @@ def enforce_failure_policy(report: SubmissionReport, settings: PipelineConfig) -
 def submit_probabilities(probs: str | Path, test: str | Path, out: str | Path, task: str = "auto") -> Path:
     """``wsdm submit``: a probabilities file (any blend, the feature baseline) as a validated submission
     in the test file's layout (or ``task``'s)."""
-    from .submission import read_predictions, task_for_test, to_task_classes, write_submission
+    from .io import check_output_file
+    from .submission import SUBMISSION_FORMATS, read_predictions, task_for_test, to_task_classes, write_submission
 
+    check_output_file(out, SUBMISSION_FORMATS, "--out", {"the probabilities file": probs, "the test file": test})
     frame = read_test(test)
     task = task_for_test(frame, task)
     preds = to_task_classes(read_predictions(probs), task, PipelineConfig().tie_share)

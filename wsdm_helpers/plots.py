@@ -56,7 +56,8 @@ def _read_frame(preds: pd.DataFrame | str | Path) -> pd.DataFrame | None:
         return preds
     path = Path(preds) / "oof.parquet" if Path(preds).is_dir() else Path(preds)
     if Path(preds).is_dir() and not path.is_file():
-        print(f"{preds} has no oof.parquet (trained without a validation fold, data.fold=-1): nothing to plot")
+        print(f"{preds} has no oof.parquet (no validation fold, data.fold=-1; the final evaluation skipped; or "
+              "stopped by train.max_hours): nothing to plot")
         return None
     return pd.read_parquet(path)
 

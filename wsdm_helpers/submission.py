@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from .config import Task
 from .errors import SubmissionError
-from .io import atomic_write_csv, atomic_write_parquet
+from .io import atomic_write_csv, atomic_write_parquet, check_output_suffix
 from .tta import PROB2, PROB3, prob_columns
 
 if TYPE_CHECKING:
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 TASKS = typing.get_args(Task)
 SUM_TOLERANCE = 1e-4
 SHOWN_IDS = 5
+SUBMISSION_FORMATS = {".csv": "csv"}  # what Kaggle scores
+PREDICTION_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 
 
 def _first(ids: Iterable) -> str:
@@ -169,6 +171,7 @@ def to_task_classes(preds: pd.DataFrame, task: str, tie_share: float) -> pd.Data
 def write_submission(preds: pd.DataFrame, test: pd.DataFrame | Iterable, path: str | Path,
                      task: str = "wsdm") -> Path:
     """Validate ``preds`` against the test ids and write the submission csv atomically."""
+    check_output_suffix(path, SUBMISSION_FORMATS, "submission")
     return atomic_write_csv(build_submission(preds, test, task), path)
 
 
@@ -180,9 +183,9 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise SubmissionError(f"predictions file {path} does not exist")
     try:
-        frame = pd.read_csv(path, dtype={"id": str}) if path.suffix == ".csv" else pd.read_parquet(path)
+        frame = pd.read_csv(path, dtype={"id": str}) if _is_csv(path) else pd.read_parquet(path)
     except (ValueError, OSError, UnicodeDecodeError) as exc:  # empty csv, not parquet, truncated, not UTF-8
-        kind = "csv" if path.suffix == ".csv" else "parquet"
+        kind = "csv" if _is_csv(path) else "parquet"
         raise SubmissionError(f"predictions file {path} cannot be read as {kind} ({exc}); write it with "
                               "`wsdm predict --probs-out` or `wsdm ensemble`") from exc
     return check_predictions(frame, str(path))
@@ -190,6 +193,10 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
 
 def write_predictions(preds: pd.DataFrame, path: str | Path) -> Path:
     """Check and write a predictions frame as parquet (or csv when ``path`` ends in .csv), atomically."""
+    path = check_output_suffix(path, PREDICTION_FORMATS, "predictions file")
     preds = check_predictions(preds)
-    path = Path(path)
-    return atomic_write_csv(preds, path) if path.suffix == ".csv" else atomic_write_parquet(preds, path)
+    return atomic_write_csv(preds, path) if _is_csv(path) else atomic_write_parquet(preds, path)
+
+
+def _is_csv(path: Path) -> bool:
+    return PREDICTION_FORMATS.get(path.suffix.lower()) == "csv"

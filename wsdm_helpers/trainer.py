@@ -6,6 +6,7 @@ once here, not rebuilt on every out-of-memory retry.
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -19,6 +20,7 @@ from transformers.trainer import DEFAULT_PROGRESS_CALLBACK, TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length, rotate_checkpoints
 
 from .distill import pair_loss
+from .errors import NumericalError
 from .modeling import class_logits
 from .runtime import plain_progress
 
@@ -164,12 +166,16 @@ class PairTrainer(Trainer):
     """Trainer whose loss is over the class logits only (both heads): cross-entropy, or the
     distillation loss of distill.pair_loss when the batch carries soft labels."""
 
-    loss_is_scaled_for_ga = False  # per-batch mean; the Trainer divides by the accumulation steps
+    loss_is_scaled_for_ga = False  # per-batch mean; the Trainer divides by the accumulation steps (5.19+)
 
     def __init__(self, *args, head: str, answer_ids: list[int], head_lr: float | None = None,
                  head_modules: tuple[str, ...] = (), loss_options: dict | None = None,
                  swap_in_batch: bool = False, swap_loss: bool = False, pooling: str = "last", **kwargs):
         super().__init__(*args, **kwargs)
+        # Before 5.19 the Trainer skips the 1/accumulation division when the model's forward takes **kwargs
+        # (every decoder classifier does): this loss never reads num_items_in_batch, so say it takes none.
+        self.model_accepts_loss_kwargs = False
+        self.loss_finite = None  # device flag: every loss of the current optimizer step was finite
         self.head, self.answer_ids, self.pooling, self.swap_in_batch = head, answer_ids, pooling, swap_in_batch
         self.swap_loss = swap_loss
         self.head_lr, self.head_modules = head_lr, head_modules
@@ -241,6 +247,24 @@ class PairTrainer(Trainer):
         optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
         return optimizer
 
+    def training_step(self, model, inputs, *args, **kwargs):
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        finite = torch.isfinite(loss)  # stays on the device: checked once per optimizer step
+        self.loss_finite = finite if self.loss_finite is None else self.loss_finite & finite
+        return loss
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args, **kwargs):
+        """After every optimizer step (both the supported transformers 5.x loops call it with the step's
+        gradient norm): stop at the first non-finite step, before it is logged, evaluated or saved."""
+        loss_finite, self.loss_finite = self.loss_finite, None
+        if loss_finite is not None and self.args.world_size > 1:  # every rank stops at the same step
+            loss_finite = loss_finite.to(torch.int32)
+            torch.distributed.all_reduce(loss_finite, op=torch.distributed.ReduceOp.MIN)
+        scaler = getattr(self.accelerator, "scaler", None)
+        check_step_numerics(self.state.global_step, loss_finite is None or bool(loss_finite), grad_norm,
+                            scaler.get_scale() if scaler is not None and scaler.is_enabled() else None)
+        return super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:  # a device tensor: counting adds no host sync per step
             self.train_tokens = self.train_tokens + inputs["attention_mask"].sum().detach()
@@ -255,6 +279,27 @@ class PairTrainer(Trainer):
         else:
             loss = pair_loss(logits, labels, soft, **options)
         return (loss, {"logits": logits}) if return_outputs else loss
+
+
+def check_step_numerics(step: int, loss_finite: bool, grad_norm, scale: float | None) -> None:
+    """Raise NumericalError naming ``step`` when its loss was NaN/inf, its gradient norm was (without a
+    GradScaler; with one an overflowing step is skipped and the scale halved, which is its job), or the
+    fp16 loss scale fell below 1 (the scaler has skipped step after step: every backward overflows).
+
+    Without this the Trainer logs a NaN loss as the running mean and GradScaler skips silently, so the
+    first sign comes at the first evaluation, hours later on a T4.
+    """
+    problems = [] if loss_finite else ["the training loss is NaN or inf"]
+    norm = None if grad_norm is None else float(grad_norm)
+    if scale is None and norm is not None and not math.isfinite(norm):
+        problems.append(f"the gradient norm is {norm}")
+    if scale is not None and scale < 1:
+        problems.append(f"the fp16 loss scale fell to {scale:g} (GradScaler skipped step after step)")
+    if problems:
+        raise NumericalError(f"training stopped at step {step}: {'; '.join(problems)}. The model overflowed its "
+                             "dtype or diverged: use model.dtype=bfloat16 (Ampere or newer) or float32, lower "
+                             "train.learning_rate, or keep train.max_grad_norm > 0; the checkpoints before this "
+                             "step are kept")
 
 
 def pair_rows(row_index, n: int):

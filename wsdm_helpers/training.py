@@ -301,6 +301,7 @@ def training_arguments(cfg: RunConfig, checkpoint_dir: Path, batch_size: int, ac
         greater_is_better=t.best_metric in HIGHER_IS_BETTER if eval_every else None,
         max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps, logging_first_step=True, seed=t.seed, data_seed=t.seed,
+        logging_nan_inf_filter=False,  # a NaN loss stops training (trainer.check_step_numerics), not averaged away
         fp16=cuda and dtype_name == "float16", bf16=dtype_name == "bfloat16",
         use_cpu=not cuda, report_to="none", remove_unused_columns=False,
         label_names=["labels", "row_index"], ddp_find_unused_parameters=False,
@@ -507,7 +508,8 @@ def _reset_peak_memory() -> None:
 
 
 def _throughput(trainer) -> dict[str, Any]:
-    """Training speed (real tokens per second of optimizer steps, all processes) and peak CUDA memory."""
+    """Training speed (real tokens per second of optimizer steps, all processes) and peak CUDA memory
+    (allocated, and reserved: what the allocator holds, which is what runs out)."""
     import torch
 
     timer = trainer.step_timer
@@ -517,6 +519,7 @@ def _throughput(trainer) -> dict[str, Any]:
         "train_step_seconds": round(timer.seconds, 2), "train_tokens": tokens,
         "train_tokens_per_s": round(tokens / timer.seconds, 1) if timer.seconds else None,
         "peak_cuda_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None,
+        "peak_cuda_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3) if torch.cuda.is_available() else None,
     }
 
 
@@ -571,7 +574,7 @@ def _train_into(run_dir: Path, cfg: RunConfig, callbacks: list | None) -> TrainR
     trainer, retries = _fit(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, callbacks, resume_from)
     stopped = next((c.stopped_at for c in trainer.callback_handler.callbacks if getattr(c, "stopped_at", None)), None)
     if stopped is not None:
-        return _stopped_by_time_limit(run_dir, checkpoint_dir, trainer, stopped)
+        return _stopped_by_time_limit(run_dir, checkpoint_dir, cfg, trainer, tokenizer, stopped)
     if trainer.is_world_process_zero():  # the adapter first: a session that ends during the evaluation keeps it
         _write_weights(run_dir, cfg, trainer, tokenizer, resolved.folder)
     skipped = _final_eval_skipped(cfg, trainer, evals)
@@ -609,18 +612,25 @@ def _final_eval_skipped(cfg: RunConfig, trainer, evals) -> str | None:
     return reason
 
 
-def _stopped_by_time_limit(run_dir: Path, checkpoint_dir: Path, trainer, step: int) -> TrainResult:
-    """A run cut short by train.max_hours: its checkpoint stays for the next session; no run folder is
-    written (it would pass for a finished run)."""
+def _stopped_by_time_limit(run_dir: Path, checkpoint_dir: Path, cfg: RunConfig, trainer, tokenizer,
+                           step: int) -> TrainResult:
+    """A run cut short by train.max_hours: its checkpoint stays for the next session, with config.yaml,
+    tokenizer/ and log_history.json (the curve so far); no weights nor metrics.json (it would pass for
+    a finished run)."""
     checkpoint = last_checkpoint(checkpoint_dir)
-    log.warning("train.max_hours reached: stopped at step %d of %d with checkpoint %s; run the same command "
-                "again (train.resume=true) to continue", step, trainer.state.max_steps, checkpoint)
+    if trainer.is_world_process_zero():
+        _write_settings(run_dir, cfg, tokenizer)
+        atomic_write_json(run_dir / "log_history.json", trainer.state.log_history)
+    log.warning("train.max_hours reached: stopped at step %d of %d with checkpoint %s. To continue: run the same "
+                "command again here, or in a new Kaggle session attach this session's output and set "
+                "train.resume_from to its copy of %s", step, trainer.state.max_steps, checkpoint, run_dir)
     return TrainResult(run_dir, {"stopped": "max_hours", "global_step": step, "max_steps": trainer.state.max_steps,
                                  "checkpoint": checkpoint})
 
 
 def _fit(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, callbacks, resume_from):
-    """Trainer.train with CUDA-OOM back-off: halve the batch, keep the effective batch, resume."""
+    """Trainer.train with CUDA-OOM back-off: halve the batch, keep the effective batch, resume (one process
+    only; with several, an out-of-memory error ends the run with the settings to rerun with)."""
     import torch
 
     batch, accumulation = cfg.train.per_device_batch_size, cfg.train.gradient_accumulation
@@ -637,8 +647,10 @@ def _fit(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, callbacks,
             if cfg.train.max_steps != 0:  # 0: the probe alone (config checks allow it only with probe_head)
                 trainer.train(resume_from_checkpoint=resume_from)
             return trainer, retries
-        except torch.cuda.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError as exc:
             step = trainer.state.global_step
+            if trainer.args.world_size > 1:
+                raise _oom_in_several_processes(trainer.args, step, batch, accumulation) from exc
             if batch <= 1:
                 raise
             batch, accumulation = halve_batch(batch, accumulation)
@@ -648,6 +660,20 @@ def _fit(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, callbacks,
             del trainer
             _free_accelerator_memory()
             resume_from = last_checkpoint(checkpoint_dir)  # this run's own checkpoints from here on
+
+
+def _oom_in_several_processes(args, step: int, batch: int, accumulation: int) -> ConfigError:
+    """No back-off with several processes: the others wait in an all-reduce the rebuilt trainer never joins
+    (a hang until the collective's timeout); this process ends instead, and the launcher ends the others."""
+    if batch > 1:
+        half, more = halve_batch(batch, accumulation)
+        fix = (f"rerun with --set train.per_device_batch_size={half} train.gradient_accumulation={more} "
+               "(the same effective batch)")
+    else:
+        fix = "use model.quantization=4bit, a shorter format.max_length, or a larger GPU"
+    return ConfigError(f"CUDA out of memory at step {step} in process {args.process_index} of {args.world_size}: "
+                       "with several processes the batch is not halved and training resumed here (the other "
+                       f"processes wait in their all-reduce and would hang); {fix}. The checkpoints so far are kept")
 
 
 def _make_trainer(cfg, resolved, answer_ids, train_set, evals, checkpoint_dir, callbacks,
@@ -731,7 +757,6 @@ def _write_weights(run_dir: Path, cfg: RunConfig, trainer, tokenizer, base_folde
     """adapter/ (or model/), identity.json, tokenizer/ and config.yaml: all a submission needs from the run."""
     from .run_folder import IDENTITY, run_identity
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     weights = "adapter" if cfg.lora.enabled else "model"
     with atomic_dir(run_dir / weights) as tmp:
         trainer.model.save_pretrained(str(tmp))
@@ -739,6 +764,10 @@ def _write_weights(run_dir: Path, cfg: RunConfig, trainer, tokenizer, base_folde
             tokenizer.save_pretrained(str(tmp))
     if cfg.lora.enabled:
         atomic_write_json(run_dir / IDENTITY, run_identity(run_dir, base_folder))
+    _write_settings(run_dir, cfg, tokenizer)
+
+
+def _write_settings(run_dir: Path, cfg: RunConfig, tokenizer) -> None:
     with atomic_dir(run_dir / "tokenizer") as tmp:
         tokenizer.save_pretrained(str(tmp))
     save_yaml(cfg, run_dir / "config.yaml")

@@ -36,8 +36,8 @@ def find_interpreter(minor: str) -> Path:
     on_path = shutil.which(f"python{minor}")
     if on_path:
         return Path(on_path)
-    raise MissingResourceError(f"no Python {minor} interpreter for the image: install it (pyenv install {minor}) "
-                               f"or put python{minor} on PATH")
+    raise MissingResourceError(f"no Python {minor} interpreter here: install it (pyenv install {minor}) or put "
+                               f"python{minor} on PATH (pip needs one to resolve and build for that version)")
 
 
 def image_venv(image: NotebookImage, root: Path | None = None, log=print) -> Path:
@@ -54,7 +54,7 @@ def image_venv(image: NotebookImage, root: Path | None = None, log=print) -> Pat
     python = str(venv / "bin" / "python")
     pins = [f"{name}=={version}" for name, version in image.packages.items()]
     subprocess.run([python, "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
-    subprocess.run([python, "-m", "pip", "install", "-q", *pins], check=True)
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-compile", *pins], check=True)
     subprocess.run([python, "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3"], check=True,
                    stdout=subprocess.DEVNULL)
     (venv / COMPLETE).write_text("\n".join(pins) + "\n")

@@ -4,7 +4,7 @@
 cell runs it on the notebook's own interpreter. Standard library only: it runs before anything of
 ours is installed. It checks the interpreter against the wheelhouse's target before pip runs (a
 compiled wheel built for another Python would fail half-way), installs ``requirements.txt`` with
-``--no-index`` (pip keeps what the image has where it satisfies the requirements), then prints the
+``--no-index`` (every version pinned; what the image already has at that version stays), then prints the
 versions the notebook ends with. Exit code 2: the wheelhouse does not fit this interpreter.
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ def main() -> int:
     if target.get("torch") and before["torch"].split("+")[0] not in ("-", target["torch"]):
         print(f"wsdm_helpers install: note: the wheelhouse was resolved against torch {target['torch']}, this "
               f"image has torch {before['torch']}; pip checks the requirements either way", file=sys.stderr)
-    command = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(here),
+    command = [sys.executable, "-m", "pip", "install", "-q", "--no-compile", "--no-index", "--find-links", str(here),
                "-r", str(here / "requirements.txt")]
     print(f"wsdm_helpers install: Python {running}, {len(list(here.glob('*.whl')))} wheels in {here}", flush=True)
     done = subprocess.run(command)

@@ -26,6 +26,7 @@ import json
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -35,7 +36,8 @@ from ..errors import WsdmError
 from .image_venv import image_venv
 from .images import IMAGES, NotebookImage, get_image
 from .sandbox import SessionResult, require_root_namespaces, run_session
-from .wheels import DATASET as WHEELHOUSE, build_wheelhouse
+from .wheels import DATASET as WHEELHOUSE
+from .wheels import build_wheelhouse
 
 COMPETITION = "wsdm-cup-multilingual-chatbot-arena"
 MODEL_DATASET = "tiny-gemma"
@@ -83,11 +85,10 @@ def check_submission(path: Path, sample: Path) -> str:
 class KaggleRehearsal:
     """The datasets, trees and sessions of one image."""
 
-    def __init__(self, image: NotebookImage, out: Path, wheelhouses: dict[str, Path], rerun_rows: int,
+    def __init__(self, image: NotebookImage, venv: Path, out: Path, wheelhouses: dict[str, Path],
                  deadline_minutes: float):
-        self.image, self.out, self.wheelhouses = image, out, wheelhouses
-        self.rerun_rows, self.deadline_minutes = rerun_rows, deadline_minutes
-        self.venv = image_venv(image)
+        self.image, self.venv, self.out, self.wheelhouses = image, venv, out, wheelhouses
+        self.deadline_minutes = deadline_minutes
         self.logs = out / "logs"
         self.results: list[SessionResult] = []
 
@@ -112,9 +113,32 @@ class KaggleRehearsal:
                 "-y", json.dumps(parameters), "--log-output", "--no-progress-bar"]
 
     # ---- the sessions -----------------------------------------------------------------------------
+    def _before_fix(self) -> Path:
+        """The wheelhouse as it was before issue 26: wsdm_helpers, peft and bitsandbytes pinned, nothing else."""
+        folder = self.out / "datasets" / "wheelhouse-before-fix"
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        pins = []
+        for prefix in ("bitsandbytes-", "peft-", "wsdm_helpers-"):
+            wheel = next(self.wheelhouses[self.image.name].glob(f"{prefix}*.whl"))
+            shutil.copy2(wheel, folder / wheel.name)
+            pins.append(f"{prefix[:-1]}=={wheel.name.split('-')[1]}")
+        (folder / "requirements.txt").write_text("\n".join(pins) + "\n")
+        return folder
+
     def install(self, datasets: dict[str, Path]) -> None:
-        tree = self._tree("install", {WHEELHOUSE: self.wheelhouses[self.image.name]} | {
+        tree = self._tree("install", {WHEELHOUSE: self.wheelhouses[self.image.name],
+                                      f"{WHEELHOUSE}-before-fix": self._before_fix()} | {
             f"{WHEELHOUSE}-{name}": path for name, path in self.wheelhouses.items() if name != self.image.name})
+        old = f"/kaggle/input/{WHEELHOUSE}-before-fix"
+        before = self._session("a-install-before-fix", tree, ["python", "-m", "pip", "install", "--no-index",
+                                                               "--find-links", old, "-r", f"{old}/requirements.txt"])
+        impossible = before.returncode != 0 and _log_has(before, "ResolutionImpossible")
+        before.checks.append(f"the wheelhouse layout before the fix: rc {before.returncode}"
+                             + (", ResolutionImpossible" if impossible else ""))
+        if self.image.packages["transformers"].startswith("4."):
+            _expect(before, impossible, "before the fix, the old image's install ends in ResolutionImpossible")
         smoke = "import wsdm_helpers, peft, transformers; print('import ok', wsdm_helpers.__version__)"
         result = self._session("a-install", tree, ["sh", "-c", f"python /kaggle/input/{WHEELHOUSE}/install.py && "
                                                                f"python -c \"{smoke}\" && wsdm --help > /dev/null"])
@@ -190,9 +214,8 @@ class ColabRehearsal:
     """Colab: /content as the working folder, Drive (``/content/drive/MyDrive``) the only thing a runtime
     reset keeps, the package installed from a wheel file by the notebooks' ``wsdm_source`` parameter."""
 
-    def __init__(self, image: NotebookImage, out: Path):
-        self.image, self.out = image, out
-        self.venv = image_venv(image)
+    def __init__(self, image: NotebookImage, venv: Path, out: Path):
+        self.image, self.venv, self.out = image, venv, out
         self.logs = out / "logs"
         self.content = out / "content"
         self.drive = self.content / "drive" / "MyDrive" / "wsdm"
@@ -284,13 +307,17 @@ def rehearse(images: list[str], out: Path, rerun_rows: int = 25_000, deadline_mi
     require_root_namespaces()
     out.mkdir(parents=True, exist_ok=True)
     datasets, hidden = prepare_datasets(out, rerun_rows)
-    wheelhouses = {}
-    for name in images:
-        wheelhouses[name] = out / "wheelhouses" / name
-        build_wheelhouse(wheelhouses[name], image=name, username="rehearsal", replace=True)
+    wheelhouses = {name: out / "wheelhouses" / name for name in images}
+    with ThreadPoolExecutor() as pool:  # downloads and pip: the slow part on a fresh machine, done side by side
+        venvs = {name: pool.submit(image_venv, get_image(name)) for name in [*images, *([colab] if colab else [])]}
+        built = [pool.submit(build_wheelhouse, folder, image=name, username="rehearsal", replace=True)
+                 for name, folder in wheelhouses.items()]
+        venvs = {name: future.result() for name, future in venvs.items()}
+        for future in built:
+            future.result()
     results = []
     for name in images:
-        rehearsal = KaggleRehearsal(get_image(name), out / name, wheelhouses, rerun_rows, deadline_minutes)
+        rehearsal = KaggleRehearsal(get_image(name), venvs[name], out / name, wheelhouses, deadline_minutes)
         try:
             data = {**datasets, WHEELHOUSE: wheelhouses[name]}
             rehearsal.install(data)
@@ -301,7 +328,7 @@ def rehearse(images: list[str], out: Path, rerun_rows: int = 25_000, deadline_mi
             results += rehearsal.results
             _print_report(rehearsal.results)
     if colab:
-        rehearsal = ColabRehearsal(get_image(colab), out / colab)
+        rehearsal = ColabRehearsal(get_image(colab), venvs[colab], out / colab)
         try:
             rehearsal.upload(datasets, next((wheelhouses[images[0]]).glob("wsdm_helpers-*.whl")))
             rehearsal.run()

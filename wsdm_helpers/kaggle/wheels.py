@@ -5,9 +5,10 @@ Scoring notebooks run with the internet off, so the whole dependency closure of
 closure is resolved by pip's own resolver for the target image's Python version and platform, with
 the image's torch held fixed (:mod:`.images` declares the images), then downloaded pinned and
 ``--no-deps``. torch and its CUDA libraries are never carried: reinstalling them would cost minutes
-and can break the image. ``requirements.txt`` names wsdm_helpers with its extras (and the adapters'
-peft), so pip keeps whatever the image already has that satisfies them and installs the rest from the
-wheelhouse. ``install.py`` (a copy of :mod:`.install_wheelhouse`) is what a notebook runs: it checks the
+and can break the image. For a declared image the closure keeps the image's own versions wherever
+they fit (numpy, pandas, the Jupyter stack, ...), so the install changes only what it must.
+``requirements.txt`` pins every package of the closure: pip then has one candidate per package and
+never backtracks between the image's versions and the wheelhouse's. ``install.py`` (a copy of :mod:`.install_wheelhouse`) is what a notebook runs: it checks the
 interpreter against the wheelhouse's target before pip runs and prints the versions it ends with.
 """
 from __future__ import annotations
@@ -23,12 +24,16 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
 from .. import __version__
 from ..errors import BundleError
 from ..io import atomic_write_text
 from . import install_wheelhouse
 from .checks import BundleReport, check_bundle, write_manifest
 from .common import dataset_from_template, project_root, staged_folder, write_dataset_metadata
+from .image_venv import find_interpreter
 from .images import get_image
 
 DATASET = "wsdm-helpers-wheels"
@@ -42,7 +47,7 @@ DEFAULT_PACKAGES = ("peft",)
 # The image's own GPU stack: never downloaded, never replaced.
 IMAGE_RUNTIME = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
 DEFAULT_IMAGE = "kaggle-2026-05"
-DEFAULT_GLIBC = "2.31"
+DEFAULT_GLIBC = "2.35"  # Kaggle's and Colab's images run Ubuntu 22.04 (backend-info os-info*.txt)
 DEFAULT_ARCH = "x86_64"
 PIP_OUTPUT_TAIL = 25
 
@@ -70,12 +75,14 @@ def linux_platforms(glibc: str = DEFAULT_GLIBC, arch: str = DEFAULT_ARCH) -> lis
     return tags + [f"{name}_{arch}" for m, name in legacy.items() if m <= minor]
 
 
-def _run_pip(args: Sequence[str], what: str) -> None:
-    command = [sys.executable, "-m", "pip", *args]
+def _run_pip(args: Sequence[str], what: str, python: str | Path = sys.executable) -> None:
+    command = [str(python), "-m", "pip", *args]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-PIP_OUTPUT_TAIL:])
-        raise BundleError(f"{what} failed (pip exit {done.returncode}):\n  $ {shlex.join(command)}\n{tail}")
+        error = BundleError(f"{what} failed (pip exit {done.returncode}):\n  $ {shlex.join(command)}\n{tail}")
+        error.pip_output = done.stdout + done.stderr
+        raise error
 
 
 def _index_args(find_links: Iterable[str | Path], no_index: bool) -> list[str]:
@@ -121,22 +128,69 @@ def _target_args(python_version: str, platforms: Sequence[str]) -> list[str]:
             *[arg for tag in platforms for arg in ("--platform", tag)]]
 
 
-def resolve_closure(requirements: Sequence[str], *, python_version: str, platforms: Sequence[str],
-                    constraints: Sequence[str], index_args: list[str]) -> list[tuple[str, str]]:
-    """``(name, version)`` of every distribution pip would install for ``requirements`` on the target.
+def _resolve(requirements: Sequence[str], python_version: str, platforms: Sequence[str],
+             constraints: Sequence[str], index_args: list[str]) -> list[dict]:
+    """pip's own resolver on an empty target (``--dry-run --ignore-installed --report``): the install items.
 
-    pip's own resolver on an empty target (``--dry-run --ignore-installed --report``), so the closure
-    is what pip itself accepts for that Python version and platform under ``constraints``.
+    It runs on an interpreter of the target version: pip evaluates environment markers on the running
+    interpreter, whatever ``--python-version`` says (``exceptiongroup; python_version < "3.11"`` would
+    be missed for 3.10 from 3.11).
     """
+    python = sys.executable if python_version == f"{sys.version_info.major}.{sys.version_info.minor}" else \
+        find_interpreter(python_version)
     with tempfile.TemporaryDirectory(prefix="wsdm-resolve-") as tmp:
         constraints_file = Path(tmp) / "constraints.txt"
         constraints_file.write_text("\n".join(constraints) + "\n")
         report = Path(tmp) / "report.json"
-        _run_pip(["install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
+        _run_pip(["install", "--dry-run", "--ignore-installed", "--report", str(report),
                   "--target", str(Path(tmp) / "target"), *_target_args(python_version, platforms), *index_args,
                   "-c", str(constraints_file), *requirements],
-                 f"resolving {' '.join(requirements)} for CPython {python_version}")
-        installs = json.loads(report.read_text())["install"]
+                 f"resolving {' '.join(requirements)} for CPython {python_version}", python)
+        return json.loads(report.read_text())["install"]
+
+
+def _accepted_image_versions(installs: list[dict], image_packages: dict[str, str], python_version: str) -> list[str]:
+    """``name==version`` for each package of the image whose version every requirement in the closure accepts."""
+    env = {"python_version": python_version, "python_full_version": f"{python_version}.0", "os_name": "posix",
+           "sys_platform": "linux", "platform_system": "Linux", "platform_machine": DEFAULT_ARCH,
+           "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+    specifiers: dict[str, list] = {}
+    for item in installs:
+        extras = ["", *item.get("requested_extras", [])]
+        for text in item["metadata"].get("requires_dist", []):
+            req = Requirement(text)
+            if req.marker is None or any(req.marker.evaluate({**env, "extra": extra}) for extra in extras):
+                specifiers.setdefault(canonicalize_name(req.name), []).append(req.specifier)
+    return [f"{name}=={version}" for name, version in image_packages.items()
+            if name != "torch" and all(spec.contains(version, prereleases=True)
+                                       for spec in specifiers.get(canonicalize_name(name), []))]
+
+
+def resolve_closure(requirements: Sequence[str], *, python_version: str, platforms: Sequence[str],
+                    torch: str, index_args: list[str], image_packages: dict[str, str] | None = None,
+                    attempts: int = 8) -> list[tuple[str, str]]:
+    """``(name, version)`` of every distribution pip installs for ``requirements`` on the target, torch held.
+
+    With ``image_packages`` (a declared image), the image's own versions are kept wherever the closure
+    accepts them, so the install changes as little of the image as it can: the fresh closure says which
+    versions are accepted, and a second resolution with those pinned checks that they fit together
+    (a pin pip names in a conflict is dropped and the resolution repeated).
+    """
+    held = [f"torch=={torch}"]
+    installs = _resolve(requirements, python_version, platforms, held, index_args)
+    kept = _accepted_image_versions(installs, image_packages or {}, python_version)
+    for _ in range(attempts):
+        if not kept:
+            break
+        try:
+            installs = _resolve(requirements, python_version, platforms, held + kept, index_args)
+            break
+        except BundleError as exc:
+            named = {canonicalize_name(m) for m in re.findall(r"\(constraint\) ([A-Za-z0-9_.-]+)==",
+                                                              getattr(exc, "pip_output", ""))}
+            if not named:
+                raise
+            kept = [pin for pin in kept if canonicalize_name(pin.split("==")[0]) not in named]
     return [(item["metadata"]["name"], item["metadata"]["version"]) for item in installs]
 
 
@@ -166,12 +220,14 @@ def build_wheelhouse(out: str | Path, packages: Sequence[str] | None = None, *, 
         wheel = build_project_wheel(stage, index_args, no_index)
         project = f"wsdm_helpers[{EXTRAS}]=={__version__}"
         closure = resolve_closure([f"{wheel}[{EXTRAS}]", *packages], python_version=python_version,
-                                  platforms=platforms, constraints=[f"torch=={torch}"], index_args=index_args)
-        carried = [f"{name}=={version}" for name, version in closure
-                   if not IMAGE_RUNTIME.match(name.lower()) and name.lower().replace("_", "-") != "wsdm-helpers"]
+                                  platforms=platforms, torch=torch, index_args=index_args,
+                                  image_packages=declared.packages if declared else None)
+        carried = sorted(f"{name}=={version}" for name, version in closure
+                         if not IMAGE_RUNTIME.match(name.lower()) and canonicalize_name(name) != "wsdm-helpers")
         _run_pip(["download", "--no-deps", *_target_args(python_version, platforms), *index_args,
                   "-d", str(stage), *carried], f"downloading the {len(carried)} wheels of the closure")
-        requirements = [project, *packages]
+        # Every version pinned: pip has one candidate per package (installed or here), so it never backtracks.
+        requirements = [project, *carried]
         atomic_write_text(stage / REQUIREMENTS, "\n".join(requirements) + "\n")
         shutil.copyfile(install_wheelhouse.__file__, stage / INSTALLER)
         write_dataset_metadata(stage, meta)
