@@ -460,6 +460,14 @@ def test_the_next_kaggle_session_resumes_from_the_attached_output_of_the_last(tm
         train(load_run_config(TINY_PRESET, {**settings, "train.resume_from": str(working)}))  # finished: none kept
 
 
+def _checkpoint_files(folder):
+    """The files of a Trainer checkpoint but trainer_state.json, in their real formats (resume checks them)."""
+    from safetensors.torch import save_file
+
+    save_file({"lora_A.weight": torch.zeros(4, 8)}, str(folder / "adapter_model.safetensors"))
+    torch.save({"state": {}}, folder / "optimizer.pt")
+
+
 def test_resume_from_takes_the_latest_complete_checkpoint_and_names_ambiguous_outputs(tmp_path):
     import json
     import shutil
@@ -469,7 +477,7 @@ def test_resume_from_takes_the_latest_complete_checkpoint_and_names_ambiguous_ou
     previous = tmp_path / "input" / "session-1" / "runs" / "gemma" / "checkpoints"
     for step, complete in ((2, True), (4, True), (6, False)):  # checkpoint-6: the session ended while saving it
         (previous / f"checkpoint-{step}").mkdir(parents=True)
-        (previous / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"w")
+        _checkpoint_files(previous / f"checkpoint-{step}")
         if complete:
             state = {"global_step": step, "best_model_checkpoint": "/kaggle/working/runs/gemma/checkpoints/checkpoint-2"}
             (previous / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps(state))

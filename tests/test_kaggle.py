@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -249,7 +250,8 @@ def test_build_path_pattern(text, found):
 
 # ---- bundles ---------------------------------------------------------------------------------------
 def _run_dir(root: Path, source: str = "/tmp/build/base-model", weights: str = "adapter_model.safetensors") -> Path:
-    """A finished LoRA run in the contract's layout; weight files are stand-ins (the checks never parse them)."""
+    """A finished LoRA run in the contract's layout; the adapter is a real safetensors file of rank 4 (the
+    run-folder checks read its header), the other weight files are stand-ins."""
     (root / "adapter").mkdir(parents=True)
     (root / "tokenizer").mkdir()
     (root / "checkpoints" / "checkpoint-2").mkdir(parents=True)
@@ -258,7 +260,13 @@ def _run_dir(root: Path, source: str = "/tmp/build/base-model", weights: str = "
     (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (root / "adapter" / "adapter_config.json").write_text(json.dumps(
         {"base_model_name_or_path": source, "peft_type": "LORA", "r": 4}))
-    (root / "adapter" / weights).write_bytes(b"\0" * 64)
+    if weights.endswith(".safetensors"):
+        from safetensors.numpy import save_file
+
+        save_file({"base_model.model.layers.0.q_proj.lora_A.weight": np.zeros((4, 8), np.float32)},
+                  str(root / "adapter" / weights))
+    else:
+        (root / "adapter" / weights).write_bytes(b"\0" * 64)
     (root / "adapter" / "README.md").write_text(f"---\nbase_model: {source}\nlibrary_name: peft\n---\n")
     (root / "tokenizer" / "tokenizer.json").write_text('{"model": {"vocab": {"/home": 5}}}')
     (root / "metrics.json").write_text('{"accuracy": 0.61}')

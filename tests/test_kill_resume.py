@@ -2,6 +2,7 @@
 byte-identical submission."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 from wsdm_helpers.config import load_run_config  # noqa: E402
 from wsdm_helpers.data import write_canonical  # noqa: E402
@@ -84,3 +85,86 @@ def test_sigkill_mid_predict_then_resume_is_byte_identical(run_and_test):
     pd.testing.assert_frame_equal(pd.read_parquet(root / "submission.parquet"),
                                   pd.read_parquet(root / "reference.parquet"), check_exact=True)
     assert len(pd.read_csv(root / "submission.csv")) == ROWS
+
+
+# ---- `wsdm train` killed during checkpoint saves ---------------------------------------------------
+TRAIN_STEPS, KILLS = 26, 20
+
+
+def _train_cmd(root: Path, out: str) -> list[str]:
+    return [sys.executable, "-m", "wsdm_helpers", "train", "--config", str(REPO / "configs" / "tiny-test.yaml"),
+            "--set", f"data.train_path={root / 'train.parquet'}", "--set", f"model.source={root / 'model'}",
+            "--set", f"train.output_dir={root / out}", "--set", f"train.max_steps={TRAIN_STEPS}",
+            "--set", "train.save_steps=1", "--set", "train.eval_steps=0", "--set", "train.save_total_limit=3",
+            "--set", "train.per_device_batch_size=2"]
+
+
+def _complete(checkpoint: Path) -> bool:
+    """Every file of the checkpoint loads (the test's own check, independent of the package's)."""
+    import torch
+    from safetensors.torch import load_file
+
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+        load_file(str(checkpoint / "adapter_model.safetensors"))
+        for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+            torch.load(checkpoint / name, weights_only=False)
+    except Exception:  # noqa: BLE001 (any failure to load means incomplete)
+        return False
+    return True
+
+
+def _newest(folder: Path) -> Path | None:
+    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return found[-1] if found else None
+
+
+def _kill_during_a_save(proc: subprocess.Popen, checkpoints: Path, after: Path | None, timeout: float = 300) -> bool:
+    """SIGKILL once a checkpoint newer than ``after`` exists and the next save has begun (an event seen on
+    disk, not a fixed sleep); True when the save was still under way when the process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        newest = _newest(checkpoints) if checkpoints.is_dir() else None
+        progressed = newest is not None and (after is None or int(newest.name[11:]) > int(after.name[11:]))
+        if progressed and (checkpoints / ".saving").is_dir():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+            return (checkpoints / ".saving").is_dir()
+        time.sleep(0.002)
+    if proc.poll() is None:
+        raise TimeoutError("no checkpoint save to kill")
+    return False
+
+
+@pytest.mark.slow  # ~22 `wsdm train` processes of a tiny model (a few minutes of CPU)
+def test_sigkill_during_checkpoint_saves_resumes_to_the_uninterrupted_adapter(tmp_path):
+    from safetensors.torch import load_file
+
+    frame = make_demo_frame(40, seed=5)
+    write_canonical(frame, tmp_path / "train.parquet")
+    build_tiny_model("llama", train_tokenizer(pair_texts(frame), vocab_size=400), tmp_path / "model")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    kills_mid_save, runs = 0, 0
+    while kills_mid_save < KILLS:
+        resume_from = _newest(checkpoints) if checkpoints.is_dir() else None
+        log = tmp_path / f"run-{runs}.log"
+        with open(log, "wb") as err:
+            proc = subprocess.Popen(_train_cmd(tmp_path, "killed"), env=env, stdout=subprocess.DEVNULL, stderr=err)
+            cut = _kill_during_a_save(proc, checkpoints, resume_from)
+        runs += 1
+        assert proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+        if resume_from is not None:
+            assert f"resuming from {resume_from} (step {resume_from.name[11:]})" in log.read_text()
+        kills_mid_save += cut
+        assert all(_complete(c) for c in checkpoints.glob("checkpoint-*")), "a kill left a partial checkpoint-N"
+        assert runs < 2 * KILLS, "the kills did not land in saves"
+    resume_from = _newest(checkpoints)
+    finished = subprocess.run(_train_cmd(tmp_path, "killed"), env=env, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert f"resuming from {resume_from}" in finished.stderr
+    solo = subprocess.run(_train_cmd(tmp_path, "solo"), env=env, capture_output=True, text=True, timeout=600)
+    assert solo.returncode == 0, solo.stderr[-3000:]
+    killed, reference = (load_file(str(tmp_path / d / "adapter" / "adapter_model.safetensors")) for d in ("killed", "solo"))
+    assert killed.keys() == reference.keys()
+    assert all(torch.equal(killed[k], reference[k]) for k in reference)

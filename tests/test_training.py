@@ -23,32 +23,12 @@ from wsdm_helpers.data import write_canonical  # noqa: E402
 from wsdm_helpers.demo_data import make_demo_frame  # noqa: E402
 from wsdm_helpers.errors import ConfigError  # noqa: E402
 from wsdm_helpers.modeling import load_run  # noqa: E402
-from wsdm_helpers.tiny import build_tiny_model, pair_texts, train_tokenizer  # noqa: E402
 from wsdm_helpers.tokenization import encode_pairs  # noqa: E402
 from wsdm_helpers.training import halve_batch, train  # noqa: E402
 from wsdm_helpers.tta import average_orientations, swap_pairs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_PRESET = REPO / "configs" / "tiny-test.yaml"
-
-
-@pytest.fixture(scope="session")
-def demo(tmp_path_factory):
-    """80 demo pairs as a canonical parquet file and a tokenizer trained on their text."""
-    root = tmp_path_factory.mktemp("demo")
-    frame = make_demo_frame(80, seed=1)
-    write_canonical(frame, root / "train.parquet")
-    texts = pair_texts(frame)
-    tokenizer = train_tokenizer(texts + ["Answer: A", "Answer: B"] * 50, vocab_size=500)
-    return root / "train.parquet", tokenizer
-
-
-@pytest.fixture(scope="session")
-def tiny_model(demo, tmp_path_factory):
-    def build(family: str, head: str = "classifier") -> Path:
-        out = tmp_path_factory.getbasetemp() / f"model-{family}-{head}"
-        return out if out.exists() else build_tiny_model(family, demo[1], out, head=head)
-    return build
 
 
 def tiny_cfg(demo, source, out_dir, overrides: dict | None = None):

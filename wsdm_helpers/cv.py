@@ -6,8 +6,10 @@ baseline, seconds) write the same layout into OUTPUT (``train.output_dir``)::
     folds.parquet      id, fold: made once (grouped by prompt, stratified by label x language, seeded,
                        independent of row order) and reused; give it to the other models of a project
                        (``--folds-file`` or ``data.folds_file``) so every model sees the same folds
-    cv_config.yaml     the resolved config; a rerun into the same OUTPUT with another config is refused
+    cv_config.yaml     the resolved config; a rerun into the same OUTPUT with another config is refused (the
+                       folder's own paths aside: a moved or copied cv folder is the same cv)
     fold-K/            a normal ``wsdm train`` run folder (data.fold=K), plus
+      cv_config.yaml     the cv config it was made with: a fold copied in from a cv of other settings is refused
       valid_ab.parquet   its held-out rows predicted as given
       valid_ba.parquet   its held-out rows predicted with A and B swapped, mapped back to AB
     oof.parquet        every labelled training row exactly once (with data.valid_from=train_path: every
@@ -108,17 +110,55 @@ def prepare_folds(out_dir: Path, frame: pd.DataFrame, data: DataConfig) -> tuple
 
 
 def check_config(out_dir: Path, resolved: dict[str, Any]) -> None:
-    """Save the CV's config once; refuse a rerun whose config differs (it would mix two recipes)."""
+    """Save the CV's config once; refuse a rerun whose config differs (it would mix two recipes). The cv
+    folder's own paths do not count: a moved or copied cv folder is the same cv."""
     path = out_dir / CONFIG_FILE
     if not path.is_file():
         save_yaml(resolved, path)
         return
-    saved = load_yaml(path)
-    diff = sorted(_flat(saved).items() ^ _flat(resolved).items())
-    if diff:
-        keys = sorted({k for k, _ in diff})
-        raise ConfigError(f"{out_dir} holds a cv with another config (differs in {', '.join(keys)}); resume with "
-                          f"the same settings, or use a new output folder")
+    changed = config_changes(load_yaml(path), resolved)
+    if changed:
+        raise ConfigError(f"{out_dir} holds a cv with another config ({'; '.join(changed)}); resume with the same "
+                          "settings (rerun with the old values), or use a new output folder for the new ones")
+
+
+def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every setting that differs, the cv folder's own paths left out."""
+    old, new = _flat(_own_paths_relative(saved)), _flat(_own_paths_relative(now))
+    return [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(absent)')}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]
+
+
+def _own_paths_relative(config: dict[str, Any]) -> dict[str, Any]:
+    """The config with the paths into its own cv folder (data.folds_file = CV/folds.parquet, train.output_dir
+    = CV) written relative to that folder."""
+    folds_file = config.get("data", {}).get("folds_file")
+    if not folds_file or Path(folds_file).name != FOLDS_FILE:
+        return config
+    own = Path(folds_file).parent
+    out = {**config, "data": {**config["data"], "folds_file": FOLDS_FILE}}
+    if "train" in config and Path(config["train"].get("output_dir", "")) == own:
+        out["train"] = {**config["train"], "output_dir": "."}
+    return out
+
+
+def check_fold_origin(out_dir: Path, fold: int, resolved: dict[str, Any]) -> None:
+    """Stamp fold-K with the cv config (``fold-K/cv_config.yaml``) or, when it has one, refuse a fold made
+    by a cv with other settings (fold folders copied together from several sessions)."""
+    folder = fold_dir(out_dir, fold)
+    stamp = folder / CONFIG_FILE
+    if stamp.is_file():
+        changed = config_changes(load_yaml(stamp), resolved)
+        if changed:
+            raise ConfigError(f"{folder} was made by a cv with other settings ({'; '.join(changed)}); its "
+                              f"predictions would mix two recipes in oof.parquet. Fix: delete {folder} (or move it "
+                              f"to a cv folder of its own settings) and run wsdm cv --folds {fold} again")
+    elif folder.is_dir():
+        log.warning("%s has no %s (made by an older version): cannot check that it was made with this cv's "
+                    "settings", folder, CONFIG_FILE)
+    else:
+        folder.mkdir(parents=True)
+        save_yaml(resolved, stamp)
 
 
 def _flat(data: dict, prefix: str = "") -> dict[str, str]:
@@ -153,10 +193,15 @@ def validated_rows(frame, data: DataConfig):
 
 
 def _run_folds(out_dir: Path, frame, folds, data: DataConfig, selected: Sequence[int],
-               fit_predict: Callable[[int, Any], tuple[Any, Any]], tta: InferenceConfig) -> CVResult:
-    """Train and predict the selected folds not yet done; assemble the OOF file when all are done."""
+               fit_predict: Callable[[int, Any], tuple[Any, Any]], tta: InferenceConfig,
+               resolved: dict[str, Any]) -> CVResult:
+    """Train and predict the selected folds not yet done; assemble the OOF file when all are done. Every
+    fold folder is checked (or stamped) against the cv's config first."""
     n_folds = data.n_folds
     labelled = validated_rows(frame, data)
+    for k in range(n_folds):
+        if k in selected or fold_dir(out_dir, k).is_dir():
+            check_fold_origin(out_dir, k, resolved)
     for k in selected:
         if fold_done(out_dir, k):
             log.info("fold %d: done already (%s)", k, fold_dir(out_dir, k))
@@ -245,7 +290,7 @@ def run_cv(cfg: RunConfig, folds: Sequence[int] | None = None, callbacks: list |
         return _train_and_predict_fold(base, out_dir, k, valid, callbacks)
 
     return _run_folds(out_dir, frame, fold_of, cfg.data, list(folds or range(cfg.data.n_folds)),
-                      fit_predict, cfg.inference)
+                      fit_predict, cfg.inference, resolved)
 
 
 def _train_and_predict_fold(base: RunConfig, out_dir: Path, k: int, valid, callbacks):
@@ -305,4 +350,4 @@ def run_baseline_cv(data: DataConfig, out_dir: str | Path, model: str = "logreg"
         return ab, ba
 
     return _run_folds(out_dir, frame, fold_of, data, list(folds or range(data.n_folds)), fit_predict,
-                      InferenceConfig(tta="swap"))
+                      InferenceConfig(tta="swap"), resolved)

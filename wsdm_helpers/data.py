@@ -211,8 +211,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
     except DataError:
         raise
     except UnicodeDecodeError as exc:
-        raise _fail(path, f"is not UTF-8 text (found byte {exc.object[exc.start:exc.start + 1]!r}; "
-                          "Latin-1 or Windows-1252 files look like this)",
+        raise _fail(path, f"is not UTF-8 text ({_first_bad_byte(path, exc)}; Latin-1 or Windows-1252 files, or "
+                          "encoded UTF-16 surrogates, look like this)",
                     "re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`, or "
                     "'Save as CSV UTF-8' in a spreadsheet)") from exc
     except RecursionError as exc:
@@ -226,11 +226,25 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return table
 
 
+def _first_bad_byte(path: Path, exc: UnicodeDecodeError) -> str:
+    """``line N: found byte b'..'`` for the first byte of the file that is not UTF-8 (the reader's own
+    exception may see only a chunk of the file)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as whole:
+        line = raw.count(b"\n", 0, whole.start) + 1
+        return f"line {line}: found byte {raw[whole.start:whole.start + 1]!r}"
+    return f"found byte {exc.object[exc.start:exc.start + 1]!r}"
+
+
 def _read_kind(path: Path, kind: str) -> pd.DataFrame:
     if kind == "csv":
         return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
     if kind == "parquet":
-        return pd.read_parquet(path)
+        return _read_parquet(path)
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as fh:
         text = fh.read()
@@ -246,6 +260,34 @@ def _read_kind(path: Path, kind: str) -> pd.DataFrame:
                 return pd.DataFrame(data)
             return _records_frame(data if isinstance(data, list) else [data], path, "item")
     return _records_frame(_json_lines(text, path), path, "line")
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    """The parquet file as a frame; text that is not UTF-8 (pyarrow stores and loads it unchecked, and it
+    then fails wherever it is read) is a DataError naming the column and rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    for name in table.column_names:
+        column = table[name]
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid as exc:
+            bad = [f"row {i}" for i in range(len(column)) if not _valid_arrow(column.slice(i, 1))]
+            raise _fail(path, f"cells are not valid UTF-8 text ({exc})", "re-write these cells as UTF-8 text",
+                        column=str(name), ids=bad) from exc
+    return table.to_pandas()
+
+
+def _valid_arrow(cells: Any) -> bool:
+    import pyarrow as pa
+
+    try:
+        cells.validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
 
 
 def loads_json(text: str) -> Any:
@@ -278,7 +320,10 @@ def _records_frame(records: list[Any], path: Path, unit: str) -> pd.DataFrame:
         raise _fail(path, f"records must be JSON objects, found {', '.join(kinds)}",
                     "write one object per record, e.g. {\"id\": 1, \"prompt\": \"...\"}",
                     ids=[f"{unit} {i}" for i in bad])
-    return pd.DataFrame.from_records(records)
+    try:
+        return pd.DataFrame.from_records(records)
+    except UnicodeEncodeError:  # a lone surrogate (escape \ud800): arrow strings refuse it, _clean_parts replaces it
+        return pd.DataFrame(records, dtype=object)
 
 
 # ---- layout detection ----------------------------------------------------------------------------
@@ -294,7 +339,7 @@ def detect_layout(table: pd.DataFrame, path: Any = "<frame>") -> str:
         if set(_mapped_columns(preset.column_map)) <= cols:
             return f"columns:{name}"
     if set(REQUIRED_COLUMNS["wsdm"]) <= cols:
-        return "lmsys" if _cells_are_json_lists(table["prompt"]) else "wsdm"
+        return _prompt_layout(table, path)
     raise _layout_error(path, cols)
 
 
@@ -303,12 +348,32 @@ def _looks_canonical(table: pd.DataFrame) -> bool:
     return isinstance(first, (list, np.ndarray))
 
 
-def _cells_are_json_lists(column: pd.Series, probe: int = 20) -> bool:
-    cells = [c for c in column.head(probe).tolist() if isinstance(c, str)]
+def _prompt_layout(table: pd.DataFrame, path: Any) -> str:
+    """lmsys when every text prompt cell is a JSON list of turns, wsdm when none is; a file with both is
+    a DataError naming the rows of the smaller kind (a guess from some rows would misread the others)."""
+    cells = table["prompt"].tolist()
+    is_list = np.array([isinstance(c, str) and _is_turn_list(c) for c in cells])
+    is_text = np.array([isinstance(c, str) for c in cells]) & ~is_list
+    if not is_list.any() or not is_text.any():
+        return "lmsys" if is_list.any() else "wsdm"
+    n_list, n_text = int(is_list.sum()), int(is_text.sum())
+    odd = is_text if n_text <= n_list else is_list
+    ids = np.asarray(_row_ids(table, path), dtype=object)[odd]
+    rows = {True: "rows", False: "row"}
+    raise _fail(path, f"prompt cells are JSON lists of turns in {n_list} {rows[n_list > 1]} (the LMSYS layout) but "
+                      f"plain text in {n_text} {rows[n_text > 1]} (the WSDM layout)",
+                "write every prompt in one layout (LMSYS: a JSON list of turns such as [\"Hi there\"]; WSDM: plain "
+                "text), or pass --layout lmsys or --layout wsdm (data.layout)", column="prompt", ids=ids)
+
+
+def _is_turn_list(cell: str) -> bool:
+    if not cell.lstrip().startswith("["):
+        return False
     try:
-        return bool(cells) and all(c.lstrip().startswith("[") and isinstance(loads_json(c), list) for c in cells)
+        turns = loads_json(cell)
     except json.JSONDecodeError:
         return False
+    return isinstance(turns, list) and all(t is None or isinstance(t, str) for t in turns)
 
 
 def _mapped_columns(column_map: dict) -> list[str]:
@@ -365,6 +430,45 @@ def _id_text(value: Any) -> str | None:
     if isinstance(value, (float, np.floating)):
         return str(int(value)) if np.isfinite(value) and float(value).is_integer() else None
     return str(value)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+SIDE_TEXT_COLUMNS = ("language", "model_a", "model_b")
+
+
+def clean_text(text: str) -> str:
+    """``text`` with its UTF-16 surrogates resolved: a split pair becomes its one character, a lone half
+    (a JSON escape such as ``\\ud800`` with no partner) becomes U+FFFD. Tokenizers and every UTF-8 writer
+    (parquet, csv) refuse lone halves; readers and the encoder share this rule."""
+    if not _SURROGATE.search(text):
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _clean_parts(parts: dict, path: Any) -> int:
+    """Apply :func:`clean_text` to every text cell of the parts in place; the number of rows it changed.
+
+    An id with a surrogate is refused (replacing a character would change the id a submission needs)."""
+    bad = [f"row {i}" for i, rid in enumerate(parts["id"]) if _SURROGATE.search(rid)]
+    if bad:
+        raise _fail(path, "ids hold lone UTF-16 surrogates (an escape such as \\ud800 without its partner)",
+                    "fix these ids in the file", column="id", ids=bad)
+    changed: set[int] = set()
+    for column in TURN_COLUMNS:
+        for row, turns in enumerate(parts[column]):
+            clean = [t if t is None else clean_text(t) for t in turns]
+            if clean != turns:
+                parts[column][row] = clean
+                changed.add(row)
+    for column in SIDE_TEXT_COLUMNS:
+        clean = [clean_text(v) for v in parts[column]]
+        changed.update(row for row, (a, b) in enumerate(zip(clean, parts[column], strict=True)) if a != b)
+        parts[column] = clean
+    if changed:
+        rows = sorted(changed)
+        log.warning("%s: %d row(s) held lone UTF-16 surrogates, replaced by U+FFFD (ids: %s)", path, len(rows),
+                    ", ".join(parts["id"][r] for r in rows[:SHOW_IDS]))
+    return len(changed)
 
 
 def _text_cells(table: pd.DataFrame, column: str, path: Any, ids: list[str]) -> list[str | None]:
@@ -679,9 +783,11 @@ class ValidationReport:
     empty_response_rows: int
     identical_response_rows: int
     languages: dict
+    replaced_text_rows: int = 0  # rows whose lone UTF-16 surrogates became U+FFFD (clean_text)
 
     @classmethod
-    def of(cls, frame: pd.DataFrame, source: str, layout: str, ties: str, ties_in: int) -> ValidationReport:
+    def of(cls, frame: pd.DataFrame, source: str, layout: str, ties: str, ties_in: int,
+           replaced: int = 0) -> ValidationReport:
         a, b, p = frame["response_a"].tolist(), frame["response_b"].tolist(), frame["prompt"].tolist()
         counts = frame["label"].value_counts()
         return cls(
@@ -692,7 +798,8 @@ class ValidationReport:
             multi_turn_rows=sum(len(x) > 1 for x in p),
             empty_response_rows=sum(any(t is not None and not t.strip() for t in x + y) for x, y in zip(a, b, strict=True)),
             identical_response_rows=sum(x == y for x, y in zip(a, b, strict=True)),
-            languages={str(k): int(v) for k, v in frame["language"].value_counts().items()})
+            languages={str(k): int(v) for k, v in frame["language"].value_counts().items()},
+            replaced_text_rows=replaced)
 
     def to_text(self) -> str:
         """A readable multi-line summary."""
@@ -710,6 +817,7 @@ class ValidationReport:
             f"multi-turn rows: {self.multi_turn_rows}",
             f"empty responses: {self.empty_response_rows} rows",
             f"identical responses: {self.identical_response_rows} rows",
+            f"replaced characters: {self.replaced_text_rows} rows (lone UTF-16 surrogates -> U+FFFD)",
             f"languages ({len(self.languages)}): {langs}{more}",
         ])
 
@@ -738,10 +846,11 @@ def read_pairs(path: str | Path, layout: str = "auto", ties: str = "keep", colum
         raise ConfigError("layout='columns' needs a column_map, e.g. {prompt: instruction, response_a: output_1, "
                           "response_b: output_2, winner: label}")
     parts = _read_layout(table, path, layout, column_map or {}, seed)
+    replaced = _clean_parts(parts, path)
     frame = _assemble(parts, path, f"{layout}:{path.name}")
     ties_in = int((frame["label"] == TIE).sum())
     frame = apply_ties(frame, ties, path)
-    return frame, ValidationReport.of(frame, str(path), layout, ties, ties_in)
+    return frame, ValidationReport.of(frame, str(path), layout, ties, ties_in, replaced)
 
 
 def _read_layout(table: pd.DataFrame, path: Path, layout: str, column_map: dict, seed: int) -> dict:
@@ -786,7 +895,9 @@ def frame_from_records(records: list[dict], source: str = "records") -> pd.DataF
                     ids=[ids[i] for i in np.flatnonzero(~np.isin(labels, list(LABEL_NAMES)))])
     side = {k: [str(v) for v in table[k]] if k in table.columns else [d] * len(ids)
             for k, d in (("language", "unknown"), ("model_a", ""), ("model_b", ""))}
-    return _assemble({"id": ids, **parts, "label": labels, **side}, source, source)
+    parts = {"id": ids, **parts, "label": labels, **side}
+    _clean_parts(parts, source)
+    return _assemble(parts, source, source)
 
 
 CANONICAL_FORMATS = {".parquet": "parquet", ".pq": "parquet"}

@@ -12,6 +12,7 @@ long work, so that a read-only or full output folder fails in a second rather th
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -22,7 +23,10 @@ from typing import Any
 
 from .errors import OutputError
 
+log = logging.getLogger(__name__)
+
 MIN_FREE_BYTES = 64 * 2**20  # what a submission, predictions and logs need at least
+LOCK_FILE = ".wsdm-writer.lock"
 COMPRESSED = (".gz", ".bz2", ".xz", ".zip", ".zst")  # names a reader would decompress; writers never compress
 
 
@@ -181,3 +185,42 @@ def atomic_write_csv(frame: Any, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
     return Path(path)
+
+
+@contextmanager
+def writer_lock(folder: str | Path, what: str = "output folder") -> Iterator[Path]:
+    """Hold the writer lock of ``folder``: an flock on ``FOLDER/.wsdm-writer.lock``, which holds the pid.
+
+    A second writer gets OutputError naming the holder's pid. The kernel releases the flock of a process
+    that dies, so a lock file left by a killed writer is taken over (logged with its pid)."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, umask_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            raise OutputError(f"{what} {folder} is being written by another process (pid {holder}). Fix: wait for "
+                              f"it to end, or choose another {what}") from None
+        if path.exists() and os.stat(path).st_ino == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # the holder removed the file between our open and our lock: lock the new one
+    previous = _read_pid(fd)
+    if previous != "unknown":
+        log.warning("%s: the lock of pid %s, which is no longer running, is taken over", folder, previous)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _read_pid(fd: int) -> str:
+    return os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"

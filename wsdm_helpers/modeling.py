@@ -676,7 +676,10 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", base_sourc
     """
     import torch
 
+    from .run_folder import check_identity, check_run_folder
+
     run_dir = Path(run_dir)
+    check_run_folder(run_dir)
     overrides = {"model.source": base_source, "model.dtype": dtype, "model.quantization": quantization}
     cfg = load_run_config(run_dir / "config.yaml", {k: v for k, v in overrides.items() if v})
     device = torch.device(device)
@@ -688,6 +691,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", base_sourc
         from peft import PeftModel
 
         check_weight_files(run_dir / "adapter", "the run's adapter", cfg.model.allow_pickled_weights)
+        check_identity(run_dir, resolve_source(cfg.model.source))
         base, _, family = load_model(cfg, device, device_map=device_map, max_memory=max_memory, fallback_dtype=True)
         model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
     tokenizer = load_tokenizer(run_dir / "tokenizer", family)

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .config import FormatConfig
+from .data import clean_text
 from .errors import ConfigError, DataError
 from .formatting import FIELDS, TEMPLATES, Budget, Template, TemplateIds, fit_pair
 
@@ -267,7 +268,8 @@ def _turn_lists(frame: pd.DataFrame) -> list[list[list[str]]]:
     for field in FIELDS:
         rows = [list(v) if isinstance(v, (list, tuple, np.ndarray)) else [v] for v in frame[field]]
         for rid, row in zip(frame["id"], rows, strict=True):
-            row[:] = [None if isinstance(t, float) and t != t else t for t in row]
+            row[:] = [None if isinstance(t, float) and t != t else clean_text(t) if isinstance(t, str) else t
+                      for t in row]
             if not all(t is None or isinstance(t, str) for t in row):
                 bad.setdefault(field, []).append(str(rid))
         fields.append(rows)

@@ -7,19 +7,24 @@ once here, not rebuilt on every out-of-memory retry.
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from tqdm.std import tqdm as text_bar
 from transformers import ProgressCallback, Trainer, TrainerCallback
-from transformers.trainer import DEFAULT_PROGRESS_CALLBACK
-from transformers.trainer_utils import has_length
+from transformers.trainer import DEFAULT_PROGRESS_CALLBACK, TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length, rotate_checkpoints
 
 from .distill import pair_loss
 from .errors import NumericalError
 from .modeling import class_logits
 from .runtime import plain_progress
+
+STAGING = ".saving"  # checkpoints/.saving/checkpoint-N: a checkpoint being written, renamed when complete
 
 
 class StepTimer(TrainerCallback):
@@ -58,6 +63,17 @@ class TextProgress(ProgressCallback):
             self.prediction_bar = text_bar(total=len(eval_dataloader), leave=self.training_bar is None,
                                            dynamic_ncols=True)
         super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
+
+
+class MovedCheckpoints(TrainerCallback):
+    """A resumed run whose folder moved: the best checkpoint its state recorded is looked up under its name
+    in this run's checkpoint folder (else the Trainer would skip loading the best model at the end)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        best = state.best_model_checkpoint
+        here = Path(args.output_dir) / Path(best).name if best else None
+        if best and not Path(best).exists() and here.exists():
+            state.best_model_checkpoint = str(here)
 
 
 class TimeLimit(TrainerCallback):
@@ -167,9 +183,44 @@ class PairTrainer(Trainer):
         self.train_tokens = 0  # real (non-pad) tokens of this process's training batches
         self.step_timer = StepTimer()
         self.add_callback(self.step_timer)
+        self.add_callback(MovedCheckpoints)
+        self._staging: str | None = None
         if plain_progress() and not self.args.disable_tqdm:
             self.pop_callback(DEFAULT_PROGRESS_CALLBACK)
             self.add_callback(TextProgress)
+
+    def _get_output_dir(self, trial) -> str:
+        return self._staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, written in ``checkpoints/.saving/`` and renamed to ``checkpoint-N`` once
+        complete: a process killed mid-save leaves no ``checkpoint-N`` for resume to pick."""
+        root = Path(super()._get_output_dir(trial))
+        staged = root / STAGING / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            shutil.rmtree(staged.parent, ignore_errors=True)  # what a killed save left
+        self.accelerator.wait_for_everyone()
+        self._staging = str(staged.parent)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = None
+        self.accelerator.wait_for_everyone()  # every process has written its part (rng states)
+        if self.args.should_save:
+            self._publish(staged, root / staged.name)
+        self.accelerator.wait_for_everyone()
+
+    def _publish(self, staged: Path, final: Path) -> None:
+        """Rename the complete checkpoint into place, with the paths it recorded pointing there."""
+        if self.state.best_model_checkpoint == str(staged):
+            self.state.best_model_checkpoint = str(final)
+            self.state.save_to_json(str(staged / TRAINER_STATE_NAME))
+        if final.exists():  # an incomplete one of an older version: replaced
+            shutil.rmtree(final)
+        os.replace(staged, final)
+        staged.parent.rmdir()
+        rotate_checkpoints(output_dir=str(final.parent), save_total_limit=self.args.save_total_limit,
+                           best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
 
     def _get_train_sampler(self, *args, **kwargs):
         """:class:`SwapPairSampler` when ``swap_in_batch``, else the Trainer's own (random or by length)."""

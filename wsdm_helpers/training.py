@@ -15,13 +15,17 @@ Run folder::
 
     config.yaml       resolved RunConfig (reproduces the run; model.source is pypi:NAME or an absolute path)
     adapter/          peft adapter (safetensors; classifier head included) -- or model/ for full fine-tunes
+    identity.json     the base model's and the adapter's fingerprints (run_folder.py): a load on another base,
+                      or with another run's adapter, is refused
     tokenizer/        tokenizer with its pad token
     metrics.json      final validation metrics, per-language accuracy, curve, OOM retries
     log_history.json  the Trainer's log (loss, learning rate, evaluations)
     oof.parquet       validation predictions under the inference section's TTA (tta.apply_policy): id,
                       winner_model_a, winner_model_b(, winner_tie), label, language
     checkpoints/      Trainer checkpoints (resume) and settings.json, the training settings they were made
-                      with; removed at the end unless train.keep_checkpoints
+                      with; removed at the end unless train.keep_checkpoints. Each is written in
+                      checkpoints/.saving/ and renamed to checkpoint-N when complete
+    .wsdm-writer.lock the writer lock while a run trains (io.writer_lock)
 
 Resume (``train.resume``, on by default) continues the last checkpoint only when the settings that
 change training (:func:`training_settings`) are those the checkpoints were made with; otherwise the
@@ -35,6 +39,7 @@ turns off and ``train.max_hours`` skips when it would not end in time (metrics.j
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -57,7 +62,7 @@ from .config import (
     to_dict,
 )
 from .errors import ConfigError, NumericalError
-from .io import atomic_dir, atomic_write_json, atomic_write_parquet, check_output_dir
+from .io import atomic_dir, atomic_write_json, atomic_write_parquet, check_output_dir, writer_lock
 
 log = logging.getLogger(__name__)
 
@@ -313,9 +318,51 @@ def halve_batch(batch_size: int, accumulation: int) -> tuple[int, int]:
 
 
 def last_checkpoint(checkpoint_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint; newer incomplete ones (a kill mid-save by an older version, a
+    truncated file) are removed with a warning naming the one resumed instead."""
+    found = _checkpoint_folders(checkpoint_dir)
+    for i, folder in enumerate(found):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return str(folder)
+        older = next((str(p) for p in found[i + 1:] if checkpoint_problem(p) is None), None)
+        log.warning("%s is incomplete (%s): removed; resuming from %s instead", folder, problem,
+                    older or "the start (no complete checkpoint)")
+        shutil.rmtree(folder)
+    return None
 
-    return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a Trainer checkpoint folder cannot be resumed (a missing or cut-short file), or None. Cheap:
+    it reads the safetensors headers and the zip directories of torch's files, not the tensors."""
+    names = {p.name for p in folder.iterdir()}
+    missing = [n for n in (STATE_FILE, "optimizer.pt") if n not in names]
+    if not names & {"adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json"}:
+        missing.append("adapter_model.safetensors")
+    if missing:
+        return f"{', '.join(missing)} missing"
+    for path in sorted(folder.iterdir()):
+        problem = _file_problem(path)
+        if problem:
+            return f"{path.name} {problem}"
+    return None
+
+
+def _file_problem(path: Path) -> str | None:
+    import zipfile
+
+    from .run_folder import safetensors_header
+
+    if path.suffix == ".safetensors":
+        return None if safetensors_header(path) is not None else "is cut short"
+    if path.suffix in (".pt", ".pth", ".bin"):
+        return None if zipfile.is_zipfile(path) else "is cut short (not a complete torch zip file)"
+    if path.suffix == ".json":
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return "is not complete JSON"
+    return None
 
 
 # ---- resume ---------------------------------------------------------------------------------------
@@ -332,6 +379,10 @@ def training_settings(cfg: RunConfig) -> dict[str, Any]:
     as JSON values."""
     flat = {f"{section}.{key}": value for section in ("data", "format", "model", "lora", "train")
             for key, value in to_dict(getattr(cfg, section)).items()}
+    if Path(cfg.data.folds_file).is_file():  # its rows, not where it lies: a cv folder moved mid-fold resumes
+        from .run_folder import file_sha256
+
+        flat["data.folds_file"] = f"sha256:{file_sha256(Path(cfg.data.folds_file))}"
     return json.loads(json.dumps({k: v for k, v in flat.items() if k not in _NOT_TRAINING}))
 
 
@@ -362,8 +413,14 @@ def _step_of(checkpoint: str | Path) -> int:
 STATE_FILE = "trainer_state.json"  # the Trainer writes it last: a checkpoint without it is incomplete
 
 
+def _checkpoint_folders(folder: Path) -> list[Path]:
+    """The ``checkpoint-N`` folders in ``folder``, newest first."""
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.rsplit("-", 1)[-1].isdigit()]
+    return sorted(found, key=_step_of, reverse=True)
+
+
 def _complete_checkpoints(folder: Path) -> list[Path]:
-    return [p for p in folder.glob("checkpoint-*") if p.name.rsplit("-", 1)[-1].isdigit() and (p / STATE_FILE).is_file()]
+    return [p for p in _checkpoint_folders(folder) if checkpoint_problem(p) is None]
 
 
 def previous_checkpoints(source: str | Path, depth: int = 4) -> Path:
@@ -401,7 +458,7 @@ def import_previous_checkpoint(source: str | Path, checkpoint_dir: Path) -> int 
         return None
     state = json.loads((latest / STATE_FILE).read_text(encoding="utf-8"))
     best = Path(state.get("best_model_checkpoint") or latest).name
-    for checkpoint in {latest, found / best} if (found / best / STATE_FILE).is_file() else {latest}:
+    for checkpoint in {latest, found / best} if found / best in _complete_checkpoints(found) else {latest}:
         with atomic_dir(checkpoint_dir / checkpoint.name, replace=False) as tmp:
             _copy_tree(checkpoint, tmp)
     if state.get("best_model_checkpoint"):  # the earlier session's path: point it at the copy
@@ -476,16 +533,23 @@ def _free_accelerator_memory() -> None:
 
 # ---- train ----------------------------------------------------------------------------------------
 def train(cfg: RunConfig, callbacks: list | None = None) -> TrainResult:
-    """Train ``cfg`` and write the run folder (see the module docstring). Resumes when it can."""
+    """Train ``cfg`` and write the run folder (see the module docstring). Resumes when it can. The first
+    process holds ``train.output_dir``'s writer lock (io.writer_lock): a second run into it is refused."""
+    cfg.validate()
+    preflight(cfg)
+    run_dir = check_output_dir(cfg.train.output_dir, what="train.output_dir")
+    first_process = int(os.environ.get("RANK", "0")) == 0  # the other processes of a launch write no run files
+    with writer_lock(run_dir, "train.output_dir") if first_process else contextlib.nullcontext():
+        return _train_into(run_dir, cfg, callbacks)
+
+
+def _train_into(run_dir: Path, cfg: RunConfig, callbacks: list | None) -> TrainResult:
     import torch
     from transformers import set_seed
 
     from .modeling import answer_ids_for, recorded_source, resolve_model
     from .trainer import TimeLimit
 
-    cfg.validate()
-    preflight(cfg)
-    run_dir = check_output_dir(cfg.train.output_dir, what="train.output_dir")
     checkpoint_dir = run_dir / "checkpoints"
     resolved = resolve_model(cfg, "cuda" if torch.cuda.is_available() else "cpu")  # once, for the whole run
     family, tokenizer = resolved.family, resolved.tokenizer
@@ -512,7 +576,7 @@ def train(cfg: RunConfig, callbacks: list | None = None) -> TrainResult:
     if stopped is not None:
         return _stopped_by_time_limit(run_dir, checkpoint_dir, cfg, trainer, tokenizer, stopped)
     if trainer.is_world_process_zero():  # the adapter first: a session that ends during the evaluation keeps it
-        _write_weights(run_dir, cfg, trainer, tokenizer)
+        _write_weights(run_dir, cfg, trainer, tokenizer, resolved.folder)
     skipped = _final_eval_skipped(cfg, trainer, evals)
     metrics = {"resumed_from_step": _step_of(resume_from) if resume_from else None,
                **_final_metrics(trainer, None if skipped else evals, retries, len(train_set))}
@@ -689,13 +753,17 @@ def _oof_metrics(oof, icfg: InferenceConfig) -> dict[str, Any]:
             "per_language": metrics.per_language_accuracy(oof["language"], labels, probs).to_dict(orient="records")}
 
 
-def _write_weights(run_dir: Path, cfg: RunConfig, trainer, tokenizer) -> None:
-    """adapter/ (or model/), tokenizer/ and config.yaml: all a submission needs from the run."""
+def _write_weights(run_dir: Path, cfg: RunConfig, trainer, tokenizer, base_folder: Path) -> None:
+    """adapter/ (or model/), identity.json, tokenizer/ and config.yaml: all a submission needs from the run."""
+    from .run_folder import IDENTITY, run_identity
+
     weights = "adapter" if cfg.lora.enabled else "model"
     with atomic_dir(run_dir / weights) as tmp:
         trainer.model.save_pretrained(str(tmp))
         if not cfg.lora.enabled:
             tokenizer.save_pretrained(str(tmp))
+    if cfg.lora.enabled:
+        atomic_write_json(run_dir / IDENTITY, run_identity(run_dir, base_folder))
     _write_settings(run_dir, cfg, tokenizer)
 
 

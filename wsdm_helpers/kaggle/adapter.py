@@ -25,13 +25,12 @@ import yaml
 
 from ..errors import BundleError
 from ..io import MIN_FREE_BYTES, atomic_write_json, atomic_write_text, check_output_dir
+from ..run_folder import RUN_CONFIG, WEIGHT_FOLDERS, run_folder_problems
 from .checks import BUILD_PATH_RE, BundleReport, check_bundle, write_manifest
 from .common import dataset_from_template, staged_folder, write_dataset_metadata
 
 DATASET = "wsdm-adapter"
-RUN_CONFIG = "config.yaml"
-COPIED = ("config.yaml", "metrics.json", "adapter", "model", "tokenizer")
-WEIGHT_FOLDERS = ("adapter", "model")
+COPIED = ("config.yaml", "metrics.json", "identity.json", "adapter", "model", "tokenizer")
 # peft's stub model card: "[More Information Needed]" and the build machine's base-model path.
 LEFT_BEHIND = ("README.md",)
 
@@ -87,20 +86,14 @@ def _link_problems(run_dir: Path) -> list[str]:
 
 
 def _check_run_dir(run_dir: Path) -> str:
-    """The weights folder of a run (adapter or model); raise naming what is missing."""
-    problems = []
-    if not (run_dir / RUN_CONFIG).is_file():
-        problems.append(f"{RUN_CONFIG} (the resolved RunConfig) is missing")
-    weights = [name for name in WEIGHT_FOLDERS if (run_dir / name).is_dir()]
-    if len(weights) != 1:
-        problems.append(f"expected exactly one of adapter/ (LoRA) or model/ (full weights), found {weights or 'none'}")
-    if not (run_dir / "tokenizer").is_dir():
-        problems.append("tokenizer/ is missing")
+    """The weights folder of a run (adapter or model); raise naming what is missing (the checks every load
+    makes, ``run_folder.run_folder_problems``, plus symlinks)."""
+    _, problems = run_folder_problems(run_dir)
     problems += _link_problems(run_dir)
     if problems:
         raise BundleError(f"{run_dir} is not a finished training run folder:\n"
                           + "\n".join(f"  - {p}" for p in problems) + "\n  (train one with `wsdm train`)")
-    return weights[0]
+    return next(name for name in WEIGHT_FOLDERS if (run_dir / name).is_dir())
 
 
 def bundle_adapter(run_dir: str | Path, out: str | Path, *, base_model: str | None = None,
