@@ -39,7 +39,9 @@ setup(
     package_data={"wsdm_helpers": ["configs/*.yaml", "configs/accelerate/*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
-        "torch>=2.5",  # torch.OutOfMemoryError (inference.py)
+        # 2.6: transformers 5 refuses torch.load (a checkpoint's optimizer.pt when resuming) below 2.6
+        # (CVE-2025-32434) and from 5.19 calls torch.accelerator; torch.OutOfMemoryError (inference.py) is 2.5
+        "torch>=2.6",
         # 5.6: accelerate no longer divides an accumulated loss (5.2-5.5 divide it there and in the Trainer), so
         # PairTrainer's loss gives the gradient and logged loss of the whole batch (tests/test_training.py)
         # [torch]: its torch floor (5.20 needs torch 2.6) is then part of the resolution, so a wheelhouse for an

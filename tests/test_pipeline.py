@@ -185,7 +185,8 @@ def test_a_run_out_of_time_while_tokenizing_stops_there(runs, data, clock, tmp_p
     monkeypatch.setattr(inference, "ENCODE_ROWS", 10)
     monkeypatch.setattr(inference.Worker, "_forward", lambda *a, **k: pytest.fail("no time was left for a batch"))
     result = submit([runs["two0"], runs["baseline"]], data["wsdm_test"], tmp_path / "submission.csv", weights=[1, 0],
-                    overrides=CPU, settings={"finish_seconds": 0.0}, deadline=_deadline(clock, LOAD + 0.25))
+                    overrides=CPU, settings={"finish_seconds": 0.0, "on_failure": "fill"},
+                    deadline=_deadline(clock, LOAD + 0.25))
     llm = result.report.runs[0]
     assert slices == [10, 10] and clock.now() == pytest.approx(LOAD + 0.2)  # a third would end at LOAD + 0.3
     assert llm.status == "stopped" and llm.rows_predicted == 0 and result.report.rows_from_fallback == N_TEST

@@ -55,7 +55,7 @@ def test_floors_cover_what_the_code_uses():
     from transformers.utils import BITSANDBYTES_MIN_VERSION
 
     floors = _setup_floors()
-    needs = {"bitsandbytes": BITSANDBYTES_MIN_VERSION, "torch": "2.5", "transformers": "5.6"}
+    needs = {"bitsandbytes": BITSANDBYTES_MIN_VERSION, "torch": "2.6", "transformers": "5.6"}
     low = {name: (floors.get(name), need) for name, need in needs.items()
            if name not in floors or Version(floors[name]) < Version(need)}
     assert not low, f"setup.py floor below what the code needs (floor, need): {low}"

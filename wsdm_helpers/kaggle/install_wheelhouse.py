@@ -43,7 +43,11 @@ def main() -> int:
     if problem:
         print(f"wsdm_helpers install: {problem}", file=sys.stderr)
         return 2
-    if target.get("torch") and before["torch"].split("+")[0] not in ("-", target["torch"]):
+    carried = target.get("torch_installed", target.get("torch"))
+    if carried and carried != target.get("torch"):
+        print(f"wsdm_helpers install: this image's torch {before['torch']} is below wsdm_helpers' floor: the "
+              f"wheelhouse installs torch {carried} (a few minutes)", flush=True)
+    elif target.get("torch") and before["torch"].split("+")[0] not in ("-", target["torch"]):
         print(f"wsdm_helpers install: note: the wheelhouse was resolved against torch {target['torch']}, this "
               f"image has torch {before['torch']}; pip checks the requirements either way", file=sys.stderr)
     command = [sys.executable, "-m", "pip", "install", "-q", "--no-compile", "--no-index", "--find-links", str(here),

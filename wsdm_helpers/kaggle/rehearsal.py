@@ -149,7 +149,7 @@ class KaggleRehearsal:
                 "model_source": f"/kaggle/input/{MODEL_DATASET}", "max_steps": 60}
         tree = self._tree("train", {k: datasets[k] for k in (WHEELHOUSE, COMPETITION, MODEL_DATASET)})
         first = self._session("b-train-1", tree, self._papermill(notebook, "b-train-1", {
-            **base, "overrides": {"train.max_hours": 0.004, "train.save_steps": 2, "train.eval_steps": 1000}}),
+            **base, "overrides": {"train.max_hours": 0.004}}),
             KAGGLE_KERNEL_RUN_TYPE="Batch")
         checkpoints = sorted(first.output.rglob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
         _expect(first, first.returncode == 0 and bool(checkpoints), "train.max_hours stops with a checkpoint")
@@ -157,8 +157,7 @@ class KaggleRehearsal:
         tree = self._tree("train", {k: datasets[k] for k in (WHEELHOUSE, COMPETITION, MODEL_DATASET)}
                           | {TRAIN_OUTPUT: first.output})
         second = self._session("c-train-2", tree, self._papermill(notebook, "c-train-2", {
-            **base, "resume_from": f"/kaggle/input/{TRAIN_OUTPUT}", "overrides": {"train.save_steps": 2,
-                                                                                   "train.eval_steps": 1000}}),
+            **base, "resume_from": f"/kaggle/input/{TRAIN_OUTPUT}"}),
             KAGGLE_KERNEL_RUN_TYPE="Batch")
         run = second.output / "run"
         _expect(second, second.returncode == 0 and (run / "adapter").is_dir(), "the next session writes the adapter")
@@ -250,13 +249,11 @@ class ColabRehearsal:
         drive = "/content/drive/MyDrive/wsdm"
         base = {"config": "tiny-test", "train_path": f"{drive}/data/train.parquet",
                 "model_source": f"{drive}/{MODEL_DATASET}", "max_steps": 60, "output_dir": f"{drive}/runs/tiny"}
-        first = self._session("colab-train-1", "train_gemma", {**base, "overrides": {
-            "train.max_hours": 0.004, "train.save_steps": 2, "train.eval_steps": 1000}})
+        first = self._session("colab-train-1", "train_gemma", {**base, "overrides": {"train.max_hours": 0.004}})
         checkpoints = sorted((self.drive / "runs").rglob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
         _expect(first, first.returncode == 0 and bool(checkpoints), "stopped by max_hours with a checkpoint on Drive")
         step = int(checkpoints[-1].name.split("-")[1])
-        second = self._session("colab-train-2", "train_gemma", {**base, "overrides": {
-            "train.save_steps": 2, "train.eval_steps": 1000}})
+        second = self._session("colab-train-2", "train_gemma", base)
         run = self.drive / "runs" / "tiny" / "run"
         _expect(second, second.returncode == 0 and (run / "adapter").is_dir() and _log_has(second, f"step {step}"),
                 f"after a runtime reset the same notebook resumes at step {step} from Drive and writes the run")

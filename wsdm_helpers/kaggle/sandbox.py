@@ -1,7 +1,7 @@
 """One notebook session as Kaggle (or Colab) runs it: no network, a read-only input tree, a fresh image.
 
-Each session is its own process under ``unshare -n -m`` (root): a network namespace with no interface
-but loopback, and a mount namespace in which the rehearsal's tree is bind-mounted at ``/kaggle``
+Each session is its own process under ``unshare -n -m`` (root): a network namespace with only its
+loopback interface (up: the Jupyter kernel talks over it), and a mount namespace in which the rehearsal's tree is bind-mounted at ``/kaggle``
 (``input/`` read-only) or at ``/content`` for Colab, and the image's venv is overlaid with an empty
 upper layer, so whatever a session installs is gone at the next one, as on Kaggle. ``working/`` is
 emptied before every session; what it holds afterwards is the session's output, copied aside so a
@@ -23,6 +23,7 @@ from ..errors import MissingResourceError
 
 MOUNT_SCRIPT = r"""
 set -e
+ip link set lo up  # loopback only: the Jupyter kernel talks to papermill over 127.0.0.1, as on Kaggle
 mount --make-rprivate /
 mount --bind "$TREE" "$MOUNT_AT"
 if [ -d "$TREE/input" ]; then mount --bind "$TREE/input" "$MOUNT_AT/input"; mount -o remount,bind,ro "$MOUNT_AT/input"; fi
@@ -50,9 +51,9 @@ class SessionResult:
 
 
 def require_root_namespaces() -> None:
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        raise MissingResourceError("the rehearsal runs each session under `unshare -n -m`: it needs root and "
-                                   "util-linux's unshare")
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+        raise MissingResourceError("the rehearsal runs each session under `unshare -n -m`: it needs root, "
+                                   "util-linux's unshare and iproute2's ip")
 
 
 def _clean_env(extra: dict[str, str], venv: Path, home: Path) -> dict[str, str]:

@@ -4,8 +4,10 @@ Scoring notebooks run with the internet off, so the whole dependency closure of
 ``wsdm_helpers[training,quantization,notebooks]`` must arrive as wheels in an attached dataset. The
 closure is resolved by pip's own resolver for the target image's Python version and platform, with
 the image's torch held fixed (:mod:`.images` declares the images), then downloaded pinned and
-``--no-deps``. torch and its CUDA libraries are never carried: reinstalling them would cost minutes
-and can break the image. For a declared image the closure keeps the image's own versions wherever
+``--no-deps``. torch and its CUDA libraries are not carried: reinstalling them would cost minutes
+and can break the image; only an image whose torch is below the package's floor (the WSDM Cup 2025
+image's 2.5.1: transformers 5 refuses ``torch.load`` of a checkpoint below 2.6) gets the floor's torch
+release from the wheelhouse, with a warning. For a declared image the closure keeps the image's own versions wherever
 they fit (numpy, pandas, the Jupyter stack, ...), so the install changes only what it must.
 ``requirements.txt`` pins every package of the closure: pip then has one candidate per package and
 never backtracks between the image's versions and the wheelhouse's. ``install.py`` (a copy of :mod:`.install_wheelhouse`) is what a notebook runs: it checks the
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import re
 import shlex
 import shutil
@@ -37,6 +40,8 @@ from .common import dataset_from_template, project_root, staged_folder, write_da
 from .image_venv import find_interpreter
 from .images import get_image
 
+log = logging.getLogger(__name__)
+
 DATASET = "wsdm-helpers-wheels"
 REQUIREMENTS = "requirements.txt"
 INSTALLER = "install.py"
@@ -48,9 +53,7 @@ DEFAULT_PACKAGES = ("peft",)
 # The image's own GPU stack: never downloaded, never replaced.
 IMAGE_RUNTIME = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
 DEFAULT_IMAGE = "kaggle-2026-05"
-# Packages whose declared torch floor is below what they call, for a target torch below the version given
-# (found by the rehearsal): transformers 5.19 calls torch.accelerator (torch 2.6) while declaring torch>=2.4.
-TORCH_CAPS = (("2.6", "transformers<5.19"),)
+
 DEFAULT_GLIBC = "2.35"  # Kaggle's and Colab's images run Ubuntu 22.04 (backend-info os-info*.txt)
 DEFAULT_ARCH = "x86_64"
 PIP_OUTPUT_TAIL = 25
@@ -170,17 +173,30 @@ def _accepted_image_versions(installs: list[dict], image_packages: dict[str, str
                                        for spec in specifiers.get(canonicalize_name(name), []))]
 
 
+def torch_floor() -> str:
+    """The lowest torch wsdm_helpers accepts (its ``torch>=X.Y`` requirement)."""
+    spec = next(Requirement(r).specifier for r in importlib.metadata.requires("wsdm_helpers") or []
+                if Requirement(r).name == "torch")
+    return next(s.version for s in spec if s.operator == ">=")
+
+
+def torch_kept(torch: str) -> bool:
+    """Whether the target's torch meets the package's floor, so it stays (else the wheelhouse carries one)."""
+    return Version(torch) >= Version(torch_floor())
+
+
 def resolve_closure(requirements: Sequence[str], *, python_version: str, platforms: Sequence[str],
                     torch: str, index_args: list[str], image_packages: dict[str, str] | None = None,
                     attempts: int = 8) -> list[tuple[str, str]]:
-    """``(name, version)`` of every distribution pip installs for ``requirements`` on the target, torch held.
+    """``(name, version)`` of every distribution pip installs for ``requirements`` on the target, torch held
+    (or, for a torch below the package's floor, the floor's minor release: see :func:`torch_kept`).
 
     With ``image_packages`` (a declared image), the image's own versions are kept wherever the closure
     accepts them, so the install changes as little of the image as it can: the fresh closure says which
     versions are accepted, and a second resolution with those pinned checks that they fit together
     (a pin pip names in a conflict is dropped and the resolution repeated).
     """
-    held = [f"torch=={torch}", *(cap for below, cap in TORCH_CAPS if Version(torch) < Version(below))]
+    held = [f"torch=={torch}" if torch_kept(torch) else f"torch~={torch_floor()}.0"]
     installs = _resolve(requirements, python_version, platforms, held, index_args)
     kept = _accepted_image_versions(installs, image_packages or {}, python_version)
     for _ in range(attempts):
@@ -226,8 +242,12 @@ def build_wheelhouse(out: str | Path, packages: Sequence[str] | None = None, *, 
         closure = resolve_closure([f"{wheel}[{EXTRAS}]", *packages], python_version=python_version,
                                   platforms=platforms, torch=torch, index_args=index_args,
                                   image_packages=declared.packages if declared else None)
+        kept = torch_kept(torch)
+        if not kept:
+            log.warning("the target's torch %s is below wsdm_helpers' floor %s: the wheelhouse carries torch and its "
+                        "CUDA libraries (a few GB), and the install replaces the image's torch", torch, torch_floor())
         carried = sorted(f"{name}=={version}" for name, version in closure
-                         if not IMAGE_RUNTIME.match(name.lower()) and canonicalize_name(name) != "wsdm-helpers")
+                         if not (kept and IMAGE_RUNTIME.match(name.lower())) and canonicalize_name(name) != "wsdm-helpers")
         _run_pip(["download", "--no-deps", *_target_args(python_version, platforms), *index_args,
                   "-d", str(stage), *carried], f"downloading the {len(carried)} wheels of the closure")
         # Every version pinned: pip has one candidate per package (installed or here), so it never backtracks.
@@ -238,7 +258,8 @@ def build_wheelhouse(out: str | Path, packages: Sequence[str] | None = None, *, 
         write_manifest(stage, "wheelhouse", describe=_describe_wheel, requirements=requirements,
                        closure=carried,
                        target={"image": image, "python_version": python_version, "torch": torch,
-                               "implementation": "cp", "platforms": platforms},
+                               "torch_installed": dict(closure)["torch"], "implementation": "cp",
+                               "platforms": platforms},
                        install=offline_install_args(Path("/kaggle/input") / DATASET))
     return check_bundle(out)
 
