@@ -84,6 +84,7 @@ class KaggleRehearsal:
         self.image, self.venv, self.out, self.wheelhouses = image, venv, out, wheelhouses
         self.deadline_minutes = deadline_minutes
         self.logs = out / "logs"
+        shutil.rmtree(self.logs, ignore_errors=True)  # this rehearsal's sessions only
         self.results: list[SessionResult] = []
 
     # ---- the build machine's side: datasets --------------------------------------------------------
@@ -159,8 +160,9 @@ class KaggleRehearsal:
         second = self._session("c-train-2", tree, self._papermill(notebook, "c-train-2", {
             **base, "resume_from": f"/kaggle/input/{TRAIN_OUTPUT}"}),
             KAGGLE_KERNEL_RUN_TYPE="Batch")
-        run = second.output / "run"
-        _expect(second, second.returncode == 0 and (run / "adapter").is_dir(), "the next session writes the adapter")
+        runs = [p.parent for p in second.output.rglob("config.yaml") if (p.parent / "adapter").is_dir()]
+        _expect(second, second.returncode == 0 and len(runs) == 1, "the next session writes the run folder")
+        run = runs[0]
         _expect(second, _log_has(second, f"step {step}"), f"it resumed at step {step}, the attached checkpoint's")
         return run
 
@@ -216,6 +218,7 @@ class ColabRehearsal:
     def __init__(self, image: NotebookImage, venv: Path, out: Path):
         self.image, self.venv, self.out = image, venv, out
         self.logs = out / "logs"
+        shutil.rmtree(self.logs, ignore_errors=True)
         self.content = out / "content"
         self.drive = self.content / "drive" / "MyDrive" / "wsdm"
         self.results: list[SessionResult] = []

@@ -99,4 +99,4 @@ def run_session(name: str, image: str, venv: Path, tree: Path, argv: list[str], 
     files = sorted(p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file())
     listed = json.loads(versions.read_text()) if versions.is_file() and versions.stat().st_size else []
     return SessionResult(name, image, seconds, done.returncode, log, output, files,
-                         {item["name"].lower(): item["version"] for item in listed})
+                         {item["name"].lower().replace("_", "-"): item["version"] for item in listed})
