@@ -84,7 +84,7 @@ def align_to_ids(preds: pd.DataFrame, ids: Iterable, where: str = "predictions")
     import pandas as pd
 
     preds = check_predictions(preds, where)
-    wanted = pd.Index([str(i) for i in ids])
+    wanted = pd.Index([str(i) for i in ids], name="id")  # pandas < 3 names the result after the indexer
     if wanted.has_duplicates:
         raise SubmissionError(f"test ids are duplicated: {_first(wanted[wanted.duplicated()].unique())}; "
                               "the test file must have one row per id")
