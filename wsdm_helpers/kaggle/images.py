@@ -84,7 +84,8 @@ IMAGES = {
                   "pandas": "2.2.3", "pyarrow": "18.1.0", "scikit-learn": "1.6.1", "pyyaml": "6.0.3",
                   "tqdm": "4.67.3", "matplotlib": "3.10.0", "regex": "2025.11.3", "nbformat": "5.11.1",
                   "nbclient": "0.10.4", "ipython": "7.34.0", "ipykernel": "6.17.1", "jupyter-client": "7.4.9",
-                  "traitlets": "5.7.1", "tornado": "6.5.7", "pyzmq": "26.2.1", "papermill": "2.7.0"},
+                  "traitlets": "5.7.1", "tornado": "6.5.7", "pyzmq": "26.2.1", "ipywidgets": "7.7.1",
+                  "papermill": "2.7.0"},
         source="googlecolab/backend-info a724079 pip-freeze.gpu.txt and os-info-gpu.txt (papermill added: "
                "the stand-in for Colab's front end)",
         absent=("bitsandbytes",)),

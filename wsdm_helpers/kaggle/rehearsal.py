@@ -26,6 +26,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -167,6 +168,8 @@ class KaggleRehearsal:
         return run
 
     def bundle(self, run: Path, datasets: dict[str, Path]) -> tuple[Path, Path]:
+        """On the build machine: the adapter dataset and the scoring kernel (refused first without the base)."""
+        started = time.monotonic()
         adapter = self.out / "datasets" / ADAPTER_DATASET
         done = _wsdm("bundle", "adapter", str(run), "--out", str(adapter), "--replace", "--username", "rehearsal",
                      "--base-model", f"/kaggle/input/{MODEL_DATASET}")
@@ -186,6 +189,12 @@ class KaggleRehearsal:
                      "--dataset", MODEL_DATASET)
         if done.returncode != 0:
             raise RehearsalFailure(f"wsdm bundle kernel failed:\n{done.stdout}{done.stderr}")
+        files = sorted(p.relative_to(self.out).as_posix() for p in (*adapter.rglob("*"), *kernel.rglob("*")) if p.is_file())
+        self.results.append(SessionResult("d-bundle (build machine)", self.image.name, time.monotonic() - started, 0,
+                                          self.logs, kernel, files, checks=[
+                                              "ok: bundle kernel refused while the base model was not attached",
+                                              "ok: wsdm bundle adapter and bundle kernel (machine_shape "
+                                              f"{json.loads((kernel / 'kernel-metadata.json').read_text()).get('machine_shape')})"]))
         return adapter, kernel / "inference.ipynb"
 
     def submit(self, datasets: dict[str, Path], adapter: Path, notebook: Path, hidden: Path) -> None:
@@ -204,11 +213,12 @@ class KaggleRehearsal:
         rerun.checks.append(check_submission(rerun.output / "submission.csv", hidden / "sample_submission.csv"))
         report = json.loads((rerun.output / "submission_report.json").read_text())
         used = report["elapsed_seconds"] / report["deadline_seconds"]
-        binds = report["rows_from_fallback"] + report["rows_uniform"] > 0 or any(
-            r["status"] != "done" or r["swapped_rows"] < (r["planned_swap_rows"] or 0) for r in report["runs"])
+        llm = next(r for r in report["runs"] if r["kind"] == "llm")
+        binds = llm["status"] != "done" or llm["swapped_rows"] < report["rows"]
         _expect(rerun, used <= 1.0, f"written after {report['elapsed_seconds']:.1f} s, {used:.3f} of the "
-                                    f"{report['deadline_seconds']:.0f} s deadline (it {'binds' if binds else 'does not bind'}: "
-                                    f"{report['rows_from_fallback']} rows from the baseline)")
+                                    f"{report['deadline_seconds']:.0f} s deadline; it {'binds' if binds else 'does not bind'}: "
+                                    f"the LLM run scored {llm['rows_predicted']} of {report['rows']} rows and swapped "
+                                    f"{llm['swapped_rows']}, the baseline filled {report['rows_from_fallback']}")
 
 
 class ColabRehearsal:
