@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -64,6 +65,13 @@ def _expect(result: SessionResult, ok: bool, check: str) -> None:
         raise RehearsalFailure(f"{result.image} {result.name}: {check} (log: {result.log})")
 
 
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system
+        shutil.copy2(source, target)
+
+
 def _log_has(result: SessionResult, text: str) -> bool:
     return text in result.log.read_text(errors="replace")
 
@@ -93,8 +101,8 @@ class KaggleRehearsal:
         tree = self.out / "trees" / name
         if tree.exists():
             shutil.rmtree(tree)
-        for slug, source in datasets.items():
-            shutil.copytree(source, tree / "input" / slug, symlinks=True)
+        for slug, source in datasets.items():  # hard links: the input is mounted read-only in the session
+            shutil.copytree(source, tree / "input" / slug, symlinks=True, copy_function=_link_or_copy)
         return tree
 
     def _session(self, name: str, tree: Path, argv: list[str], **env: str) -> SessionResult:
