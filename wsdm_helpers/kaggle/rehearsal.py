@@ -328,6 +328,7 @@ def _print_report(results: list[SessionResult]) -> None:
 def rehearse(images: list[str], out: Path, rerun_rows: int = 25_000, deadline_minutes: float = 2.0,
              colab: str | None = None) -> list[SessionResult]:
     require_root_namespaces()
+    out = out.resolve()  # the sessions run in /kaggle/working: every path handed to them is absolute
     out.mkdir(parents=True, exist_ok=True)
     datasets, hidden = prepare_datasets(out, rerun_rows)
     wheelhouses = {name: out / "wheelhouses" / name for name in images}

@@ -70,7 +70,9 @@ def run_session(name: str, image: str, venv: Path, tree: Path, argv: list[str], 
 
     ``working`` (a folder of ``tree``) is emptied before the session and copied to ``logs/outputs/NAME``
     after it: the session's output. Colab's ``/content`` is reset by the caller instead (``None``).
+    Paths are made absolute first: the session runs in ``workdir``, where a relative one means nothing.
     """
+    venv, tree, logs = venv.resolve(), tree.resolve(), logs.resolve()
     if working is not None:
         if (tree / working).exists():
             shutil.rmtree(tree / working)
