@@ -5,7 +5,8 @@ One line per check, ``[SECTION] what: STATUS details`` (STATUS: OK, FAIL, INFO f
 * DTYPES   dtype of every trainable and frozen tensor after ``load_model(training=True)`` in bf16, fp16 and
            4-bit (trainable must be fp32; after k-bit preparation the embeddings are back in the compute dtype)
 * CURVES   16-bit LoRA vs fp32 LoRA vs QLoRA learning curves on the demo preset, 2 seeds each (compact
-           Gemma 3 270M from the devcheck kit: ``--stage``)
+           Gemma 3 270M from the devcheck kit: ``--stage``); and the T4's way, fp16 with a GradScaler, beside
+           fp32 on a tiny Gemma-2 (Gemma 3 refuses fp16): the final losses must agree
 * MEMORY   peak reserved memory of the T4 preset (configs/gemma2-9b-qlora-t4.yaml) from 2- and 4-layer Gemma-2 9B
            shapes, extrapolated to 42 layers: training, and scoring one batch of the preset's inference tokens
            without the KV cache (as the package scores) and with it (as it did)
@@ -254,6 +255,7 @@ def curves(c: Check) -> None:
     from wsdm_helpers.config import load_run_config
     from wsdm_helpers.training import train
 
+    t4_curves(c)
     setup = _curve_setup(c)
     if setup is None:
         c.line("CURVES", "learning curves", "SKIP", "no compact Gemma 3 (pass --stage with gemma3c/)")
@@ -287,6 +289,38 @@ def curves(c: Check) -> None:
                f"fp32 {finals['fp32']} vs 16-bit {finals['lora-16bit']}: gap {gap:+.3f}"
                + (" (16-bit behind on every seed)" if min(finals["fp32"]) > max(finals["lora-16bit"]) else ""),
                gap=gap)
+
+
+T4_CURVE_TOLERANCE = 0.05  # |final log loss, fp16 with GradScaler - fp32|: same model, seed, rows and steps
+
+
+def t4_curve_status(half_loss: float, fp32_loss: float, scale: float | None, cuda: bool) -> str:
+    """FAIL when the fp16 run's loss is not finite, strays from fp32's, or (on a GPU) trained without a GradScaler."""
+    import math
+
+    agree = math.isfinite(half_loss) and abs(half_loss - fp32_loss) <= T4_CURVE_TOLERANCE
+    return "OK" if agree and (scale is not None) == cuda else "FAIL"
+
+
+def t4_curves(c: Check) -> None:
+    """fp16 training as on a T4 (GradScaler, Gemma-2: a family fp16 is allowed for) against fp32."""
+    from wsdm_helpers.training import train
+
+    half = "float16" if c.cuda else c.half  # a CPU does not train in fp16: the dry run stands in with bf16
+    steps = 2 if c.dry else 60
+    metrics, probes = {}, {}
+    for dtype in (half, "float32"):
+        probes[dtype] = scaler_probe()
+        cfg = c.tiny_cfg(c.tiny("gemma2"), c.work / "t4-curves" / dtype, f"model.dtype={dtype}",
+                         f"train.max_steps={steps}", f"train.eval_steps={max(steps // 4, 1)}")
+        metrics[dtype] = train(cfg, callbacks=[probes[dtype]]).metrics
+    losses = {dtype: m["final"]["log_loss"] for dtype, m in metrics.items()}
+    curves = {dtype: [(p["step"], round(p["log_loss"], 4)) for p in m["curve"]] for dtype, m in metrics.items()}
+    scale = probes[half].scale
+    c.line("CURVES", f"T4 arm: gemma2 {half} with GradScaler vs float32",
+           t4_curve_status(losses[half], losses["float32"], scale, c.cuda),
+           f"final log loss {losses[half]:.4f} vs {losses['float32']:.4f} (tolerance {T4_CURVE_TOLERANCE}); "
+           f"GradScaler scale {scale}; curves {curves}", losses=losses, scale=scale)
 
 
 def memory(c: Check) -> None:
@@ -503,25 +537,34 @@ def override_status(run_dtype: str, used: str, wanted: str) -> str:
     return "OK" if used == wanted != run_dtype else "FAIL"
 
 
-def scaler(c: Check) -> None:
-    """fp16 training goes through a GradScaler, takes its steps and moves every trainable tensor."""
+def scaler_probe():
+    """A Trainer callback that records the GradScaler the optimizer trained with (``scale``: its last scale,
+    None without one) and the trainable tensors that never moved."""
     from transformers import TrainerCallback
 
-    from wsdm_helpers.training import train
+    class ScalerProbe(TrainerCallback):
+        scale = None
 
-    class Probe(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
             self.before = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
 
         def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
-            self.scaler = getattr(optimizer, "scaler", None)
+            scaler = getattr(optimizer, "scaler", None)
+            self.scale = scaler.get_scale() if scaler is not None else None
             self.unchanged = [n for n, p in model.named_parameters() if p.requires_grad
                               and (p.detach().float() == self.before[n]).all()]
 
+    return ScalerProbe()
+
+
+def scaler(c: Check) -> None:
+    """fp16 training goes through a GradScaler, takes its steps and moves every trainable tensor."""
+    from wsdm_helpers.training import train
+
     dtype = "float16" if c.cuda else "float32"
-    probe = Probe()
+    probe = scaler_probe()
     metrics = train(c.tiny_cfg(c.tiny("llama"), c.work / "scaler", f"model.dtype={dtype}"), callbacks=[probe]).metrics
-    scale = probe.scaler.get_scale() if probe.scaler is not None else None
+    scale = probe.scale
     ok = (scale is not None) == c.cuda and not probe.unchanged and metrics["global_step"] == 6
     c.line("SCALER", f"llama {dtype}", "OK" if ok else "FAIL",
            f"GradScaler scale {scale}; {len(probe.unchanged)} trainable tensors unchanged; "

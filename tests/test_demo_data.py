@@ -94,3 +94,19 @@ def test_hidden_test_has_the_wsdm_test_layout_with_integer_ids(tmp_path):
     assert report.layout == "wsdm" and frame["id"].tolist() == [str(i) for i in test["id"]]
     with pytest.raises(demo_data.ConfigError, match="n_rows=0"):
         demo_data.write_hidden_test(tmp_path, n_rows=0)
+
+
+def test_the_lmsys_demo_set_reads_as_lmsys_with_ties_as_a_third_class(tmp_path):
+    demo_data.write_lmsys_dataset(tmp_path, n_train=200, n_test=30, seed=2, tie_share=0.25)
+    train = data.read_pairs(tmp_path / "train.csv", ties="keep")[0]
+    test = data.read_pairs(tmp_path / "test.csv")[0]
+    sample = data.read_sample_submission(tmp_path / "sample_submission.csv")
+
+    assert set(train["source"]) == {"lmsys:train.csv"} and len(train) == 200
+    assert set(train["label"]) == {0, 1, 2} and 0.15 < (train["label"] == 2).mean() < 0.35
+    ties = train[train["label"] == 2]
+    assert all(a == b for a, b in zip(ties["response_a"], ties["response_b"], strict=True))  # equally good
+    assert (train.loc[train["label"] != 2, "response_a"] != train.loc[train["label"] != 2, "response_b"]).all()
+    assert list(pd.read_csv(tmp_path / "test.csv").columns) == ["id", "prompt", "response_a", "response_b"]
+    assert list(sample.columns) == ["id", "winner_model_a", "winner_model_b", "winner_tie"]
+    assert list(sample["id"]) == list(test["id"]) and not set(test["id"]) & set(train["id"])

@@ -55,7 +55,7 @@ def test_gpu_check_dry_run_passes_every_section(gpu_check, tmp_path, capsys):
     assert out.strip().splitlines()[-1] == f"gpu-check: {passed} passed, 0 failed"
     lines = [x for x in out.splitlines() if x.startswith("[")]
     for start in ("[MEMORY] training, 42 layers", "[MEMORY] scoring no cache, 42 layers",
-                  "[MEMORY] scoring with cache, 42 layers", "[CURVES] 16-bit LoRA vs fp32",
+                  "[MEMORY] scoring with cache, 42 layers", "[CURVES] 16-bit LoRA vs fp32", "[CURVES] T4 arm: gemma2",
                   "[PARALLEL] balanced vs whole placement", "[PARALLEL] inference.dtype=bfloat16 override: OK"):
         assert any(x.startswith(start) for x in lines), start
 
@@ -134,3 +134,17 @@ def test_nonfinite_and_override_rules(gpu_check):
     assert gpu_check.override_status("float16", "float32", "float32") == "OK"
     assert gpu_check.override_status("float16", "float16", "float32") == "FAIL"  # ignored, even if diff > 0
     assert gpu_check.override_status("float32", "float32", "float32") == "FAIL"  # changes nothing: proves nothing
+
+
+def test_t4_curve_check_fails_on_a_diverged_or_unscaled_fp16_run(gpu_check):
+    status = gpu_check.t4_curve_status
+    assert status(0.690, 0.693, scale=65536.0, cuda=True) == "OK"
+    assert status(0.690, 0.693, scale=None, cuda=False) == "OK"  # the dry run: no GradScaler on a CPU
+    assert status(float("nan"), 0.693, scale=65536.0, cuda=True) == "FAIL"
+    assert status(0.80, 0.693, scale=65536.0, cuda=True) == "FAIL"  # fp16 strays from fp32
+    assert status(0.690, 0.693, scale=None, cuda=True) == "FAIL"  # fp16 on a GPU without a GradScaler
+
+
+def test_t4_curve_arm_trains_both_dtypes_and_agrees(gpu_check, check):
+    lines = _lines(check, "CURVES", gpu_check.t4_curves)
+    assert lines == {"T4 arm: gemma2 bfloat16 with GradScaler vs float32": "OK"}, check.results

@@ -234,6 +234,41 @@ def _write_wsdm_test(test: pd.DataFrame, out: Path) -> list[Path]:
             atomic_write_csv(submission, out / "sample_submission.csv")]
 
 
+def write_lmsys_dataset(out_dir: str | Path, n_train: int = 400, n_test: int = 48, seed: int = 0,
+                        tie_share: float = 0.25) -> list[Path]:
+    """Write train.csv, test.csv and sample_submission.csv in the LMSYS Chatbot Arena layout.
+
+    Cells are JSON lists of turns, ids integers, labels the one-hot ``winner_model_a / winner_model_b /
+    winner_tie``. A tie is a row whose two responses are the same correct answer (``tie_share`` of the
+    rows): what a voter would call equally good. The test file has no labels and no model names, as on Kaggle.
+    """
+    import json
+
+    from .io import atomic_write_csv
+
+    if n_train < 1 or n_test < 1 or not 0 <= tie_share < 1:
+        raise ConfigError(f"n_train={n_train}, n_test={n_test}, tie_share={tie_share}: the LMSYS demo set needs "
+                          "at least 1 train and 1 test row and a tie share in [0, 1)")
+    rng = np.random.default_rng(seed)
+    frame = to_wsdm_train(make_demo_frame(n_train + n_test, seed))
+    tie = rng.random(len(frame)) < tie_share
+    winner_text = np.where(frame["winner"] == "model_a", frame["response_a"], frame["response_b"])
+    frame.loc[tie, "response_a"] = frame.loc[tie, "response_b"] = winner_text[tie]
+    table = pd.DataFrame({"id": rng.choice(np.arange(30_000, 30_000 + 50 * len(frame)), len(frame), replace=False),
+                          "model_a": frame["model_a"], "model_b": frame["model_b"],
+                          **{c: [json.dumps([t], ensure_ascii=False) for t in frame[c]]
+                             for c in ("prompt", "response_a", "response_b")},
+                          "winner_model_a": ((frame["winner"] == "model_a") & ~tie).astype(int),
+                          "winner_model_b": ((frame["winner"] == "model_b") & ~tie).astype(int),
+                          "winner_tie": tie.astype(int)})
+    train, test = table.iloc[:n_train], table.iloc[n_train:]
+    out = Path(out_dir)
+    sample = pd.DataFrame({"id": test["id"], "winner_model_a": 1 / 3, "winner_model_b": 1 / 3, "winner_tie": 1 / 3})
+    return [atomic_write_csv(train, out / "train.csv"),
+            atomic_write_csv(test[["id", "prompt", "response_a", "response_b"]], out / "test.csv"),
+            atomic_write_csv(sample, out / "sample_submission.csv")]
+
+
 HIDDEN_UNSCORED_SHARE = 0.1  # rows with scored=False (Kaggle does not publish the real share)
 
 

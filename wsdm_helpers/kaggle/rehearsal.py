@@ -13,6 +13,9 @@ session in its own network-less mount namespace (:mod:`.sandbox`)::
     (e) commit         the bundled inference.ipynb, a commit run on the public test rows
     (f) rerun          the same notebook with KAGGLE_IS_COMPETITION_RERUN on a 25k-row hidden test under a
                        deadline that binds
+    (g) lmsys-train    on the last image: train_gemma.ipynb on LMSYS's train.csv (JSON cells, ties as a
+                       third class), then its adapter and a `--competition lmsys` kernel bundled
+    (h) lmsys-commit   that kernel's commit run: three probabilities per id, under LMSYS's default 540 min
 
 Each submission is checked against the competition's sample_submission (columns, ids, values); each
 session prints one line of its report (time, versions, files written, checks), and the whole report is
@@ -29,21 +32,34 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import WsdmError
 from ..submission import check_against_sample
+from .competitions import COMPETITIONS
 from .image_venv import image_venv
 from .images import IMAGES, NotebookImage, get_image
 from .sandbox import SessionResult, require_root_namespaces, run_session
 from .wheels import DATASET as WHEELHOUSE
 from .wheels import build_wheelhouse
 
-COMPETITION = "wsdm-cup-multilingual-chatbot-arena"
+
+
+@dataclass(frozen=True)
+class Track:
+    """One competition's datasets in the rehearsal: its data folder's slug and the run datasets bundled for it."""
+    task: str
+    competition: str
+    adapter: str
+    baseline: str
+    train_file: str
+
+
+WSDM = Track("wsdm", COMPETITIONS["wsdm"].slug, "wsdm-adapter", "wsdm-baseline", "train.parquet")
+LMSYS = Track("lmsys", COMPETITIONS["lmsys"].slug, "lmsys-adapter", "lmsys-baseline", "train.csv")
+COMPETITION = WSDM.competition
 MODEL_DATASET = "tiny-gemma"
-ADAPTER_DATASET = "wsdm-adapter"
-BASELINE_DATASET = "wsdm-baseline"
 TRAIN_OUTPUT = "wsdm-train-session-1"
 REPORTED = ("wsdm-helpers", "torch", "transformers", "tokenizers", "accelerate", "peft", "huggingface-hub",
             "numpy", "pandas")
@@ -88,10 +104,8 @@ def check_submission(path: Path, sample: Path) -> str:
 class KaggleRehearsal:
     """The datasets, trees and sessions of one image."""
 
-    def __init__(self, image: NotebookImage, venv: Path, out: Path, wheelhouses: dict[str, Path],
-                 deadline_minutes: float):
+    def __init__(self, image: NotebookImage, venv: Path, out: Path, wheelhouses: dict[str, Path]):
         self.image, self.venv, self.out, self.wheelhouses = image, venv, out, wheelhouses
-        self.deadline_minutes = deadline_minutes
         self.logs = out / "logs"
         shutil.rmtree(self.logs, ignore_errors=True)  # this rehearsal's sessions only
         self.results: list[SessionResult] = []
@@ -155,7 +169,7 @@ class KaggleRehearsal:
                     and not _log_has(other, "Processing "), f"the {name} wheelhouse is refused before pip runs")
 
     def train(self, datasets: dict[str, Path], notebook: Path) -> Path:
-        base = {"config": "tiny-test", "train_path": f"/kaggle/input/{COMPETITION}/train.parquet",
+        base = {"config": "tiny-test", "train_path": f"/kaggle/input/{COMPETITION}/{WSDM.train_file}",
                 "model_source": f"/kaggle/input/{MODEL_DATASET}", "max_steps": 60}
         tree = self._tree("train", {k: datasets[k] for k in (WHEELHOUSE, COMPETITION, MODEL_DATASET)})
         first = self._session("b-train-1", tree, self._papermill(notebook, "b-train-1", {
@@ -175,39 +189,43 @@ class KaggleRehearsal:
         _expect(second, _log_has(second, f"step {step}"), f"it resumed at step {step}, the attached checkpoint's")
         return run
 
-    def bundle(self, run: Path, datasets: dict[str, Path]) -> tuple[Path, Path]:
-        """On the build machine: the adapter dataset and the scoring kernel (refused first without the base)."""
+    def bundle(self, run: Path, track: Track = WSDM, **parameters: str) -> tuple[Path, Path]:
+        """On the build machine: the adapter dataset and the scoring kernel for ``track``'s competition (for
+        WSDM, refused first while the base model is not attached); ``parameters`` go to the notebook (-p)."""
         started = time.monotonic()
-        adapter = self.out / "datasets" / ADAPTER_DATASET
+        adapter = self.out / "datasets" / track.adapter
         done = _wsdm("bundle", "adapter", str(run), "--out", str(adapter), "--replace", "--username", "rehearsal",
                      "--base-model", f"/kaggle/input/{MODEL_DATASET}")
         if done.returncode != 0:
             raise RehearsalFailure(f"wsdm bundle adapter failed:\n{done.stdout}{done.stderr}")
-        kernel = self.out / "kernel"
-        runs = json.dumps([f"/kaggle/input/{ADAPTER_DATASET}", f"/kaggle/input/{BASELINE_DATASET}"])
+        kernel = self.out / f"kernel-{track.task}"
+        runs = json.dumps([f"/kaggle/input/{track.adapter}", f"/kaggle/input/{track.baseline}"])
         common = ["bundle", "kernel", "--notebook", str(REPO / "notebooks" / "inference.ipynb"), "--username",
-                  "rehearsal", "--competition", "wsdm", "--adapter-dir", str(adapter), "--replace",
-                  "--dataset", BASELINE_DATASET, "-p", "run_dirs", runs, "-p", "weights", "[1.0, 0.0]",
-                  "-p", "time_budget_minutes", str(self.deadline_minutes), "-p", "safety_minutes", "0.1"]
-        refused = _wsdm(*common, "--out", str(self.out / "kernel-refused"), "--dataset", WHEELHOUSE,
-                        "--dataset", ADAPTER_DATASET)
-        if refused.returncode != 2 or MODEL_DATASET not in refused.stderr:
-            raise RehearsalFailure(f"bundle kernel without the base model attached was not refused:\n{refused.stderr}")
-        done = _wsdm(*common, "--out", str(kernel), "--dataset", WHEELHOUSE, "--dataset", ADAPTER_DATASET,
+                  "rehearsal", "--competition", track.task, "--adapter-dir", str(adapter), "--replace",
+                  "--dataset", track.baseline, "-p", "run_dirs", runs, "-p", "weights", "[1.0, 0.0]",
+                  *(arg for name, value in parameters.items() for arg in ("-p", name, value))]
+        checks = []
+        if track is WSDM:
+            refused = _wsdm(*common, "--out", str(self.out / "kernel-refused"), "--dataset", WHEELHOUSE,
+                            "--dataset", track.adapter)
+            if refused.returncode != 2 or MODEL_DATASET not in refused.stderr:
+                raise RehearsalFailure(f"bundle kernel without the base model attached was not refused:\n{refused.stderr}")
+            checks.append("ok: bundle kernel refused while the base model was not attached")
+        done = _wsdm(*common, "--out", str(kernel), "--dataset", WHEELHOUSE, "--dataset", track.adapter,
                      "--dataset", MODEL_DATASET)
         if done.returncode != 0:
             raise RehearsalFailure(f"wsdm bundle kernel failed:\n{done.stdout}{done.stderr}")
+        metadata = json.loads((kernel / "kernel-metadata.json").read_text())
         files = sorted(p.relative_to(self.out).as_posix() for p in (*adapter.rglob("*"), *kernel.rglob("*")) if p.is_file())
-        self.results.append(SessionResult("d-bundle (build machine)", self.image.name, time.monotonic() - started, 0,
-                                          self.logs, kernel, files, checks=[
-                                              "ok: bundle kernel refused while the base model was not attached",
-                                              "ok: wsdm bundle adapter and bundle kernel (machine_shape "
-                                              f"{json.loads((kernel / 'kernel-metadata.json').read_text()).get('machine_shape')})"]))
+        checks.append(f"ok: wsdm bundle adapter and bundle kernel (competition {metadata.get('competition_sources')}, "
+                      f"machine_shape {metadata.get('machine_shape')})")
+        self.results.append(SessionResult(f"d-bundle-{track.task} (build machine)", self.image.name,
+                                          time.monotonic() - started, 0, self.logs, kernel, files, checks=checks))
         return adapter, kernel / "inference.ipynb"
 
     def submit(self, datasets: dict[str, Path], adapter: Path, notebook: Path, hidden: Path) -> None:
-        inputs = {k: datasets[k] for k in (WHEELHOUSE, COMPETITION, MODEL_DATASET, BASELINE_DATASET)} | {
-            ADAPTER_DATASET: adapter}
+        inputs = {k: datasets[k] for k in (WHEELHOUSE, COMPETITION, MODEL_DATASET, WSDM.baseline)} | {
+            WSDM.adapter: adapter}
         tree = self._tree("inference", inputs)
         commit = self._session("e-commit", tree, self._papermill(notebook, "e-commit", {}),
                                KAGGLE_KERNEL_RUN_TYPE="Batch")
@@ -227,6 +245,30 @@ class KaggleRehearsal:
                                     f"{report['deadline_seconds']:.0f} s deadline; it {'binds' if binds else 'does not bind'}: "
                                     f"the LLM run scored {llm['rows_predicted']} of {report['rows']} rows and swapped "
                                     f"{llm['swapped_rows']}, the baseline filled {report['rows_from_fallback']}")
+
+    def lmsys(self, datasets: dict[str, Path], notebook: Path) -> None:
+        """LMSYS: a 3-class run trained on its train.csv, bundled with ``--competition lmsys``, its commit run."""
+        tree = self._tree("lmsys-train", {k: datasets[k] for k in (WHEELHOUSE, LMSYS.competition, MODEL_DATASET)})
+        train = self._session("g-lmsys-train", tree, self._papermill(notebook, "g-lmsys-train", {
+            "config": "tiny-test", "train_path": f"/kaggle/input/{LMSYS.competition}/{LMSYS.train_file}",
+            "model_source": f"/kaggle/input/{MODEL_DATASET}", "max_steps": 30,
+            "overrides": {"data.ties": "keep", "model.num_labels": 3}}), KAGGLE_KERNEL_RUN_TYPE="Batch")
+        runs = [p.parent for p in train.output.rglob("config.yaml") if (p.parent / "adapter").is_dir()]
+        _expect(train, train.returncode == 0 and len(runs) == 1, "train_gemma.ipynb trains a 3-class run on train.csv")
+        adapter, kernel = self.bundle(runs[0], LMSYS)
+        tree = self._tree("lmsys-inference", {k: datasets[k] for k in (
+            WHEELHOUSE, LMSYS.competition, MODEL_DATASET, LMSYS.baseline)} | {LMSYS.adapter: adapter})
+        commit = self._session("h-lmsys-commit", tree, self._papermill(kernel, "h-lmsys-commit", {}),
+                               KAGGLE_KERNEL_RUN_TYPE="Batch")
+        _expect(commit, commit.returncode == 0, "the LMSYS commit run succeeds")
+        _expect(commit, _log_has(commit, "submission deadline: 540 min budget"),
+                "its deadline defaults to LMSYS's 540 min")
+        commit.checks.append(check_submission(commit.output / "submission.csv",
+                                              datasets[LMSYS.competition] / "sample_submission.csv"))
+        report = json.loads((commit.output / "submission_report.json").read_text())
+        llm = next(r for r in report["runs"] if r["kind"] == "llm")
+        _expect(commit, llm["status"] == "done" and llm["rows_predicted"] == report["rows"],
+                f"the 3-class LLM run scored all {report['rows']} rows")
 
 
 class ColabRehearsal:
@@ -291,8 +333,9 @@ class ColabRehearsal:
 
 
 def prepare_datasets(out: Path, rerun_rows: int) -> tuple[dict[str, Path], Path]:
-    """The competition data (WSDM layout), the tiny model dataset and the 25k-row hidden test."""
-    from ..demo_data import write_demo_dataset, write_hidden_test
+    """Both competitions' data in their layouts, the tiny model dataset, a feature baseline for each and the
+    25k-row hidden test (WSDM layout)."""
+    from ..demo_data import write_demo_dataset, write_hidden_test, write_lmsys_dataset
     from ..tiny import build_tiny_model_from_file
 
     datasets = out / "datasets"
@@ -300,20 +343,25 @@ def prepare_datasets(out: Path, rerun_rows: int) -> tuple[dict[str, Path], Path]
     if not (competition / "sample_submission.csv").is_file():
         write_demo_dataset(competition, n_train=400, n_test=48, seed=3)
         (competition / "test_labels.parquet").unlink()
+    lmsys = datasets / LMSYS.competition
+    if not (lmsys / "sample_submission.csv").is_file():
+        write_lmsys_dataset(lmsys, n_train=400, n_test=48, seed=4)
     model = datasets / MODEL_DATASET
     if not (model / "config.json").is_file():
         build_tiny_model_from_file(competition / "train.parquet", model, family="gemma2")
-    baseline = datasets / BASELINE_DATASET
-    if not (baseline / "baseline.json").is_file():
-        done = _wsdm("baseline", "--train", str(competition / "train.parquet"), "--run-dir", str(baseline))
-        if done.returncode != 0:
-            raise RehearsalFailure(f"wsdm baseline failed:\n{done.stderr}")
+    for track, data in ((WSDM, competition), (LMSYS, lmsys)):
+        baseline = datasets / track.baseline
+        if not (baseline / "baseline.json").is_file():
+            done = _wsdm("baseline", "--train", str(data / track.train_file), "--run-dir", str(baseline))
+            if done.returncode != 0:
+                raise RehearsalFailure(f"wsdm baseline failed:\n{done.stderr}")
     hidden = out / "hidden" / COMPETITION
     if not (hidden / "sample_submission.csv").is_file():
         hidden.mkdir(parents=True, exist_ok=True)
         shutil.copy2(competition / "train.parquet", hidden / "train.parquet")
         write_hidden_test(hidden, rerun_rows)
-    return {COMPETITION: competition, MODEL_DATASET: model, BASELINE_DATASET: baseline}, hidden
+    return {COMPETITION: competition, LMSYS.competition: lmsys, MODEL_DATASET: model,
+            **{t.baseline: datasets / t.baseline for t in (WSDM, LMSYS)}}, hidden
 
 
 def _print_report(results: list[SessionResult]) -> None:
@@ -341,13 +389,16 @@ def rehearse(images: list[str], out: Path, rerun_rows: int = 25_000, deadline_mi
             future.result()
     results = []
     for name in images:
-        rehearsal = KaggleRehearsal(get_image(name), venvs[name], out / name, wheelhouses, deadline_minutes)
+        rehearsal = KaggleRehearsal(get_image(name), venvs[name], out / name, wheelhouses)
         try:
             data = {**datasets, WHEELHOUSE: wheelhouses[name]}
             rehearsal.install(data)
             run = rehearsal.train(data, REPO / "notebooks" / "train_gemma.ipynb")
-            adapter, notebook = rehearsal.bundle(run, data)
+            adapter, notebook = rehearsal.bundle(run, WSDM, time_budget_minutes=str(deadline_minutes),
+                                                 safety_minutes="0.1")
             rehearsal.submit(data, adapter, notebook, hidden)
+            if name == images[-1]:  # LMSYS on one image: its sessions differ from WSDM's in the data only
+                rehearsal.lmsys(data, REPO / "notebooks" / "train_gemma.ipynb")
         finally:
             results += rehearsal.results
             _print_report(rehearsal.results)
