@@ -1,4 +1,4 @@
-"""Uncertainty cascades on real votes: the feature baseline on every row, the Gemma 3 270M probe only where it is unsure.
+"""Uncertainty cascades: a cheap first member on every row, a dearer second one only where the first is unsure.
 
 Rows: the LMSYS Arena sample without a tie (692), prompt-grouped folds (data.assign_folds, the preset's seed).
 Members, out of fold:
@@ -21,7 +21,12 @@ baseline's inference + the probe's seconds per row (from the cached pass) x LLM 
 
 Target: a cascade whose accuracy lies within the full blend's interval at half of the probe's compute or less.
 
-    python benchmarks/cascade.py [--quick] [--folds 5] [--shares 0.1,0.2,0.3,0.4,0.5] [--set KEY=VALUE ...]
+``--demo ROWS``: the same on ROWS pairs of the demo data (the package's multilingual set) with two LLM runs of
+different sizes instead: the probe of the first --small-layers decoder layers of Gemma 3 270M (a smaller
+model: its pass is timed on its own) on every row, then the probe of all its layers on the rows the small one
+is least sure of. Compute: the small pass on every row + the large pass's seconds per row x its rows.
+
+    python benchmarks/cascade.py [--quick] [--demo ROWS [--small-layers 4]] [--folds 5] [--shares 0.1,0.2,0.3,0.4,0.5]
 
 ``--quick``: the probe on the first 6 decoder layers at 128 tokens (model.num_layers=6, format.max_length=128;
 a third of the layers and half the context of the preset: its pass is the cost). The last line is one JSON
@@ -58,11 +63,13 @@ def baseline_seconds(frame, extras) -> float:
 
 def configurations(members: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarray, ids: np.ndarray,
                    shares: list[float], space: str) -> dict[str, tuple[np.ndarray, float]]:
-    """name -> (cross-fitted probabilities, share of rows the probe scored)."""
+    """name -> (cross-fitted probabilities, share of rows the second member scored); ``members``: the first
+    (every row) and the second (the cascade member), in that order."""
     from wsdm_helpers.ensemble import cross_fitted
 
-    stack = np.stack([members["feature baseline"], members["probe"]])
-    out = {"feature baseline": (stack[0], 0.0), "probe": (stack[1], 1.0)}
+    first, second = members
+    stack = np.stack([members[first], members[second]])
+    out = {first: (stack[0], 0.0), second: (stack[1], 1.0)}
     for name, share in [("full blend", None), *((f"cascade {s:g}", s) for s in shares)]:
         probs, usable = cross_fitted(stack, labels, folds, [None, share], "log_loss", space, ids)
         out[name] = (probs, float(usable[1].mean()))
@@ -70,15 +77,18 @@ def configurations(members: dict[str, np.ndarray], labels: np.ndarray, folds: np
 
 
 def table(configs: dict[str, tuple[np.ndarray, float]], labels: np.ndarray, base_s: float, llm_s_per_row: float) -> list[dict]:
+    """Scores and compute: ``base_s`` for the first member on every row (not paid by the second alone), plus
+    ``llm_s_per_row`` for each row the second member scores."""
     from wsdm_helpers import metrics
 
+    second = list(configs)[1]
     full = configs["full blend"][0].argmax(1) == labels
     rows = []
     for name, (probs, share) in configs.items():
         correct = probs.argmax(1) == labels
         losses = metrics.row_log_loss(labels, probs)
         llm_rows = round(share * len(labels))
-        seconds = (base_s if name != "probe" else 0.0) + llm_s_per_row * llm_rows
+        seconds = (base_s if name != second else 0.0) + llm_s_per_row * llm_rows
         rows.append({"config": name, "accuracy": float(correct.mean()),
                      "accuracy_ci": list(bootstrap_interval(correct.astype(float))),
                      "log_loss": float(losses.mean()), "log_loss_ci": list(bootstrap_interval(losses)),
@@ -89,10 +99,11 @@ def table(configs: dict[str, tuple[np.ndarray, float]], labels: np.ndarray, base
 
 
 def to_text(rows: list[dict], title: str) -> str:
-    lines = [title, f"{'config':<17} {'accuracy':>8}  {'95% interval':<15} {'vs full (95%)':<23} {'log loss':>8}  "
-                    f"{'95% interval':<15} {'LLM rows':>8} {'seconds':>8}", "-" * 113]
+    width = max(17, *(len(r["config"]) for r in rows))
+    lines = [title, f"{'config':<{width}} {'accuracy':>8}  {'95% interval':<15} {'vs full (95%)':<23} {'log loss':>8}  "
+                    f"{'95% interval':<15} {'LLM rows':>8} {'seconds':>8}", "-" * (96 + width)]
     for r in rows:
-        lines.append(f"{r['config']:<17} {r['accuracy']:>8.4f}  [{r['accuracy_ci'][0]:.3f}, {r['accuracy_ci'][1]:.3f}]  "
+        lines.append(f"{r['config']:<{width}} {r['accuracy']:>8.4f}  [{r['accuracy_ci'][0]:.3f}, {r['accuracy_ci'][1]:.3f}]  "
                      f"{r['vs_full']:+.4f} [{r['vs_full_ci'][0]:+.3f}, {r['vs_full_ci'][1]:+.3f}]  {r['log_loss']:>8.4f}  "
                      f"[{r['log_loss_ci'][0]:.3f}, {r['log_loss_ci'][1]:.3f}] {r['llm_rows']:>8} {r['seconds']:>8.1f}")
     return "\n".join(lines)
@@ -106,6 +117,45 @@ def target(rows: list[dict]) -> dict | None:
     return min(hits, key=lambda r: r["llm_rows"]) if hits else None
 
 
+def arena_members(args, cfg, frame, folds: np.ndarray):
+    """The feature baseline (with its LLMBar sets), then the preset's probe; (members, the baseline's
+    inference seconds, the probe pass's seconds, a title)."""
+    import pandas as pd
+
+    from wsdm_helpers.data import read_pairs
+
+    extras = pd.concat([read_pairs(p, ties="drop")[0] for p in args.baseline_extras], ignore_index=True) \
+        if args.baseline_extras else frame.iloc[:0]
+    diffs, llm_seconds = cached_differences(cfg, frame, Path(args.out))
+    members = {"feature baseline": reference_members(frame, extras, folds)["feature baseline"],
+               "probe": _probe(diffs, frame, folds, cfg.train.probe_l2)}
+    title = (f"{len(frame)} Arena rows without a tie; probe: Gemma 3 270M, {cfg.model.num_layers or 'all'} layers "
+             f"(its pass: {llm_seconds:.0f}s for the rows and their swaps)")
+    return members, baseline_seconds(frame, extras), llm_seconds, title
+
+
+def demo_members(args, overrides: dict, frame, folds: np.ndarray):
+    """The probe of the first --small-layers layers of Gemma 3 270M, then the probe of all of them, each pass
+    timed on its own; (members, the small pass's seconds, the large pass's seconds, a title)."""
+    from wsdm_helpers.config import load_run_config
+
+    members, seconds = {}, {}
+    for name, layers in ((f"small LLM ({args.small_layers} layers)", args.small_layers), ("large LLM (all layers)", None)):
+        cfg = load_run_config(args.config, {**overrides, "model.num_layers": layers})
+        diffs, seconds[name] = cached_differences(cfg, frame, Path(args.out) / f"demo-{layers or 'all'}")
+        members[name] = _probe(diffs, frame, folds, cfg.train.probe_l2)
+    small_s, large_s = seconds.values()
+    title = (f"{len(frame)} demo rows; Gemma 3 270M probes of {args.small_layers} layers (pass {small_s:.0f}s) and "
+             f"all layers (pass {large_s:.0f}s), each pass over the rows and their swaps")
+    return members, small_s, large_s, title
+
+
+def _probe(diffs: np.ndarray, frame, folds: np.ndarray, l2: float) -> np.ndarray:
+    """Out-of-fold [P(a), P(b)] of the probe on the last depth (pair minus swap: the preset's swap TTA)."""
+    p_a = 1 / (1 + np.exp(-probe_logits(diffs[-1], frame["label"].to_numpy() == 0, folds, l2)))
+    return np.stack([p_a, 1 - p_a], axis=1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the probe on 6 layers at 128 tokens")
@@ -117,44 +167,41 @@ def main() -> int:
                         help="override the preset, e.g. data.train_path=/path/train_sample.csv")
     parser.add_argument("--baseline-extras", nargs="*", default=BASELINE_EXTRAS, metavar="FILE",
                         help="real sets the feature baseline trains with besides the Arena folds")
+    parser.add_argument("--demo", type=int, default=0, metavar="ROWS",
+                        help="ROWS demo pairs and two LLM probes of different sizes instead of the Arena sample")
+    parser.add_argument("--small-layers", type=int, default=4, help="--demo: decoder layers of the small member")
     parser.add_argument("--out", default=str(REPO / "runs" / "cascade"), help="feature cache and results")
     args = parser.parse_args()
-    import pandas as pd
-
     from wsdm_helpers.cli import parse_sets
     from wsdm_helpers.config import load_run_config
     from wsdm_helpers.data import assign_folds, read_pairs
+    from wsdm_helpers.demo_data import make_demo_frame
     from wsdm_helpers.io import atomic_write_json
 
-    cfg = load_run_config(args.config, {**(QUICK if args.quick else {}), **parse_sets(args.overrides)})
-    sample = Path(cfg.data.train_path)
-    if skipped_without(sample, "cascade"):
+    overrides = {**(QUICK if args.quick else {}), **parse_sets(args.overrides)}
+    cfg = load_run_config(args.config, overrides)
+    if not args.demo and skipped_without(Path(cfg.data.train_path), "cascade"):
         return 0
-    frame, _ = read_pairs(sample, ties="drop")
+    frame = make_demo_frame(args.demo, seed=0) if args.demo else read_pairs(cfg.data.train_path, ties="drop")[0]
     labels, ids = frame["label"].to_numpy(), frame["id"].astype(str).to_numpy()
     folds = assign_folds(frame, args.folds, cfg.data.seed)
-    extras = pd.concat([read_pairs(p, ties="drop")[0] for p in args.baseline_extras], ignore_index=True) \
-        if args.baseline_extras else frame.iloc[:0]
-    diffs, llm_seconds = cached_differences(cfg, frame, Path(args.out))
-    p_a = 1 / (1 + np.exp(-probe_logits(diffs[-1], labels == 0, folds, cfg.train.probe_l2)))
-    members = {"feature baseline": reference_members(frame, extras, folds)["feature baseline"],
-               "probe": np.stack([p_a, 1 - p_a], axis=1)}
+    members, base_s, llm_seconds, title = (demo_members(args, overrides, frame, folds) if args.demo
+                                           else arena_members(args, cfg, frame, folds))
     shares = [float(s) for s in args.shares.split(",")]
-    base_s = baseline_seconds(frame, extras)
     rows = table(configurations(members, labels, folds, ids, shares, args.space), labels, base_s,
                  llm_seconds / len(frame))
     hit = target(rows)
-    print(to_text(rows, f"out of fold on {len(frame)} Arena rows without a tie, {args.folds} prompt-grouped folds; "
-                        f"probe: Gemma 3 270M, {cfg.model.num_layers or 'all'} layers, {cfg.format.max_length} tokens "
-                        f"(its pass: {llm_seconds:.0f}s for {len(frame)} rows and their swaps); blend in {args.space} "
-                        f"space"))
-    print("target (cascade within the full blend's accuracy interval at <= half the probe's rows): "
+    print(to_text(rows, f"out of fold on {title}, {args.folds} prompt-grouped folds; {cfg.format.max_length} tokens; "
+                        f"blend in {args.space} space"))
+    print("target (cascade within the full blend's accuracy interval at <= half the second member's rows): "
           + (f"{hit['config']}, {hit['llm_rows']} LLM rows, {hit['seconds']:.1f}s" if hit else "not met"))
-    result = {"benchmark": "cascade", "rows": len(frame), "folds": args.folds, "quick": args.quick,
-              "max_length": cfg.format.max_length, "num_layers": cfg.model.num_layers, "space": args.space,
+    result = {"benchmark": "cascade", "data": "demo" if args.demo else "arena", "rows": len(frame),
+              "folds": args.folds, "quick": args.quick,
+              "max_length": cfg.format.max_length, "space": args.space,
+              "num_layers": [args.small_layers, None] if args.demo else cfg.model.num_layers,
               "llm_pass_seconds": llm_seconds, "baseline_seconds": base_s, "configs": rows,
               "target_met": hit is not None, "target": hit["config"] if hit else None}
-    atomic_write_json(Path(args.out) / "cascade.json", result)
+    atomic_write_json(Path(args.out) / ("cascade-demo.json" if args.demo else "cascade.json"), result)
     print(json.dumps(result))
     return 0
 

@@ -54,3 +54,15 @@ def test_without_the_shared_data_it_skips_with_its_reason(tmp_path):
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "is absent" in proc.stdout
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"benchmark": "cascade", "skipped": True}
+
+
+def test_any_two_members_cascade_in_their_order_and_the_second_alone_pays_no_first_pass():
+    members, labels = _members()
+    renamed = {"small LLM (4 layers)": members["feature baseline"], "large LLM (all layers)": members["probe"]}
+    ids = np.array([f"r{i:03d}" for i in range(len(labels))])
+    configs = cascade.configurations(renamed, labels, np.arange(len(labels)) % 4, ids, [0.3], "log_odds")
+    assert list(configs) == [*renamed, "full blend", "cascade 0.3"]
+    by = {r["config"]: r for r in cascade.table(configs, labels, base_s=20.0, llm_s_per_row=0.5)}
+    assert by["large LLM (all layers)"]["seconds"] == 0.5 * 400 and by["small LLM (4 layers)"]["seconds"] == 20.0
+    assert by["cascade 0.3"]["seconds"] == 20.0 + 0.5 * 120
+    assert "large LLM (all layers)" in cascade.to_text(list(by.values()), "title")
