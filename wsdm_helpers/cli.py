@@ -100,7 +100,7 @@ def _add_bundle_commands(sub: argparse._SubParsersAction) -> None:
                             ).add_subparsers(dest="bundle_command", required=True)
     wheels = bundle.add_parser("wheels", help="wheelhouse dataset: wsdm_helpers and its whole closure but torch, "
                                               "for one notebook image")
-    wheels.add_argument("--out", required=True, help="bundle folder to (re)create")
+    wheels.add_argument("--out", help="bundle folder to (re)create (required unless --resolve-only)")
     wheels.add_argument("--image", default=None,
                         help="target notebook image, a name declared in wsdm_helpers/kaggle/images.py (default: "
                              "the current Kaggle image): its Python version and the torch it keeps")
@@ -115,6 +115,13 @@ def _add_bundle_commands(sub: argparse._SubParsersAction) -> None:
     wheels.add_argument("--find-links", action="append", default=[], help="local folder of wheels (repeatable)")
     wheels.add_argument("--no-index", action="store_true", help="do not use PyPI (with --find-links)")
     wheels.add_argument("--username", help="Kaggle owner of the dataset id (default $KAGGLE_USERNAME)")
+    wheels.add_argument("--vllm", action="store_true",
+                        help="also carry vLLM's CUDA wheel and its closure (inference.backend=vllm): vLLM pins its own "
+                             "torch: where it is not the image's, that torch and its CUDA wheels (GBs) come along and "
+                             "replace the image's")
+    wheels.add_argument("--resolve-only", action="store_true",
+                        help="resolve and print the closure (version, what it replaces, wheel size) without "
+                             "downloading the wheels or writing --out")
     wheels.set_defaults(handler=_bundle_wheels)
     adapter = bundle.add_parser("adapter", help="model dataset from a training run folder (safetensors only)")
     adapter.add_argument("run_dir")
@@ -160,13 +167,33 @@ def _add_bundle_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _bundle_wheels(args: argparse.Namespace) -> int:
-    from .kaggle.wheels import DATASET, DEFAULT_IMAGE, build_wheelhouse, linux_platforms, offline_install_command
+    from .kaggle.wheels import (
+        DATASET,
+        DEFAULT_IMAGE,
+        build_wheelhouse,
+        linux_platforms,
+        offline_install_command,
+        resolve_wheelhouse,
+        wheelhouse_summary,
+    )
 
     image = args.image or (None if args.python_version and args.torch else DEFAULT_IMAGE)
-    report = build_wheelhouse(args.out, args.packages, image=image, python_version=args.python_version,
-                              torch=args.torch, platforms=args.platform or linux_platforms(args.glibc), find_links=args.find_links,
-                              no_index=args.no_index, username=args.username, replace=args.replace)
+    target = dict(image=image, python_version=args.python_version, torch=args.torch, vllm=args.vllm,
+                  platforms=args.platform or linux_platforms(args.glibc), find_links=args.find_links,
+                  no_index=args.no_index)
+    if args.resolve_only:
+        plan, sizes = resolve_wheelhouse(args.packages, **target)
+        known = [size for size in sizes.values() if size is not None]
+        print(f"{plan.project} for CPython {plan.python_version} ({image or 'no declared image'}):")
+        print(plan.table(sizes))
+        print(f"{plan.torch_note()}; {len(sizes)} wheels carried, {sum(known):,} bytes ({sum(known) / 1e9:.2f} GB)"
+              + ("" if len(known) == len(sizes) else f" for the {len(known)} whose size the index gave"))
+        return 0
+    if not args.out:
+        raise ConfigError("wsdm bundle wheels needs --out FOLDER (or --resolve-only to print the closure)")
+    report = build_wheelhouse(args.out, args.packages, username=args.username, replace=args.replace, **target)
     print(report.to_text())
+    print(wheelhouse_summary(args.out))
     print(f"upload: kaggle datasets create -p {args.out}")
     print(f"install in the notebook: {offline_install_command(f'/kaggle/input/{DATASET}')}")
     return 0

@@ -44,7 +44,10 @@ def main() -> int:
         print(f"wsdm_helpers install: {problem}", file=sys.stderr)
         return 2
     carried = target.get("torch_installed", target.get("torch"))
-    if carried and carried != target.get("torch"):
+    if carried and carried != target.get("torch") and target.get("vllm"):
+        print(f"wsdm_helpers install: the wheelhouse carries vLLM {target['vllm']}, which pins torch {carried}: it "
+              f"replaces this image's torch {before['torch']} (a few minutes)", flush=True)
+    elif carried and carried != target.get("torch"):
         print(f"wsdm_helpers install: this image's torch {before['torch']} is below wsdm_helpers' floor: the "
               f"wheelhouse installs torch {carried} (a few minutes)", flush=True)
     elif target.get("torch") and before["torch"].split("+")[0] not in ("-", target["torch"]):

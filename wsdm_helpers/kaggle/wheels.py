@@ -12,6 +12,11 @@ they fit (numpy, pandas, the Jupyter stack, ...), so the install changes only wh
 ``requirements.txt`` pins every package of the closure: pip then has one candidate per package and
 never backtracks between the image's versions and the wheelhouse's. ``install.py`` (a copy of :mod:`.install_wheelhouse`) is what a notebook runs: it checks the
 interpreter against the wheelhouse's target before pip runs and prints the versions it ends with.
+
+``vllm=True`` (``wsdm bundle wheels --vllm``) adds the ``vllm`` extra: vLLM pins an exact torch, so that
+torch and every CUDA wheel of the closure are carried and the install replaces the image's torch (GBs).
+:func:`resolve_wheelhouse` (``--resolve-only``) stops after the resolution: the closure, what each
+version does to the image and each wheel's size, with no wheel downloaded.
 """
 from __future__ import annotations
 
@@ -24,7 +29,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.parse
+import urllib.request
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -35,7 +44,7 @@ from .. import __version__
 from ..errors import BundleError
 from ..io import atomic_write_text
 from . import install_wheelhouse
-from .checks import BundleReport, check_bundle, write_manifest
+from .checks import MANIFEST, BundleReport, check_bundle, write_manifest
 from .common import dataset_from_template, project_root, staged_folder, write_dataset_metadata
 from .image_venv import find_interpreter
 from .images import get_image
@@ -50,7 +59,7 @@ EXTRAS = "training,quantization,notebooks"
 # Pinned on top of the closure, and why: older peft versions reject adapter_config keys that newer ones
 # write, so the version that trained the adapters travels along (pinned to the one installed here).
 DEFAULT_PACKAGES = ("peft",)
-# The image's own GPU stack: never downloaded, never replaced.
+# The image's own GPU stack: not carried while the image's torch stays (see WheelhousePlan.carries_runtime).
 IMAGE_RUNTIME = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
 DEFAULT_IMAGE = "kaggle-2026-05"
 
@@ -141,7 +150,9 @@ def _resolve(requirements: Sequence[str], python_version: str, platforms: Sequen
 
     It runs on an interpreter of the target version: pip evaluates environment markers on the running
     interpreter, whatever ``--python-version`` says (``exceptiongroup; python_version < "3.11"`` would
-    be missed for 3.10 from 3.11).
+    be missed for 3.10 from 3.11). ``fast-deps`` reads a wheel's metadata with HTTP range requests where
+    the index serves no PEP 658 ``.metadata`` file; otherwise pip downloads every wheel to read it (GBs
+    of CUDA wheels with ``vllm``). A pip older than 25.3 downloads them anyway in a dry run (pypa/pip#13482).
     """
     python = sys.executable if python_version == f"{sys.version_info.major}.{sys.version_info.minor}" else \
         find_interpreter(python_version)
@@ -149,7 +160,7 @@ def _resolve(requirements: Sequence[str], python_version: str, platforms: Sequen
         constraints_file = Path(tmp) / "constraints.txt"
         constraints_file.write_text("\n".join(constraints) + "\n")
         report = Path(tmp) / "report.json"
-        _run_pip(["install", "--dry-run", "--ignore-installed", "--report", str(report),
+        _run_pip(["install", "--dry-run", "--ignore-installed", "--use-feature=fast-deps", "--report", str(report),
                   "--target", str(Path(tmp) / "target"), *_target_args(python_version, platforms), *index_args,
                   "-c", str(constraints_file), *requirements],
                  f"resolving {' '.join(requirements)} for CPython {python_version}", python)
@@ -185,18 +196,29 @@ def torch_kept(torch: str) -> bool:
     return Version(torch) >= Version(torch_floor())
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """One distribution of the closure: what pip would install, and the wheel it would take."""
+
+    name: str
+    version: str
+    url: str = ""
+    requires: tuple[str, ...] = ()  # the names its metadata requires (any marker)
+
+
 def resolve_closure(requirements: Sequence[str], *, python_version: str, platforms: Sequence[str],
                     torch: str, index_args: list[str], image_packages: dict[str, str] | None = None,
-                    attempts: int = 8) -> list[tuple[str, str]]:
-    """``(name, version)`` of every distribution pip installs for ``requirements`` on the target, torch held
-    (or, for a torch below the package's floor, the floor's minor release: see :func:`torch_kept`).
+                    hold_torch: bool = True, attempts: int = 8) -> list[Resolved]:
+    """Every distribution pip installs for ``requirements`` on the target, torch held (or, for a torch
+    below the package's floor, the floor's minor release: see :func:`torch_kept`). ``hold_torch=False``
+    leaves torch to the requirements (vLLM pins its own).
 
     With ``image_packages`` (a declared image), the image's own versions are kept wherever the closure
     accepts them, so the install changes as little of the image as it can: the fresh closure says which
     versions are accepted, and a second resolution with those pinned checks that they fit together
     (a pin pip names in a conflict is dropped and the resolution repeated).
     """
-    held = [f"torch=={torch}" if torch_kept(torch) else f"torch~={torch_floor()}.0"]
+    held = [] if not hold_torch else [f"torch=={torch}" if torch_kept(torch) else f"torch~={torch_floor()}.0"]
     installs = _resolve(requirements, python_version, platforms, held, index_args)
     kept = _accepted_image_versions(installs, image_packages or {}, python_version)
     for _ in range(attempts):
@@ -211,22 +233,85 @@ def resolve_closure(requirements: Sequence[str], *, python_version: str, platfor
             if not named:
                 raise
             kept = [pin for pin in kept if canonicalize_name(pin.split("==")[0]) not in named]
-    return [(item["metadata"]["name"], item["metadata"]["version"]) for item in installs]
+    return [Resolved(item["metadata"]["name"], item["metadata"]["version"], item.get("download_info", {}).get("url", ""),
+                     tuple(canonicalize_name(Requirement(r).name) for r in item["metadata"].get("requires_dist", [])))
+            for item in installs]
 
 
-def build_wheelhouse(out: str | Path, packages: Sequence[str] | None = None, *, image: str | None = DEFAULT_IMAGE,
-                     python_version: str | None = None, torch: str | None = None,
-                     platforms: Sequence[str] | None = None, find_links: Iterable[str | Path] = (),
-                     no_index: bool = False, username: str | None = None, replace: bool = False) -> BundleReport:
-    """Build the ``wsdm-helpers-wheels`` dataset folder at ``out`` for one notebook image, and check it.
+def torch_note(torch: str, installed: str, vllm: str | None = None) -> str:
+    """Which torch the notebook ends with (the image's ``torch``, or the wheelhouse's ``installed``) and why."""
+    pin = f"vLLM {vllm} pins it" if vllm else None
+    if Version(installed) == Version(torch):
+        return f"torch {torch} (the image's) stays" + (f": {pin}" if pin else "")
+    return (f"torch {torch} (the image's) -> {installed} ({pin or f'wsdm_helpers needs torch>={torch_floor()}'}): "
+            "the install replaces the image's torch")
 
-    ``image`` (a name in :mod:`.images`) gives the target Python version and the torch to keep;
-    ``python_version`` and ``torch`` override it (``image=None`` with both: a machine not declared
-    there). ``packages`` (default :func:`default_packages`) are pinned on top of the closure.
-    ``platforms`` defaults to :func:`linux_platforms`; ``find_links`` and ``no_index`` are passed to
-    pip, so a local wheel folder can stand in for PyPI. ``replace`` allows rebuilding over an earlier
-    bundle (see :func:`common.staged_folder`).
-    """
+
+@dataclass(frozen=True)
+class WheelhousePlan:
+    """A resolved wheelhouse before anything is downloaded: its target, its closure, what it carries."""
+
+    image: str | None
+    python_version: str
+    torch: str  # the target's own torch
+    platforms: list[str]
+    project: str  # the wsdm_helpers requirement written first in requirements.txt
+    closure: list[Resolved]
+    vllm: bool = False
+    image_packages: dict[str, str] = field(default_factory=dict)
+
+    def version(self, name: str) -> str | None:
+        return next((r.version for r in self.closure if canonicalize_name(r.name) == canonicalize_name(name)), None)
+
+    @property
+    def torch_installed(self) -> str:
+        return self.version("torch") or self.torch
+
+    @property
+    def carries_runtime(self) -> bool:
+        """Whether torch and its CUDA wheels are carried: the install replaces the image's torch (a torch
+        below the package's floor, or vLLM's pin when it is not the image's torch)."""
+        return (Version(self.torch_installed) != Version(self.torch)) if self.vllm else not torch_kept(self.torch)
+
+    def _left_to_image(self, item: Resolved) -> bool:
+        """The image's own GPU stack, not carried while its torch stays. With vLLM only torch and the CUDA
+        wheels torch itself requires: vLLM's own (cutlass, flashinfer, ...) are not in the image."""
+        if self.carries_runtime or not IMAGE_RUNTIME.match(item.name.lower()):
+            return False
+        torch = next(r for r in self.closure if canonicalize_name(r.name) == "torch")
+        return not self.vllm or item is torch or canonicalize_name(item.name) in torch.requires
+
+    @property
+    def carried(self) -> list[Resolved]:
+        return sorted((r for r in self.closure if canonicalize_name(r.name) != "wsdm-helpers"
+                       and not self._left_to_image(r)), key=lambda r: f"{r.name}=={r.version}")
+
+    def torch_note(self) -> str:
+        return torch_note(self.torch, self.torch_installed, self.version("vllm") if self.vllm else None)
+
+    def table(self, sizes: dict[str, int | None] | None = None) -> str:
+        """One line per distribution: version, what it does to the image, size where known."""
+        sizes = sizes or {}
+        image = {canonicalize_name(k): v for k, v in self.image_packages.items()}
+        image[canonicalize_name("torch")] = self.torch
+        carried = {r.name for r in self.carried}
+        lines = []
+        for r in sorted(self.closure, key=lambda r: r.name.lower()):
+            was = image.get(canonicalize_name(r.name))
+            effect = ("the project wheel" if canonicalize_name(r.name) == "wsdm-helpers" else
+                      "not carried (the image's)" if r.name not in carried else
+                      "new" if was is None else "= image" if Version(was) == Version(r.version) else f"replaces {was}")
+            size = sizes.get(r.name)
+            lines.append(f"  {r.name:36} {r.version:24} {effect:28} {'' if size is None else f'{size:,} B'}")
+        return "\n".join(lines)
+
+
+def plan_wheelhouse(wheel_dir: Path, packages: Sequence[str] | None = None, *, image: str | None = DEFAULT_IMAGE,
+                    python_version: str | None = None, torch: str | None = None,
+                    platforms: Sequence[str] | None = None, index_args: Sequence[str] = (),
+                    no_index: bool = False, vllm: bool = False) -> WheelhousePlan:
+    """Build the wsdm_helpers wheel into ``wheel_dir`` and resolve the wheelhouse's closure for the target
+    (the arguments of :func:`build_wheelhouse`); nothing else is downloaded."""
     declared = get_image(image) if image else None
     python_version = python_version or (declared.python if declared else None)
     torch = torch or (declared.torch if declared else None)
@@ -234,34 +319,98 @@ def build_wheelhouse(out: str | Path, packages: Sequence[str] | None = None, *, 
         raise BundleError("a wheelhouse needs its target: --image NAME, or both --python-version and --torch")
     packages = list(default_packages() if packages is None else packages)
     platforms = list(platforms or linux_platforms())
+    extras = EXTRAS + (",vllm" if vllm else "")
+    wheel = build_project_wheel(wheel_dir, list(index_args), no_index)
+    closure = resolve_closure([f"{wheel}[{extras}]", *packages], python_version=python_version,
+                              platforms=platforms, torch=torch, index_args=list(index_args),
+                              image_packages=declared.packages if declared else None, hold_torch=not vllm)
+    return WheelhousePlan(image=image, python_version=python_version, torch=torch, platforms=platforms,
+                          project=f"wsdm_helpers[{extras}]=={__version__}", closure=closure, vllm=vllm,
+                          image_packages=dict(declared.packages) if declared else {})
+
+
+def _url_size(url: str) -> int | None:
+    """A wheel's size from its URL without downloading it: the file's, or an HTTP HEAD's Content-Length."""
+    parsed = urllib.parse.urlparse(url)
+    try:
+        if parsed.scheme == "file":
+            return Path(urllib.request.url2pathname(parsed.path)).stat().st_size
+        if parsed.scheme in ("http", "https"):
+            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=60) as answer:
+                length = answer.headers.get("Content-Length")
+                return int(length) if length else None
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def wheel_sizes(items: Sequence[Resolved]) -> dict[str, int | None]:
+    """Each distribution's wheel size (None where the index does not say)."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return dict(zip([r.name for r in items], pool.map(_url_size, [r.url for r in items]), strict=True))
+
+
+def resolve_wheelhouse(packages: Sequence[str] | None = None, *, find_links: Iterable[str | Path] = (),
+                       no_index: bool = False, **target) -> tuple[WheelhousePlan, dict[str, int | None]]:
+    """The plan of :func:`build_wheelhouse` (same arguments, less ``out``) and the sizes of the wheels it
+    would carry, with nothing downloaded but the metadata pip reads."""
+    with tempfile.TemporaryDirectory(prefix="wsdm-plan-") as tmp:
+        plan = plan_wheelhouse(Path(tmp), packages, index_args=_index_args(find_links, no_index), no_index=no_index,
+                               **target)
+    return plan, wheel_sizes(plan.carried)
+
+
+def build_wheelhouse(out: str | Path, packages: Sequence[str] | None = None, *, image: str | None = DEFAULT_IMAGE,
+                     python_version: str | None = None, torch: str | None = None,
+                     platforms: Sequence[str] | None = None, find_links: Iterable[str | Path] = (),
+                     no_index: bool = False, username: str | None = None, replace: bool = False,
+                     vllm: bool = False) -> BundleReport:
+    """Build the ``wsdm-helpers-wheels`` dataset folder at ``out`` for one notebook image, and check it.
+
+    ``image`` (a name in :mod:`.images`) gives the target Python version and the torch to keep;
+    ``python_version`` and ``torch`` override it (``image=None`` with both: a machine not declared
+    there). ``packages`` (default :func:`default_packages`) are pinned on top of the closure.
+    ``platforms`` defaults to :func:`linux_platforms`; ``find_links`` and ``no_index`` are passed to
+    pip, so a local wheel folder can stand in for PyPI. ``replace`` allows rebuilding over an earlier
+    bundle (see :func:`common.staged_folder`). ``vllm`` adds the ``vllm`` extra: the wheelhouse then
+    carries vLLM's torch pin and its CUDA wheels, which replace the image's torch.
+    """
     meta = dataset_from_template(DATASET, username)
     index_args = _index_args(find_links, no_index)
     with staged_folder(out, replace) as stage:
-        wheel = build_project_wheel(stage, index_args, no_index)
-        project = f"wsdm_helpers[{EXTRAS}]=={__version__}"
-        closure = resolve_closure([f"{wheel}[{EXTRAS}]", *packages], python_version=python_version,
-                                  platforms=platforms, torch=torch, index_args=index_args,
-                                  image_packages=declared.packages if declared else None)
-        kept = torch_kept(torch)
-        if not kept:
-            log.warning("the target's torch %s is below wsdm_helpers' floor %s: the wheelhouse carries torch and its "
-                        "CUDA libraries (a few GB), and the install replaces the image's torch", torch, torch_floor())
-        carried = sorted(f"{name}=={version}" for name, version in closure
-                         if not (kept and IMAGE_RUNTIME.match(name.lower())) and canonicalize_name(name) != "wsdm-helpers")
-        _run_pip(["download", "--no-deps", *_target_args(python_version, platforms), *index_args,
+        plan = plan_wheelhouse(stage, packages, image=image, python_version=python_version, torch=torch,
+                               platforms=platforms, index_args=index_args, no_index=no_index, vllm=vllm)
+        if plan.carries_runtime:
+            log.warning("%s; the wheelhouse carries torch %s and its CUDA libraries (GBs)", plan.torch_note(),
+                        plan.torch_installed)
+        carried = [f"{r.name}=={r.version}" for r in plan.carried]
+        _run_pip(["download", "--no-deps", *_target_args(plan.python_version, plan.platforms), *index_args,
                   "-d", str(stage), *carried], f"downloading the {len(carried)} wheels of the closure")
         # Every version pinned: pip has one candidate per package (installed or here), so it never backtracks.
-        requirements = [project, *carried]
+        requirements = [plan.project, *carried]
         atomic_write_text(stage / REQUIREMENTS, "\n".join(requirements) + "\n")
         shutil.copyfile(install_wheelhouse.__file__, stage / INSTALLER)
+        if vllm:
+            meta["description"] = meta.get("description", "") + (
+                f"\n\nThis version carries vLLM {plan.version('vllm')} for inference.backend=vllm: "
+                f"{plan.torch_note()}.\n")
         write_dataset_metadata(stage, meta)
         write_manifest(stage, "wheelhouse", describe=_describe_wheel, requirements=requirements,
                        closure=carried,
-                       target={"image": image, "python_version": python_version, "torch": torch,
-                               "torch_installed": dict(closure)["torch"], "implementation": "cp",
-                               "platforms": platforms},
+                       target={"image": plan.image, "python_version": plan.python_version, "torch": plan.torch,
+                               "torch_installed": plan.torch_installed,
+                               **({"vllm": plan.version("vllm")} if vllm else {}),
+                               "implementation": "cp", "platforms": plan.platforms},
                        install=offline_install_args(Path("/kaggle/input") / DATASET))
     return check_bundle(out)
+
+
+def wheelhouse_summary(root: str | Path) -> str:
+    """The torch a wheelhouse ends with and its size, from its manifest (printed by ``wsdm bundle wheels``)."""
+    manifest = json.loads((Path(root) / MANIFEST).read_text(encoding="utf-8"))
+    target, size = manifest["target"], manifest["total_size"]
+    return (f"{torch_note(target['torch'], target['torch_installed'], target.get('vllm'))}; "
+            f"{len(manifest['closure'])} wheels carried, {size:,} bytes ({size / 1e9:.2f} GB)")
 
 
 def _describe_wheel(rel: Path) -> dict[str, str]:
