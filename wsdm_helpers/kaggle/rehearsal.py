@@ -45,7 +45,6 @@ from .wheels import DATASET as WHEELHOUSE
 from .wheels import build_wheelhouse
 
 
-
 @dataclass(frozen=True)
 class Track:
     """One competition's datasets in the rehearsal: its data folder's slug and the run datasets bundled for it."""

@@ -145,14 +145,15 @@ def _target_args(python_version: str, platforms: Sequence[str]) -> list[str]:
 
 
 def _resolve(requirements: Sequence[str], python_version: str, platforms: Sequence[str],
-             constraints: Sequence[str], index_args: list[str]) -> list[dict]:
+             constraints: Sequence[str], index_args: list[str], fast_deps: bool = False) -> list[dict]:
     """pip's own resolver on an empty target (``--dry-run --ignore-installed --report``): the install items.
 
     It runs on an interpreter of the target version: pip evaluates environment markers on the running
     interpreter, whatever ``--python-version`` says (``exceptiongroup; python_version < "3.11"`` would
-    be missed for 3.10 from 3.11). ``fast-deps`` reads a wheel's metadata with HTTP range requests where
-    the index serves no PEP 658 ``.metadata`` file; otherwise pip downloads every wheel to read it (GBs
-    of CUDA wheels with ``vllm``). A pip older than 25.3 downloads them anyway in a dry run (pypa/pip#13482).
+    be missed for 3.10 from 3.11). ``fast_deps`` (pip's experimental ``fast-deps``) reads a wheel's metadata
+    with HTTP range requests where the index serves no PEP 658 ``.metadata`` file; otherwise pip downloads
+    every wheel to read it (GBs of CUDA wheels with ``vllm``), which the download step then finds in pip's
+    cache. A pip older than 25.3 downloads them anyway in a dry run (pypa/pip#13482).
     """
     python = sys.executable if python_version == f"{sys.version_info.major}.{sys.version_info.minor}" else \
         find_interpreter(python_version)
@@ -160,7 +161,8 @@ def _resolve(requirements: Sequence[str], python_version: str, platforms: Sequen
         constraints_file = Path(tmp) / "constraints.txt"
         constraints_file.write_text("\n".join(constraints) + "\n")
         report = Path(tmp) / "report.json"
-        _run_pip(["install", "--dry-run", "--ignore-installed", "--use-feature=fast-deps", "--report", str(report),
+        _run_pip(["install", "--dry-run", "--ignore-installed", *(["--use-feature=fast-deps"] if fast_deps else []),
+                  "--report", str(report),
                   "--target", str(Path(tmp) / "target"), *_target_args(python_version, platforms), *index_args,
                   "-c", str(constraints_file), *requirements],
                  f"resolving {' '.join(requirements)} for CPython {python_version}", python)
@@ -208,10 +210,10 @@ class Resolved:
 
 def resolve_closure(requirements: Sequence[str], *, python_version: str, platforms: Sequence[str],
                     torch: str, index_args: list[str], image_packages: dict[str, str] | None = None,
-                    hold_torch: bool = True, attempts: int = 8) -> list[Resolved]:
+                    hold_torch: bool = True, fast_deps: bool = False, attempts: int = 8) -> list[Resolved]:
     """Every distribution pip installs for ``requirements`` on the target, torch held (or, for a torch
     below the package's floor, the floor's minor release: see :func:`torch_kept`). ``hold_torch=False``
-    leaves torch to the requirements (vLLM pins its own).
+    leaves torch to the requirements (vLLM pins its own); ``fast_deps``: see :func:`_resolve`.
 
     With ``image_packages`` (a declared image), the image's own versions are kept wherever the closure
     accepts them, so the install changes as little of the image as it can: the fresh closure says which
@@ -219,13 +221,13 @@ def resolve_closure(requirements: Sequence[str], *, python_version: str, platfor
     (a pin pip names in a conflict is dropped and the resolution repeated).
     """
     held = [] if not hold_torch else [f"torch=={torch}" if torch_kept(torch) else f"torch~={torch_floor()}.0"]
-    installs = _resolve(requirements, python_version, platforms, held, index_args)
+    installs = _resolve(requirements, python_version, platforms, held, index_args, fast_deps)
     kept = _accepted_image_versions(installs, image_packages or {}, python_version)
     for _ in range(attempts):
         if not kept:
             break
         try:
-            installs = _resolve(requirements, python_version, platforms, held + kept, index_args)
+            installs = _resolve(requirements, python_version, platforms, held + kept, index_args, fast_deps)
             break
         except BundleError as exc:
             named = {canonicalize_name(m) for m in re.findall(r"\(constraint\) ([A-Za-z0-9_.-]+)==",
@@ -309,9 +311,10 @@ class WheelhousePlan:
 def plan_wheelhouse(wheel_dir: Path, packages: Sequence[str] | None = None, *, image: str | None = DEFAULT_IMAGE,
                     python_version: str | None = None, torch: str | None = None,
                     platforms: Sequence[str] | None = None, index_args: Sequence[str] = (),
-                    no_index: bool = False, vllm: bool = False) -> WheelhousePlan:
+                    no_index: bool = False, vllm: bool = False, fast_deps: bool = False) -> WheelhousePlan:
     """Build the wsdm_helpers wheel into ``wheel_dir`` and resolve the wheelhouse's closure for the target
-    (the arguments of :func:`build_wheelhouse`); nothing else is downloaded."""
+    (the arguments of :func:`build_wheelhouse`); with ``fast_deps`` nothing else is downloaded (see
+    :func:`_resolve`)."""
     declared = get_image(image) if image else None
     python_version = python_version or (declared.python if declared else None)
     torch = torch or (declared.torch if declared else None)
@@ -323,7 +326,8 @@ def plan_wheelhouse(wheel_dir: Path, packages: Sequence[str] | None = None, *, i
     wheel = build_project_wheel(wheel_dir, list(index_args), no_index)
     closure = resolve_closure([f"{wheel}[{extras}]", *packages], python_version=python_version,
                               platforms=platforms, torch=torch, index_args=list(index_args),
-                              image_packages=declared.packages if declared else None, hold_torch=not vllm)
+                              image_packages=declared.packages if declared else None, hold_torch=not vllm,
+                              fast_deps=fast_deps)
     return WheelhousePlan(image=image, python_version=python_version, torch=torch, platforms=platforms,
                           project=f"wsdm_helpers[{extras}]=={__version__}", closure=closure, vllm=vllm,
                           image_packages=dict(declared.packages) if declared else {})
@@ -356,7 +360,7 @@ def resolve_wheelhouse(packages: Sequence[str] | None = None, *, find_links: Ite
     would carry, with nothing downloaded but the metadata pip reads."""
     with tempfile.TemporaryDirectory(prefix="wsdm-plan-") as tmp:
         plan = plan_wheelhouse(Path(tmp), packages, index_args=_index_args(find_links, no_index), no_index=no_index,
-                               **target)
+                               fast_deps=True, **target)
     return plan, wheel_sizes(plan.carried)
 
 
@@ -379,7 +383,8 @@ def build_wheelhouse(out: str | Path, packages: Sequence[str] | None = None, *, 
     index_args = _index_args(find_links, no_index)
     with staged_folder(out, replace) as stage:
         plan = plan_wheelhouse(stage, packages, image=image, python_version=python_version, torch=torch,
-                               platforms=platforms, index_args=index_args, no_index=no_index, vllm=vllm)
+                               platforms=platforms, index_args=index_args, no_index=no_index, vllm=vllm,
+                               fast_deps=vllm)  # without vLLM: the metadata downloads fill pip's cache for the download step
         if plan.carries_runtime:
             log.warning("%s; the wheelhouse carries torch %s and its CUDA libraries (GBs)", plan.torch_note(),
                         plan.torch_installed)
