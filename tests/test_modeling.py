@@ -334,3 +334,17 @@ def test_scoring_and_pooling_build_no_kv_cache_and_peak_lower(tokenizer, tmp_pat
         fixed = _peak_cpu_bytes(lambda: PairScorer(model, "classifier").logits(ids, mask))
     assert cache_bytes == config.num_hidden_layers * 2 * ids.numel() * 4 * 32 * 4  # layers x K,V x tokens x width x fp32
     assert old - fixed >= cache_bytes / 2, (old, fixed, cache_bytes)
+
+
+def test_a_two_label_classifier_source_gets_a_fresh_three_label_head_said_in_the_log(tokenizer, tmp_path, caplog):
+    source = build_tiny_model("llama", tokenizer, tmp_path / "wsdm-classifier", num_labels=2, head="classifier")
+    cfg = run_config(source)
+    cfg.model.num_labels = 3  # LMSYS (ties kept) trained on from a WSDM 2-class model
+    with caplog.at_level("WARNING", logger="wsdm_helpers.modeling"):
+        model, tokenizer, fam = load_model(cfg, "cpu", training=True)
+    assert model.base_model.model.score.original_module.out_features == 3
+    assert "is a classifier with 2 labels and model.num_labels is 3" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="wsdm_helpers.modeling"):
+        load_model(run_config(source), "cpu")  # the saved size: loaded as it is, nothing said
+    assert "classifier with" not in caplog.text

@@ -326,6 +326,21 @@ def _first_layers(folder: Path, n: int) -> dict[str, Any]:
     return overrides
 
 
+def _other_head_size(folder: Path, num_labels: int) -> dict[str, Any]:
+    """A source saved as a classifier with another number of labels (a WSDM 2-class model trained on for
+    LMSYS's 3 classes): its score head cannot be loaded, so a fresh one is built, said in the log. A run's
+    adapter then brings its own trained head, and one of the wrong size is still refused."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(folder))
+    saved = len(config.id2label or {})
+    if saved == num_labels or not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
+        return {}
+    log.warning("model.source %s is a classifier with %d labels and model.num_labels is %d: its score head is not "
+                "loaded, a new one of %d labels is built", folder, saved, num_labels, num_labels)
+    return {"ignore_mismatched_sizes": True}
+
+
 PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 NOT_WEIGHTS = ("training_args.bin",)
 
@@ -390,6 +405,8 @@ def load_model(cfg: RunConfig, device: str | torch.device = "cpu", training: boo
     kwargs = _load_kwargs(cfg, family, resolved.dtype, device, tokenizer.pad_token_id, device_map, max_memory)
     if cfg.model.num_layers is not None:
         kwargs.update(_first_layers(resolved.folder, cfg.model.num_layers))
+    if cfg.format.head == "classifier":
+        kwargs.update(_other_head_size(resolved.folder, cfg.model.num_labels))
     safe = check_weight_files(resolved.folder, "model.source", cfg.model.allow_pickled_weights)
     model = model_class.from_pretrained(str(resolved.folder), use_safetensors=True if safe else None,
                                         trust_remote_code=False, **kwargs)
