@@ -274,7 +274,7 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(files, tmp_path):
 
     from wsdm_helpers.demo_data import make_demo_frame
 
-    frame = make_demo_frame(240, seed=6)
+    frame = make_demo_frame(2400, seed=6)  # 400 chunks: the run outlasts the poll below by far, on any machine
     pd.DataFrame({"id": frame["id"], **{c: [t[0] for t in frame[c]] for c in ("prompt", "response_a", "response_b")}}
                  ).to_parquet(tmp_path / "test.parquet")
     work = tmp_path / "work"
