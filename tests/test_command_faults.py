@@ -274,7 +274,7 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(files, tmp_path):
 
     from wsdm_helpers.demo_data import make_demo_frame
 
-    frame = make_demo_frame(2400, seed=6)  # 400 chunks: the run outlasts the poll below by far, on any machine
+    frame = make_demo_frame(240, seed=6)
     pd.DataFrame({"id": frame["id"], **{c: [t[0] for t in frame[c]] for c in ("prompt", "response_a", "response_b")}}
                  ).to_parquet(tmp_path / "test.parquet")
     work = tmp_path / "work"
@@ -282,7 +282,10 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(files, tmp_path):
            str(tmp_path / "test.parquet"), "--out", str(tmp_path / "sub.csv"), "--resume", "--work-dir", str(work),
            "--set", "inference.chunk_rows=12", "--set", "inference.tta=swap"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C reaches a foreground process with SIGINT at its default; a test run started in the background
+    # (`make test &`) hands its children SIGINT ignored, and Python then installs no KeyboardInterrupt.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not (work.is_dir() and any(work.rglob("ab-*.parquet"))):  # an event from the child, not a fixed sleep
         assert proc.poll() is None and time.monotonic() < deadline, "predict ended before it could be interrupted"
