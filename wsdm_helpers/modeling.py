@@ -305,12 +305,9 @@ def _load_kwargs(cfg: RunConfig, family: ModelFamily, dtype: torch.dtype, device
     return kwargs
 
 
-def _first_layers(folder: Path, n: int) -> dict[str, Any]:
-    """Config overrides that build the model with its first ``n`` decoder layers (model.num_layers);
-    from_pretrained then leaves the later layers' weights unread."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(str(folder))
+def _first_layers(config: Any, folder: Path, n: int) -> dict[str, Any]:
+    """Config overrides that build the model in ``folder`` (its saved ``config``) with its first ``n`` decoder
+    layers (model.num_layers); from_pretrained then leaves the later layers' weights unread."""
     total = getattr(config, "num_hidden_layers", None)
     if total is None:
         raise ConfigError(f"model.num_layers={n}: {folder}/config.json has no num_hidden_layers at its top level "
@@ -326,13 +323,10 @@ def _first_layers(folder: Path, n: int) -> dict[str, Any]:
     return overrides
 
 
-def _other_head_size(folder: Path, num_labels: int) -> dict[str, Any]:
-    """A source saved as a classifier with another number of labels (a WSDM 2-class model trained on for
-    LMSYS's 3 classes): its score head cannot be loaded, so a fresh one is built, said in the log. A run's
-    adapter then brings its own trained head, and one of the wrong size is still refused."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(str(folder))
+def _other_head_size(config: Any, folder: Path, num_labels: int) -> dict[str, Any]:
+    """A source (``folder``, its saved ``config``) saved as a classifier with another number of labels (a WSDM
+    2-class model trained on for LMSYS's 3 classes): its score head cannot be loaded, so a fresh one is built,
+    said in the log. A run's adapter then brings its own trained head, and one of the wrong size is still refused."""
     saved = len(config.id2label or {})
     if saved == num_labels or not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
         return {}
@@ -397,16 +391,18 @@ def load_model(cfg: RunConfig, device: str | torch.device = "cpu", training: boo
     ``fallback_dtype``: see :func:`resolve_dtype` (prediction).
     """
     import torch
+    from transformers import AutoConfig
 
     device = torch.device(device)
     resolved = resolved or resolve_model(cfg, device, fallback_dtype)
     family, tokenizer = resolved.family, resolved.tokenizer
     model_class = _model_class(family, cfg.format.head)
     kwargs = _load_kwargs(cfg, family, resolved.dtype, device, tokenizer.pad_token_id, device_map, max_memory)
+    saved = AutoConfig.from_pretrained(str(resolved.folder), trust_remote_code=False)
     if cfg.model.num_layers is not None:
-        kwargs.update(_first_layers(resolved.folder, cfg.model.num_layers))
+        kwargs.update(_first_layers(saved, resolved.folder, cfg.model.num_layers))
     if cfg.format.head == "classifier":
-        kwargs.update(_other_head_size(resolved.folder, cfg.model.num_labels))
+        kwargs.update(_other_head_size(saved, resolved.folder, cfg.model.num_labels))
     safe = check_weight_files(resolved.folder, "model.source", cfg.model.allow_pickled_weights)
     model = model_class.from_pretrained(str(resolved.folder), use_safetensors=True if safe else None,
                                         trust_remote_code=False, **kwargs)

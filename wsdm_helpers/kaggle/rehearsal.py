@@ -188,7 +188,7 @@ class KaggleRehearsal:
         _expect(second, _log_has(second, f"step {step}"), f"it resumed at step {step}, the attached checkpoint's")
         return run
 
-    def bundle(self, run: Path, track: Track = WSDM, **parameters: str) -> tuple[Path, Path]:
+    def bundle(self, run: Path, track: Track, **parameters: str) -> tuple[Path, Path]:
         """On the build machine: the adapter dataset and the scoring kernel for ``track``'s competition (for
         WSDM, refused first while the base model is not attached); ``parameters`` go to the notebook (-p)."""
         started = time.monotonic()
