@@ -156,6 +156,14 @@ def _probe(diffs: np.ndarray, frame, folds: np.ndarray, l2: float) -> np.ndarray
     return np.stack([p_a, 1 - p_a], axis=1)
 
 
+def _rows(text: str) -> int:
+    """--demo: a number of demo pairs, enough for every fold to fit a probe on the others."""
+    rows = int(text)
+    if rows < 10:
+        raise argparse.ArgumentTypeError(f"{rows}: give at least 10 demo rows (e.g. --demo 400)")
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the probe on 6 layers at 128 tokens")
@@ -167,7 +175,7 @@ def main() -> int:
                         help="override the preset, e.g. data.train_path=/path/train_sample.csv")
     parser.add_argument("--baseline-extras", nargs="*", default=BASELINE_EXTRAS, metavar="FILE",
                         help="real sets the feature baseline trains with besides the Arena folds")
-    parser.add_argument("--demo", type=int, default=0, metavar="ROWS",
+    parser.add_argument("--demo", type=_rows, default=0, metavar="ROWS",
                         help="ROWS demo pairs and two LLM probes of different sizes instead of the Arena sample")
     parser.add_argument("--small-layers", type=int, default=4, help="--demo: decoder layers of the small member")
     parser.add_argument("--out", default=str(REPO / "runs" / "cascade"), help="feature cache and results")

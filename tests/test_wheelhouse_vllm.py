@@ -135,3 +135,12 @@ def test_resolve_only_prints_the_closure_and_its_size_and_writes_nothing(index, 
 def test_a_build_without_out_is_refused(index, capsys):
     assert main(["bundle", "wheels", "--vllm", "--image", IMAGE.name]) == 2
     assert "--out FOLDER (or --resolve-only" in capsys.readouterr().err
+
+
+def test_a_metadata_only_resolution_refuses_a_pip_that_would_download_every_wheel(tmp_path):
+    old = tmp_path / "python3.12"  # an interpreter whose pip predates metadata-only dry runs (pyenv's 3.12.1)
+    old.write_text("#!/bin/sh\necho 'pip 23.2.1 from /somewhere (python 3.12)'\n")
+    old.chmod(0o755)
+    with pytest.raises(wheels.BundleError, match=r"has pip 23\.2\.1: below pip 25\.3 .* -m pip install -U"):
+        wheels._require_metadata_only_pip(old)
+    wheels._require_metadata_only_pip(sys.executable)  # this venv's pip (make installs a current one)

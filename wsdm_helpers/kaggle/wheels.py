@@ -157,6 +157,8 @@ def _resolve(requirements: Sequence[str], python_version: str, platforms: Sequen
     """
     python = sys.executable if python_version == f"{sys.version_info.major}.{sys.version_info.minor}" else \
         find_interpreter(python_version)
+    if fast_deps:
+        _require_metadata_only_pip(python)
     with tempfile.TemporaryDirectory(prefix="wsdm-resolve-") as tmp:
         constraints_file = Path(tmp) / "constraints.txt"
         constraints_file.write_text("\n".join(constraints) + "\n")
@@ -167,6 +169,19 @@ def _resolve(requirements: Sequence[str], python_version: str, platforms: Sequen
                   "-c", str(constraints_file), *requirements],
                  f"resolving {' '.join(requirements)} for CPython {python_version}", python)
         return json.loads(report.read_text())["install"]
+
+
+FAST_DEPS_PIP = "25.3"  # from this pip on, a dry run with fast-deps reads metadata without downloading wheels
+
+
+def _require_metadata_only_pip(python: str | Path) -> None:
+    """Refuse a pip that would download every wheel of a fast-deps resolution (GBs with vLLM), naming the fix."""
+    done = subprocess.run([str(python), "-m", "pip", "--version"], capture_output=True, text=True)
+    found = re.match(r"pip (\S+)", done.stdout)
+    if found is None or Version(found.group(1)) < Version(FAST_DEPS_PIP):
+        raise BundleError(f"{python} has pip {found.group(1) if found else '(none)'}: below pip {FAST_DEPS_PIP} a "
+                          "resolution downloads every wheel to read its metadata (GBs with --vllm); upgrade it "
+                          f"first: {python} -m pip install -U 'pip>={FAST_DEPS_PIP}'")
 
 
 def _accepted_image_versions(installs: list[dict], image_packages: dict[str, str], python_version: str) -> list[str]:
