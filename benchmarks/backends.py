@@ -81,7 +81,8 @@ def end_to_end(run_dir: Path, frame, backend: str, device: str) -> dict:
     report = result.report
     seconds = report.actual_seconds - report.load_seconds
     return {"rows_per_s": report.rows / seconds, "tokens_per_s": report.real_tokens / seconds,
-            "seconds": seconds, "load_seconds": report.load_seconds, "predictions": result.predictions}
+            "seconds": seconds, "load_seconds": report.load_seconds, "predictions": result.predictions,
+            "padding_efficiency": report.padding_efficiency, "tokenize_share": report.tokenize_seconds / seconds}
 
 
 class Engines:
@@ -188,7 +189,7 @@ def print_table(results: dict, args) -> None:
     print(f"Gemma 3 270M classifier ({args.model_source}), preset format (max_length 256, mean pooling), "
           f"{args.device}, TTA off, best of {args.repeats}; load/engine start not in end to end")
     header = (f"{'rows':<10} {'backend':<7} {'n':>5} {'rows/s':>8} {'tok/s e2e':>10} {'tok/s raw':>10} "
-              f"{'raw shape':>10} {'e2e/raw':>8} {'load s':>7}")
+              f"{'raw shape':>10} {'e2e/raw':>8} {'real/computed':>13} {'tokenizing':>10} {'load s':>7}")
     print(header)
     print("-" * len(header))
     figures: dict = {"benchmark": "backends", "device": args.device, "quick": args.quick}
@@ -196,10 +197,13 @@ def print_table(results: dict, args) -> None:
         ratio = r["tokens_per_s"] / r["raw_tokens_per_s"]
         shape = "x".join(map(str, r["raw_shape"]))
         print(f"{name:<10} {backend:<7} {r['rows']:>5} {r['rows_per_s']:>8.2f} {r['tokens_per_s']:>10.0f} "
-              f"{r['raw_tokens_per_s']:>10.0f} {shape:>10} {ratio:>8.2f} {r['load_seconds']:>7.1f}")
+              f"{r['raw_tokens_per_s']:>10.0f} {shape:>10} {ratio:>8.2f} {r['padding_efficiency']:>13.3f} "
+              f"{r['tokenize_share']:>10.1%} {r['load_seconds']:>7.1f}")
         key = f"{name.split()[0]}_{backend}"
         figures.update({f"{key}_rows_per_s": round(r["rows_per_s"], 3), f"{key}_tokens_per_s": round(r["tokens_per_s"], 1),
-                        f"{key}_raw_tokens_per_s": round(r["raw_tokens_per_s"], 1), f"{key}_e2e_over_raw": round(ratio, 3)})
+                        f"{key}_raw_tokens_per_s": round(r["raw_tokens_per_s"], 1), f"{key}_e2e_over_raw": round(ratio, 3),
+                        f"{key}_padding_efficiency": round(r["padding_efficiency"], 3),
+                        f"{key}_tokenize_share": round(r["tokenize_share"], 3)})
     for name in dict.fromkeys(n for n, _ in results):
         hf, vllm = results[(name, "hf")], results[(name, "vllm")]
         e2e, raw = vllm["tokens_per_s"] / hf["tokens_per_s"], vllm["raw_tokens_per_s"] / hf["raw_tokens_per_s"]

@@ -119,6 +119,29 @@ def test_interrupted_vllm_run_resumes_from_its_chunks(classifier, data, tmp_path
     pd.testing.assert_frame_equal(first.predictions, again.predictions)
 
 
+def test_two_engines_deal_the_rows_between_them_and_predict_what_one_engine_does(classifier, data):
+    """inference.devices=[cpu, cpu]: two engines (data parallel, as tensor_parallel_size=1 on 2x T4 gives one
+    per GPU), each bound to its own cores, each scoring a share of the rows; the same probabilities."""
+    from wsdm_helpers.config import InferenceConfig, from_dict
+    from wsdm_helpers.inference import open_backend, score_rows
+    from wsdm_helpers.tokenization import encode_pairs
+
+    frame = read_pairs(data["test"], ties="keep")[0]
+    hf, one = _both(classifier, frame)
+    cfg = from_dict(InferenceConfig, {**VLLM, "devices": ["cpu", "cpu"]}, "inference.")
+    two = run_prediction(classifier, frame, cfg)
+    assert two.report.devices == ["cpu", "cpu"] and two.report.swapped_rows == N_TEST
+    _assert_close(hf, two)
+    _assert_close(one, two, tol=1e-6)
+    with open_backend(classifier, cfg) as (run, workers, _):
+        assert len(workers) == 2 and workers[0].llm is not workers[1].llm
+        fmt = run.config.format
+        encoded = encode_pairs(frame, run.tokenizer, fmt, fmt.template if fmt.template != "auto" else run.family.template)
+        score_rows([list(r) for r in encoded.input_ids], [str(i) for i in encoded.ids], workers, cfg)
+        assert all(w.real_tokens > 0 for w in workers)
+        assert sum(w.real_tokens for w in workers) == sum(encoded.lengths)
+
+
 RATE = 2000.0  # simulated tokens per second of the engine
 
 

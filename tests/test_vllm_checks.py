@@ -27,7 +27,7 @@ from wsdm_helpers.modeling import MERGED_MARKER, load_run
 from wsdm_helpers.tiny import build_tiny_model, pair_texts, train_tokenizer
 from wsdm_helpers.tokenization import encode_pairs
 from wsdm_helpers.training import train
-from wsdm_helpers.vllm_backend import engine_arguments, merged_folder
+from wsdm_helpers.vllm_backend import engine_arguments, merged_folder, placement
 
 TINY_PRESET = resolve_preset("tiny-test")
 
@@ -121,7 +121,7 @@ def test_a_dtype_the_engine_refuses_is_refused(lora_run, data, capsys):
 
 def test_model_parallel_and_too_many_tensor_parallel_gpus_are_refused(lora_run, data, capsys):
     err = _refused(capsys, lora_run, data, "inference.model_parallel=true", "inference.tensor_parallel_size=2")
-    assert "inference.model_parallel=true" in err and "tensor_parallel_size=2 but the devices hold 0 GPU(s)" in err
+    assert "inference.model_parallel=true" in err and "tensor_parallel_size=2 but the devices hold no GPU" in err
 
 
 def test_engine_arguments_follow_the_run(lora_run):
@@ -140,3 +140,41 @@ def test_engine_arguments_follow_the_run(lora_run):
     assert plain["runner"] == "generate" and plain["max_model_len"] == cfg.format.max_length + 1
     assert not plain["enable_prefix_caching"] and plain["tensor_parallel_size"] == 2 and plain["dtype"] == "float16"
     assert "kv_cache_memory_bytes" not in plain and not plain["enforce_eager"] and "hf_overrides" not in plain
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """What placement sees on 2x T4 (it only counts and names GPUs; nothing runs on them)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+
+def test_engines_are_the_gpus_divided_by_tensor_parallel_size_each_seeing_its_own(two_gpus, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")  # the GPUs' physical ids this process was given
+    split = placement(InferenceConfig())
+    assert (split.device, split.tensor_parallel_size) == ("cuda", 2)
+    assert split.engine_envs == ({"CUDA_VISIBLE_DEVICES": "4,6"},)
+    per_gpu = placement(InferenceConfig(tensor_parallel_size=1))
+    assert per_gpu.engine_envs == ({"CUDA_VISIBLE_DEVICES": "4"}, {"CUDA_VISIBLE_DEVICES": "6"})
+    assert placement(InferenceConfig(devices=["cuda:1"])).engine_envs == ({"CUDA_VISIBLE_DEVICES": "6"},)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert placement(InferenceConfig(tensor_parallel_size=1)).engine_envs[1] == {"CUDA_VISIBLE_DEVICES": "1"}
+
+
+def test_a_tensor_parallel_size_that_does_not_divide_the_gpus_is_refused(two_gpus):
+    from wsdm_helpers.errors import ConfigError
+
+    for cfg in (InferenceConfig(tensor_parallel_size=3), InferenceConfig(devices=["cuda:0", "cuda:0"])):
+        with pytest.raises(ConfigError, match="engines = GPUs / tensor_parallel_size"):
+            placement(cfg)
+
+
+def test_several_cpu_engines_each_get_their_own_cores(monkeypatch):
+    from wsdm_helpers.errors import ConfigError
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert placement(InferenceConfig(devices=["cpu"])).engine_envs == ({},)  # vLLM binds one engine itself
+    two = placement(InferenceConfig(devices=["cpu", "cpu"]))
+    assert two.engine_envs == ({"VLLM_CPU_OMP_THREADS_BIND": "0,1"}, {"VLLM_CPU_OMP_THREADS_BIND": "2,3"})
+    with pytest.raises(ConfigError, match="4 core"):
+        placement(InferenceConfig(devices=["cpu"] * 5))

@@ -575,8 +575,10 @@ class InferenceConfig(Section):
                               "batches) or vllm (the adapter merged into the base once, served by vLLM: paged "
                               "attention, no padding, tensor parallel, prefix caching for swap TTA; pip install "
                               "'wsdm_helpers[vllm]')")
-    tensor_parallel_size: int | None = option(None, help="vllm: GPUs one engine is split over (2 on 2x T4); "
-                                              "null = every GPU among the devices (1 on a CPU)")
+    tensor_parallel_size: int | None = option(None, help="vllm: GPUs one engine is split over; the devices' GPUs "
+                                              "/ this = engines, the rows dealt between them (2x T4: 2 = one model "
+                                              "split over both, 1 = one engine per GPU); null = every GPU among "
+                                              "the devices (a CPU: one engine per cpu listed)")
     gpu_memory_utilization: float = option(0.9, help="vllm: share of each GPU's memory the engine may take "
                                            "(weights, activations and KV cache)")
     kv_cache_gib: float | None = option(None, help="vllm: KV-cache size in GiB; null = what gpu_memory_utilization "

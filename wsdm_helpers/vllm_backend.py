@@ -12,7 +12,8 @@ them stays the one of :mod:`inference` (pilot, time plan, chunks, stop rule, TTA
   score of the mean state is the mean of the per-token scores the hf backend averages);
 - mcq runs: one generated token restricted to the answer tokens, whose processed logits (the others
   masked) are the class logits;
-- the engine: ``tensor_parallel_size`` GPUs (default: every GPU among the devices), ``max_model_len``
+- the engines: each over ``tensor_parallel_size`` GPUs (default: every GPU among the devices), one per
+  such group (tensor_parallel_size=1 on 2x T4: one engine per GPU, the rows dealt by tokens), ``max_model_len``
   from the run's ``max_length``, the family's dtype rules (fp16 on a T4, fp32 for Gemma 3 there),
   prefix caching with swap TTA (both orientations share the prompt; not with mean pooling, whose mean
   would miss the cached tokens), eager mode on a CPU (compiling costs minutes there).
@@ -29,6 +30,7 @@ import gc
 import hashlib
 import importlib.util
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,23 +84,57 @@ def vllm_problems(run_cfg: RunConfig, cfg: InferenceConfig, run_dir: Path | None
         problems.append(f"inference.backend=vllm: the {family.name} family has no vLLM architecture in "
                         f"modeling.FAMILIES (served: {served}); set inference.backend=hf")
     try:
-        engine_dtype(run_cfg, cfg, family, placement(cfg)[0])
+        engine_dtype(run_cfg, cfg, family, placement(cfg).device)
     except ConfigError as exc:
         problems.append(str(exc))
     return problems
 
 
-def placement(cfg: InferenceConfig) -> tuple[str, int]:
-    """("cuda" or "cpu", tensor_parallel_size) from ``inference.devices``: the engine uses the first
-    tensor_parallel_size visible GPUs."""
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where the engines run: ``device`` ("cuda" or "cpu"), the GPUs each engine is split over
+    (``tensor_parallel_size``), and per engine the environment it starts in: the devices' GPUs divided
+    by tensor_parallel_size engines (data parallel: one engine per GPU with tensor_parallel_size=1),
+    each seeing only its own GPUs; several ``cpu`` devices get one engine per share of the cores."""
+
+    device: str
+    tensor_parallel_size: int
+    engine_envs: tuple[dict[str, str], ...]
+
+
+def placement(cfg: InferenceConfig) -> Placement:
+    """The engines for ``inference.devices`` and ``inference.tensor_parallel_size``."""
     from .inference import resolve_devices
 
-    gpus = [d for d in resolve_devices(cfg.devices) if d.startswith("cuda")]
-    tp = cfg.tensor_parallel_size or max(len(gpus), 1)
-    if tp > max(len(gpus), 1):
-        raise ConfigError(f"inference.tensor_parallel_size={tp} but the devices hold {len(gpus)} GPU(s); set it "
-                          f"to at most {max(len(gpus), 1)} (null = every GPU among the devices)")
-    return ("cuda" if gpus else "cpu"), tp
+    devices = resolve_devices(cfg.devices)
+    gpus = [int(d.partition(":")[2] or 0) for d in devices if d.startswith("cuda")]
+    if not gpus:
+        if (cfg.tensor_parallel_size or 1) > 1:
+            raise ConfigError(f"inference.tensor_parallel_size={cfg.tensor_parallel_size} but the devices hold no "
+                              "GPU; set it to 1 (or null) on a CPU")
+        return Placement("cpu", 1, _cpu_shares(len(devices)))
+    tp = cfg.tensor_parallel_size or len(gpus)
+    if len(set(gpus)) != len(gpus) or len(gpus) % tp:
+        raise ConfigError(f"inference.tensor_parallel_size={tp} with the GPUs {devices}: list each GPU once, in a "
+                          f"number tensor_parallel_size divides (engines = GPUs / tensor_parallel_size; "
+                          f"null = one engine over all of them, 1 = one engine per GPU)")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    physical = visible.split(",") if visible else [str(i) for i in range(max(gpus) + 1)]
+    groups = [gpus[i:i + tp] for i in range(0, len(gpus), tp)]
+    return Placement("cuda", tp, tuple({"CUDA_VISIBLE_DEVICES": ",".join(physical[g] for g in group)}
+                                       for group in groups))
+
+
+def _cpu_shares(n_engines: int) -> tuple[dict[str, str], ...]:
+    """One engine: vLLM binds its threads itself; several: each bound to its own share of this process's cores."""
+    if n_engines == 1:
+        return ({},)
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < n_engines:
+        raise ConfigError(f"inference.devices lists {n_engines} cpu engines but this process has {len(cores)} "
+                          f"core(s); list cpu at most {len(cores)} times")
+    shares = [cores[i * len(cores) // n_engines:(i + 1) * len(cores) // n_engines] for i in range(n_engines)]
+    return tuple({"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, share))} for share in shares)
 
 
 def engine_dtype(run_cfg: RunConfig, cfg: InferenceConfig, family: ModelFamily, device: str) -> torch.dtype:
@@ -201,22 +237,38 @@ def engine_arguments(run_cfg: RunConfig, cfg: InferenceConfig, family: ModelFami
     return kwargs
 
 
-def _start(kwargs: dict[str, Any]) -> Any:
+def _start(kwargs: dict[str, Any], env: dict[str, str]) -> Any:
+    """An engine started with ``env`` set (its core process inherits it: the GPUs or cores it may use)."""
     import json
 
     from vllm import LLM
     from vllm.config import PoolerConfig
 
-    key = json.dumps(kwargs, sort_keys=True)
+    key = json.dumps([kwargs, env], sort_keys=True)
     if _KEPT is not None and key in _KEPT:
         return _KEPT[key]
     args = dict(kwargs)
     if "pooler_config" in args:
         args["pooler_config"] = PoolerConfig(**args["pooler_config"])
-    llm = LLM(**args)
+    with _environ(env):
+        llm = LLM(**args)
     if _KEPT is not None:
         _KEPT[key] = llm
     return llm
+
+
+@contextlib.contextmanager
+def _environ(env: dict[str, str]):
+    before = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _shutdown(llm: Any) -> None:
@@ -242,27 +294,31 @@ def keep_engines():
 
 @contextlib.contextmanager
 def open_vllm(run_dir: Path, cfg: InferenceConfig):
-    """(VllmRun, [VllmWorker], weights key) for inference.run_prediction; the engine is shut down on
-    exit unless inside :func:`keep_engines`."""
+    """(VllmRun, one VllmWorker per engine, weights key) for inference.run_prediction; the engines are
+    shut down on exit unless inside :func:`keep_engines`."""
     import torch
 
     run_cfg = load_run_config(run_dir / "config.yaml")
     family = _family(run_cfg, run_dir)
-    device, tp = placement(cfg)
-    dtype = engine_dtype(run_cfg, cfg, family, device)
+    where = placement(cfg)
+    dtype = engine_dtype(run_cfg, cfg, family, where.device)
     folder = merged_folder(run_dir, merge_dtype(dtype))
     tokenizer = load_tokenizer(run_dir / "tokenizer", family)
-    kwargs = engine_arguments(run_cfg, cfg, family, folder, dtype, device, tp)
-    log.info("vLLM engine: %s", kwargs)
-    llm = _start(kwargs)
-    worker = VllmWorker(None, torch.device(device), tokenizer.pad_token_id, family.padding_side, dtype,
-                        run_cfg.model.num_labels, llm=llm, request_rows=cfg.request_rows,
-                        answer_ids=answer_ids_for(tokenizer, run_cfg.format, run_cfg.model.num_labels))
+    kwargs = engine_arguments(run_cfg, cfg, family, folder, dtype, where.device, where.tensor_parallel_size)
+    log.info("vLLM: %d engine(s) %s: %s", len(where.engine_envs), list(where.engine_envs), kwargs)
+    engines: list[Any] = []
     try:
-        yield VllmRun(run_cfg, tokenizer, family), [worker], {"merged": _marker(folder), "engine": kwargs["dtype"]}
+        for env in where.engine_envs:
+            engines.append(_start(kwargs, env))
+        workers = [VllmWorker(None, torch.device(where.device), tokenizer.pad_token_id, family.padding_side, dtype,
+                              run_cfg.model.num_labels, llm=llm, request_rows=cfg.request_rows,
+                              answer_ids=answer_ids_for(tokenizer, run_cfg.format, run_cfg.model.num_labels))
+                   for llm in engines]
+        yield VllmRun(run_cfg, tokenizer, family), workers, {"merged": _marker(folder), "engine": kwargs["dtype"]}
     finally:
         if _KEPT is None:
-            _shutdown(llm)
+            for llm in engines:
+                _shutdown(llm)
 
 
 @dataclasses.dataclass
