@@ -11,7 +11,6 @@ The helpers the notebooks call in their cells live in :mod:`wsdm_helpers.noteboo
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 import time
@@ -217,14 +216,5 @@ def kernel_env() -> Iterator[None]:
     ``OMP_WAIT_POLICY=PASSIVE`` must be set before torch loads; on a shared CPU, spinning OpenMP
     workers made training steps in the kernel ~3x slower than the same run from ``wsdm train``.
     """
-    wanted = runtime.kernel_environment()
-    saved = {key: os.environ.get(key) for key in wanted}
-    os.environ.update(wanted)
-    try:
+    with runtime.environ(runtime.kernel_environment()):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

@@ -51,6 +51,7 @@ from .modeling import (
     resolve_source,
     save_merged,
 )
+from .runtime import environ
 
 if TYPE_CHECKING:
     import numpy as np
@@ -250,25 +251,11 @@ def _start(kwargs: dict[str, Any], env: dict[str, str]) -> Any:
     args = dict(kwargs)
     if "pooler_config" in args:
         args["pooler_config"] = PoolerConfig(**args["pooler_config"])
-    with _environ(env):
+    with environ(env):
         llm = LLM(**args)
     if _KEPT is not None:
         _KEPT[key] = llm
     return llm
-
-
-@contextlib.contextmanager
-def _environ(env: dict[str, str]):
-    before = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _shutdown(llm: Any) -> None:
